@@ -1,0 +1,151 @@
+//! GPU, host and process metrics, recorded by `tokenmeter-gpu`'s sampler thread.
+//!
+//! GPU metrics use the OpenTelemetry hardware conventions (`hw.gpu.*`, `hw.power`, `hw.energy`,
+//! `hw.temperature`, `hw.errors`, `hw.status`) where they define the metric; process and machine
+//! metrics use the `process.*` / `system.*` conventions; everything else is ours (`own: true`,
+//! under the meter's prefix). A metric whose source cannot read it (no driver, no GPU, a call
+//! the GPU does not support, a GPU that was lost) is never registered, or is set to NaN once its
+//! source stops answering: a missing reading is never exported as a zero.
+
+use super::{MetricDef, MetricKind};
+
+/// Labels on every per-GPU metric: the NVML index, the product name and the GPU UUID.
+const G: &[&str] = &["hw.id", "hw.name", "gpu.uuid"];
+/// Per-GPU labels plus `hw.type="gpu"` (the common `hw.*` metrics require it).
+const GT: &[&str] = &["hw.id", "hw.name", "gpu.uuid", "hw.type"];
+
+macro_rules! def {
+    ($id:literal, $name:literal, own: $own:literal, $kind:ident, $unit:literal, labels: $labels:expr,
+     $desc:literal, recorded: $rec:expr) => {
+        MetricDef {
+            id: $id,
+            otel_name: $name,
+            own: $own,
+            vllm_name: None,
+            kind: MetricKind::$kind,
+            unit: $unit,
+            description: $desc,
+            labels: $labels,
+            buckets: None,
+            vllm_buckets: None,
+            recorded: $rec,
+        }
+    };
+}
+
+const EACH_SAMPLE: &str =
+    "Every sampler interval (default 1 s), per GPU, while the GPU answers the NVML call.";
+
+/// Every GPU, host and process metric.
+pub static DEFS: &[MetricDef] = &[
+    // ---- per GPU: utilization and memory ----
+    def!("gpu.utilization", "hw.gpu.utilization", own: false, Gauge, "1",
+        labels: &["hw.id", "hw.name", "gpu.uuid", "hw.gpu.task"],
+        "Fraction of the last sample period during which one or more kernels ran on the GPU (NVML utilization.gpu / 100); hw.gpu.task is \"general\".",
+        recorded: EACH_SAMPLE),
+    def!("gpu.memory.utilization", "hw.gpu.memory.utilization", own: false, Gauge, "1", labels: G,
+        "Fraction of GPU memory in use: memory used / memory total (the OpenTelemetry definition).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.memory_controller.utilization", "gpu.memory_controller.utilization", own: true, Gauge, "1", labels: G,
+        "Fraction of the last sample period during which device memory was read or written (NVML utilization.memory / 100, nvidia-smi's utilization.memory).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.memory.usage", "hw.gpu.memory.usage", own: false, Gauge, "By", labels: G,
+        "GPU memory used, all processes (nvidia-smi memory.used).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.memory.limit", "hw.gpu.memory.limit", own: false, Gauge, "By", labels: G,
+        "Total GPU memory (nvidia-smi memory.total).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.memory.free", "gpu.memory.free", own: true, Gauge, "By", labels: G,
+        "Free GPU memory (nvidia-smi memory.free).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.memory.peak", "gpu.memory.peak", own: true, Gauge, "By", labels: G,
+        "Highest GPU memory used (all processes) seen by the sampler since it started.",
+        recorded: EACH_SAMPLE),
+    def!("gpu.process.memory.usage", "gpu.process.memory.usage", own: true, Gauge, "By", labels: G,
+        "GPU memory used by this process, from NVML's list of running compute processes.",
+        recorded: "Every sampler interval, per GPU, while this process is in the GPU's compute-process list (absent otherwise, e.g. in a container whose PIDs NVML cannot see)."),
+    // ---- per GPU: power, energy, temperature ----
+    def!("gpu.power", "hw.power", own: false, Gauge, "W", labels: GT,
+        "Power draw of the GPU (NVML power usage; nvidia-smi power.draw).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.power.limit", "gpu.power.limit", own: true, Gauge, "W", labels: G,
+        "Enforced power limit of the GPU (nvidia-smi enforced.power.limit).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.energy", "hw.energy", own: false, Counter, "J", labels: GT,
+        "Energy consumed by the GPU since the sampler started, in whole joules: from NVML's total-energy counter, or by integrating power over time (trapezoids between samples) on GPUs without it.",
+        recorded: "Every sampler interval, per GPU, once the energy counter or the power draw has been read twice."),
+    def!("gpu.temperature", "hw.temperature", own: false, Gauge, "Cel", labels: G,
+        "GPU core temperature (nvidia-smi temperature.gpu).",
+        recorded: EACH_SAMPLE),
+    // ---- per GPU: clocks, throttling, errors, PCIe, status ----
+    def!("gpu.clock.sm", "gpu.clock.sm", own: true, Gauge, "Hz", labels: G,
+        "Current SM clock (nvidia-smi clocks.sm).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.clock.memory", "gpu.clock.memory", own: true, Gauge, "Hz", labels: G,
+        "Current memory clock (nvidia-smi clocks.mem).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.throttle", "gpu.throttle", own: true, Gauge, "",
+        labels: &["hw.id", "hw.name", "gpu.uuid", "reason"],
+        "1 while the named clock-throttle reason is active, else 0 (reasons: gpu_idle, applications_clocks_setting, sw_power_cap, hw_slowdown, sync_boost, sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown, display_clock_setting).",
+        recorded: EACH_SAMPLE),
+    def!("gpu.errors", "hw.errors", own: false, Counter, "{error}",
+        labels: &["hw.id", "hw.name", "gpu.uuid", "hw.type", "error.type"],
+        "ECC memory errors over the GPU's lifetime (NVML aggregate counter), error.type corrected or uncorrected.",
+        recorded: "Every sampler interval, per GPU with ECC enabled (absent on GPUs without ECC)."),
+    def!("gpu.pcie.throughput", "gpu.pcie.throughput", own: true, Gauge, "By/s",
+        labels: &["hw.id", "hw.name", "gpu.uuid", "network.io.direction"],
+        "PCIe throughput of the GPU over NVML's 20 ms measuring window, direction transmit (GPU to host) or receive.",
+        recorded: EACH_SAMPLE),
+    def!("gpu.status", "hw.status", own: false, Gauge, "",
+        labels: &["hw.id", "hw.name", "gpu.uuid", "hw.type", "hw.state"],
+        "1 for the GPU's current state, 0 for the other: hw.state ok while NVML answers for the GPU, failed once it is lost (its other metrics then read NaN).",
+        recorded: "Every sampler interval, per GPU found at start."),
+    // ---- derived over the sampler window ----
+    def!("gpu.energy_per_output_token", "energy.per_output_token", own: true, Gauge, "J", labels: &[],
+        "GPU energy per output token over the sampler window: energy of the sampled GPUs / output tokens (from the meter's totals) in the window.",
+        recorded: "Every sampler interval, when the window holds at least one output token and the energy of at least one GPU."),
+    def!("gpu.output_tokens_per_joule", "energy.output_tokens_per_joule", own: true, Gauge, "{token}/J", labels: &[],
+        "Output tokens per joule of GPU energy over the sampler window (the inverse of energy.per_output_token).",
+        recorded: "Every sampler interval, when the window holds a positive energy and at least one output token."),
+    def!("gpu.cost_per_1k_output_tokens", "cost.per_1k_output_tokens", own: true, Gauge, "{USD}", labels: &[],
+        "Cost of 1000 output tokens over the sampler window: configured price per GPU-hour x sampled GPUs x window hours / output tokens x 1000.",
+        recorded: "Every sampler interval, when a price per GPU-hour is configured, at least one GPU is sampled and the window holds output tokens."),
+    // ---- process ----
+    def!("process.cpu.utilization", "process.cpu.utilization", own: false, Gauge, "1", labels: &[],
+        "CPU time used by this process over the last sample period / (period x logical CPUs).",
+        recorded: "Every sampler interval from the second sample on (the first has no period)."),
+    def!("process.memory.usage", "process.memory.usage", own: false, Gauge, "By", labels: &[],
+        "Resident memory (RSS) of this process.",
+        recorded: "Every sampler interval."),
+    def!("process.memory.virtual", "process.memory.virtual", own: false, Gauge, "By", labels: &[],
+        "Virtual memory size of this process.",
+        recorded: "Every sampler interval."),
+    def!("process.memory.peak", "process.memory.peak", own: true, Gauge, "By", labels: &[],
+        "Peak resident memory of this process since it started (getrusage ru_maxrss).",
+        recorded: "Every sampler interval, on Unix."),
+    def!("process.thread.count", "process.thread.count", own: false, Gauge, "{thread}", labels: &[],
+        "Threads of this process.",
+        recorded: "Every sampler interval, on Linux."),
+    def!("process.open_files", "process.unix.file_descriptor.count", own: false, Gauge, "{file_descriptor}", labels: &[],
+        "Open file descriptors of this process.",
+        recorded: "Every sampler interval, on Linux."),
+    def!("process.disk.io", "process.disk.io", own: false, Counter, "By", labels: &["disk.io.direction"],
+        "Bytes this process read from or wrote to storage since it started (/proc/self/io read_bytes/write_bytes), direction read or write.",
+        recorded: "Every sampler interval."),
+    // ---- machine ----
+    def!("system.cpu.utilization", "system.cpu.utilization", own: false, Gauge, "1", labels: &[],
+        "Busy fraction of all logical CPUs of the machine over the last sample period.",
+        recorded: "Every sampler interval from the second sample on."),
+    def!("system.memory.usage", "system.memory.usage", own: false, Gauge, "By", labels: &["system.memory.state"],
+        "Machine memory by state: used, free.",
+        recorded: "Every sampler interval."),
+    def!("system.memory.limit", "system.memory.limit", own: false, Gauge, "By", labels: &[],
+        "Total machine memory.",
+        recorded: "Every sampler interval."),
+    def!("system.disk.io", "system.disk.io", own: false, Counter, "By", labels: &["disk.io.direction"],
+        "Bytes read from or written to the machine's disks since the sampler started (summed over distinct disk devices), direction read or write.",
+        recorded: "Every sampler interval from the second sample on."),
+    def!("system.network.io", "system.network.io", own: false, Counter, "By", labels: &["network.io.direction"],
+        "Bytes received or transmitted by the machine's network interfaces since the sampler started (summed over interfaces, loopback excluded), direction receive or transmit.",
+        recorded: "Every sampler interval from the second sample on."),
+];

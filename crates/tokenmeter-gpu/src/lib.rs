@@ -1,0 +1,56 @@
+//! GPU and host sampling for tokenmeter.
+//!
+//! A [`Sampler`] runs on its own thread (default interval 1 s) and, per interval:
+//! - reads every GPU through a [`GpuSource`] — NVML by default ([`NvmlSource`], with
+//!   `libnvidia-ml` loaded at run time, so a binary built with this crate starts on machines
+//!   without the NVIDIA driver);
+//! - reads this process and the machine (CPU, memory, peak RSS, threads, open files, disk and
+//!   network I/O) through `sysinfo`;
+//! - derives GPU energy per output token, output tokens per joule and cost per 1k output tokens
+//!   over a sliding window, from the meter's own output-token total;
+//! - emits everything through the `metrics` facade under the names in
+//!   `tokenmeter_core::catalog::gpu`, and keeps the latest [`GpuSnapshot`] for in-process use.
+//!
+//! It never touches the generation loop: the only shared state it reads is the meter's
+//! cumulative totals (relaxed atomic loads).
+//!
+//! Anything the source cannot read — no driver, no GPU, a GPU lost mid-run, a call the GPU does
+//! not support — is logged once with `tracing::warn!` and left absent: the metric is never
+//! registered, or reads NaN from the moment its source stops answering; no zero poses as a
+//! reading, and nothing panics.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokenmeter_gpu::Sampler;
+//!
+//! let meter = tokenmeter_core::Meter::default();
+//! let sampler = Sampler::builder(&meter)
+//!     .interval(Duration::from_secs(1))
+//!     .price_per_gpu_hour(2.50)
+//!     .start()
+//!     .expect("start the sampler thread");
+//! // ... serve requests ...
+//! if let Some(snap) = sampler.latest() {
+//!     println!("{}", serde_json::to_string(&snap).unwrap_or_default());
+//! }
+//! sampler.stop();
+//! ```
+
+mod emit;
+mod fake;
+mod host;
+mod nvml;
+mod sampler;
+mod source;
+
+pub use fake::FakeGpuSource;
+pub use host::HostSample;
+pub use nvml::NvmlSource;
+pub use sampler::{
+    Derived, EnergySource, GpuAvailability, GpuSample, GpuSelection, GpuSnapshot, Sampler,
+    SamplerBuilder, SamplerHandle,
+};
+pub use source::{
+    DeviceError, Field, FieldError, GpuIdentity, GpuReading, GpuSource, MemoryReading,
+    SourceError, THROTTLE_REASONS,
+};
