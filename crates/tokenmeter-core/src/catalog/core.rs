@@ -1,0 +1,167 @@
+//! Core request metrics: latency, tokens, requests, queue, goodput, model load, self-metrics.
+
+use super::{MetricDef, MetricKind};
+
+/// OTel GenAI advised bounds for `gen_ai.server.time_to_first_token`.
+pub const GENAI_TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// OTel GenAI advised bounds for `gen_ai.server.time_per_output_token`.
+pub const GENAI_TPOT_BUCKETS: &[f64] =
+    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
+/// OTel GenAI advised bounds for `gen_ai.server.request.duration` (and other GenAI durations).
+pub const GENAI_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+/// OTel GenAI advised bounds for token-count histograms.
+pub const GENAI_TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+    4194304.0, 16777216.0, 67108864.0,
+];
+/// Our inter-token latency bounds: finer than GenAI's TPOT set below 10 ms, where GPU decode
+/// steps live. At most 24 bounds, the guard's fixed accumulator size.
+pub const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
+    0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+/// Our bounds for request phases (queue, prefill, decode) that may be short or very long.
+pub const PHASE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0,
+    80.0, 160.0, 320.0,
+];
+/// Bounds for model load (cold start) durations.
+pub const LOAD_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
+/// vLLM's TTFT bounds.
+pub const VLLM_TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+/// vLLM's ITL / TPOT bounds.
+pub const VLLM_ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+/// vLLM's request-latency bounds (e2e, queue, prefill, decode).
+pub const VLLM_REQUEST_LATENCY_BUCKETS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+];
+/// vLLM's 1-2-5 token-count bounds (vLLM caps them at `max_model_len`; we stop at 100k).
+pub const VLLM_TOKEN_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+    20000.0, 50000.0, 100000.0,
+];
+
+const FIN: &[&str] = &["finish_reason", "error.type"];
+
+macro_rules! def {
+    ($id:literal, $name:literal, own: $own:literal, vllm: $vllm:expr, $kind:ident, $unit:literal,
+     labels: $labels:expr, buckets: $b:expr, vllm_buckets: $vb:expr, $desc:literal, recorded: $rec:literal) => {
+        MetricDef {
+            id: $id,
+            otel_name: $name,
+            own: $own,
+            vllm_name: $vllm,
+            kind: MetricKind::$kind,
+            unit: $unit,
+            description: $desc,
+            labels: $labels,
+            buckets: $b,
+            vllm_buckets: $vb,
+            recorded: $rec,
+        }
+    };
+}
+
+/// Every core metric.
+pub static DEFS: &[MetricDef] = &[
+    def!("ttft", "gen_ai.server.time_to_first_token", own: false, vllm: Some("vllm:time_to_first_token_seconds"),
+        Histogram, "s", labels: &[], buckets: Some(GENAI_TTFT_BUCKETS), vllm_buckets: Some(VLLM_TTFT_BUCKETS),
+        "Time from request arrival to its first output token (includes queueing and prefill).",
+        recorded: "Once per request, when its first output token is recorded."),
+    def!("tpot", "gen_ai.server.time_per_output_token", own: false, vllm: Some("vllm:request_time_per_output_token_seconds"),
+        Histogram, "s", labels: &[], buckets: Some(GENAI_TPOT_BUCKETS), vllm_buckets: Some(VLLM_ITL_BUCKETS),
+        "Mean time per output token after the first: (last token - first token) / (n - 1).",
+        recorded: "Once per request at finish, fail or drop, when it produced at least 2 tokens."),
+    def!("itl", "inter_token_latency", own: true, vllm: Some("vllm:inter_token_latency_seconds"),
+        Histogram, "s", labels: &[], buckets: Some(ITL_BUCKETS), vllm_buckets: Some(VLLM_ITL_BUCKETS),
+        "Gap between consecutive output tokens; a k-token step after gap g counts k gaps of g/k.",
+        recorded: "Accumulated per token in the guard; flushed at the end of the request and about once a second during it."),
+    def!("e2e", "gen_ai.server.request.duration", own: false, vllm: Some("vllm:e2e_request_latency_seconds"),
+        Histogram, "s", labels: &["error.type"], buckets: Some(GENAI_DURATION_BUCKETS), vllm_buckets: Some(VLLM_REQUEST_LATENCY_BUCKETS),
+        "Time from request arrival to its end (finish, failure or cancellation).",
+        recorded: "Once per request at finish, fail or drop; error.type is set on failures."),
+    def!("queue", "request.queue_time", own: true, vllm: Some("vllm:request_queue_time_seconds"),
+        Histogram, "s", labels: &[], buckets: Some(PHASE_BUCKETS), vllm_buckets: Some(VLLM_REQUEST_LATENCY_BUCKETS),
+        "Time from arrival to scheduled() (waiting for the engine).",
+        recorded: "Once per request, when scheduled() is called."),
+    def!("prefill", "request.prefill_time", own: true, vllm: Some("vllm:request_prefill_time_seconds"),
+        Histogram, "s", labels: &[], buckets: Some(PHASE_BUCKETS), vllm_buckets: Some(VLLM_REQUEST_LATENCY_BUCKETS),
+        "Time from scheduled() to the first output token.",
+        recorded: "Once per request at its first token, when scheduled() was called."),
+    def!("decode", "request.decode_time", own: true, vllm: Some("vllm:request_decode_time_seconds"),
+        Histogram, "s", labels: &[], buckets: Some(PHASE_BUCKETS), vllm_buckets: Some(VLLM_REQUEST_LATENCY_BUCKETS),
+        "Time from the first to the last output token.",
+        recorded: "Once per request at its end, when it produced at least 1 token."),
+    def!("request_input_tokens", "request.input_tokens", own: true, vllm: Some("vllm:request_prompt_tokens"),
+        Histogram, "{token}", labels: &[], buckets: Some(GENAI_TOKEN_BUCKETS), vllm_buckets: Some(VLLM_TOKEN_BUCKETS),
+        "Prompt (input) tokens per request.",
+        recorded: "Once per request at its end."),
+    def!("request_output_tokens", "request.output_tokens", own: true, vllm: Some("vllm:request_generation_tokens"),
+        Histogram, "{token}", labels: &[], buckets: Some(GENAI_TOKEN_BUCKETS), vllm_buckets: Some(VLLM_TOKEN_BUCKETS),
+        "Output tokens per request.",
+        recorded: "Once per request at its end."),
+    def!("input_tokens", "input_tokens", own: true, vllm: Some("vllm:prompt_tokens_total"),
+        Counter, "{token}", labels: &[], buckets: None, vllm_buckets: None,
+        "Prompt (input) tokens of all requests.",
+        recorded: "At request start (the prompt is known then)."),
+    def!("output_tokens", "output_tokens", own: true, vllm: Some("vllm:generation_tokens_total"),
+        Counter, "{token}", labels: &[], buckets: None, vllm_buckets: None,
+        "Output tokens of all requests.",
+        recorded: "Flushed from the guard at the end of each request and about once a second during it."),
+    def!("requests", "requests", own: true, vllm: Some("vllm:request_success_total"),
+        Counter, "{request}", labels: FIN, buckets: None, vllm_buckets: None,
+        "Ended requests by finish reason (stop, length, content_filter, tool_calls, cancelled, error); error.type on errors.",
+        recorded: "Once per request at finish, fail or drop (drop = cancelled)."),
+    def!("requests_running", "requests.running", own: true, vllm: Some("vllm:num_requests_running"),
+        Gauge, "{request}", labels: &[], buckets: None, vllm_buckets: None,
+        "Requests scheduled and not yet ended.",
+        recorded: "Adjusted at scheduled() (or first token) and at the end."),
+    def!("requests_waiting", "requests.waiting", own: true, vllm: Some("vllm:num_requests_waiting"),
+        Gauge, "{request}", labels: &[], buckets: None, vllm_buckets: None,
+        "Requests started and not yet scheduled.",
+        recorded: "Adjusted at start and at scheduled() (or first token, or the end)."),
+    def!("goodput", "requests.goodput", own: true, vllm: None,
+        Counter, "{request}", labels: &[], buckets: None, vllm_buckets: None,
+        "Successful requests (stop or length) whose TTFT and TPOT both met the SLO.",
+        recorded: "Once per successful request at finish."),
+    def!("nonfinite_values", "logits.nonfinite", own: true, vllm: None,
+        Counter, "{value}", labels: &["kind"], buckets: None, vllm_buckets: None,
+        "NaN, +Inf and -Inf values seen in scanned logits (kind = nan, pos_inf, neg_inf).",
+        recorded: "Once per request at its end, from the guard's counts."),
+    def!("nonfinite_requests", "requests.nonfinite", own: true, vllm: None,
+        Counter, "{request}", labels: &[], buckets: None, vllm_buckets: None,
+        "Requests whose scanned logits held any NaN or infinity.",
+        recorded: "Once per request at its end."),
+    def!("model_load", "model.load.duration", own: true, vllm: None,
+        Histogram, "s", labels: &[], buckets: Some(LOAD_BUCKETS), vllm_buckets: None,
+        "Model load (cold start) duration.",
+        recorded: "When a load guard from Meter::model_load() completes, or Meter::record_model_load() is called."),
+    def!("start_time", "process.start_time", own: true, vllm: None,
+        Gauge, "s", labels: &[], buckets: None, vllm_buckets: None,
+        "Unix time at which the meter was built; uptime = time() - this.",
+        recorded: "Once, when the meter is built."),
+    def!("info", "build.info", own: true, vllm: None,
+        Gauge, "", labels: &["model.version", "version"], buckets: None, vllm_buckets: None,
+        "Always 1; carries the model, its version and the tokenmeter version as labels.",
+        recorded: "Once, when the meter is built."),
+    def!("label_overflow", "labels.overflow", own: true, vllm: None,
+        Counter, "{value}", labels: &["label"], buckets: None, vllm_buckets: None,
+        "Per-request label values replaced by `other` because the label's cardinality cap was reached.",
+        recorded: "At request start, for each capped value."),
+    def!("misuse", "misuse", own: true, vllm: None,
+        Counter, "{event}", labels: &["kind"], buckets: None, vllm_buckets: None,
+        "Ignored API misuse: kind = finish_twice, token_after_finish, clock_backwards, nan_duration.",
+        recorded: "When the misuse happens."),
+];

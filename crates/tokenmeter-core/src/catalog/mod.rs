@@ -1,0 +1,192 @@
+//! The one catalog of every metric tokenmeter emits.
+//!
+//! Each [`MetricDef`] carries the OpenTelemetry name, the vLLM-preset name where vLLM has one,
+//! the instrument kind, the UCUM unit, the labels, the bucket bounds and when the metric is
+//! recorded. Exposition names are derived from it by [`prometheus_name`]; `docs/metrics.md` is
+//! generated from it (and a test keeps the two equal).
+//!
+//! ```
+//! use tokenmeter_core::catalog;
+//! let ttft = catalog::by_id("ttft").unwrap();
+//! assert_eq!(ttft.otel_name, "gen_ai.server.time_to_first_token");
+//! assert_eq!(
+//!     catalog::prometheus_name(ttft.otel_name, ttft.kind, ttft.unit),
+//!     "gen_ai_server_time_to_first_token_seconds"
+//! );
+//! ```
+
+pub mod core;
+pub mod gpu;
+pub mod quality;
+
+/// The instrument a metric is exported as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// A monotonic sum (`_total` in Prometheus).
+    Counter,
+    /// A value that goes up and down, set or adjusted.
+    Gauge,
+    /// A distribution with fixed bucket bounds.
+    Histogram,
+}
+
+impl MetricKind {
+    /// The lowercase name used in docs and exposition `# TYPE` lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric in the catalog.
+#[derive(Debug, serde::Serialize)]
+pub struct MetricDef {
+    /// Stable identifier, e.g. `"ttft"`; used by bucket overrides and tests.
+    pub id: &'static str,
+    /// The OpenTelemetry name. When [`own`](Self::own) is true it is relative to the meter's
+    /// prefix (`"requests.goodput"` becomes `"tokenmeter.requests.goodput"`).
+    pub otel_name: &'static str,
+    /// Whether the name lives under our configurable prefix (true) or is a semantic-convention
+    /// name (false).
+    pub own: bool,
+    /// The exact exposed name under the vLLM naming preset, where vLLM defines the metric.
+    pub vllm_name: Option<&'static str>,
+    /// Instrument kind.
+    pub kind: MetricKind,
+    /// UCUM unit: `"s"`, `"By"`, `"J"`, `"W"`, `"Cel"`, `"1"`, `"{token}"`, or `""` for none.
+    pub unit: &'static str,
+    /// One-line description (the exposition `# HELP`).
+    pub description: &'static str,
+    /// Metric-specific label keys in OpenTelemetry spelling (dots), besides the constant labels.
+    pub labels: &'static [&'static str],
+    /// Default bucket upper bounds (histograms only; every histogram has them).
+    pub buckets: Option<&'static [f64]>,
+    /// Bucket bounds under the vLLM preset, where vLLM's differ from ours.
+    pub vllm_buckets: Option<&'static [f64]>,
+    /// When the metric is recorded.
+    pub recorded: &'static str,
+}
+
+/// Every metric, core first, then GPU, then quality.
+pub fn all() -> impl Iterator<Item = &'static MetricDef> {
+    core::DEFS.iter().chain(gpu::DEFS).chain(quality::DEFS)
+}
+
+/// Looks a metric up by its [`MetricDef::id`].
+pub fn by_id(id: &str) -> Option<&'static MetricDef> {
+    all().find(|d| d.id == id)
+}
+
+/// The Prometheus unit word for a UCUM unit, per the OpenTelemetry → Prometheus mapping.
+/// Annotations in braces (`{token}`) and the empty unit give no word; `"1"` gives none here
+/// (gauges get `_ratio` in [`prometheus_name`]).
+pub fn unit_word(unit: &str) -> Option<&'static str> {
+    Some(match unit {
+        "s" => "seconds",
+        "ms" => "milliseconds",
+        "us" => "microseconds",
+        "ns" => "nanoseconds",
+        "By" => "bytes",
+        "J" => "joules",
+        "W" => "watts",
+        "Cel" => "celsius",
+        "Hz" => "hertz",
+        "%" => "percent",
+        "By/s" => "bytes_per_second",
+        _ => return None,
+    })
+}
+
+/// Converts an OpenTelemetry metric name to its Prometheus exposition name, following the
+/// specification's "OTLP Metric points to Prometheus" rules (the same result as Prometheus's own
+/// OTLP receiver with the default `UnderscoreEscapingWithSuffixes`):
+/// invalid characters become `_`, runs of `_` collapse, the unit word is appended unless the name
+/// already ends with it, gauges of unit `1` get `_ratio`, counters get `_total`.
+///
+/// ```
+/// use tokenmeter_core::catalog::{prometheus_name, MetricKind};
+/// assert_eq!(prometheus_name("hw.gpu.utilization", MetricKind::Gauge, "1"), "hw_gpu_utilization_ratio");
+/// assert_eq!(prometheus_name("hw.energy", MetricKind::Counter, "J"), "hw_energy_joules_total");
+/// assert_eq!(prometheus_name("tokenmeter.output_tokens", MetricKind::Counter, "{token}"), "tokenmeter_output_tokens_total");
+/// ```
+pub fn prometheus_name(otel_name: &str, kind: MetricKind, unit: &str) -> String {
+    let mut out = String::with_capacity(otel_name.len() + 16);
+    for (i, c) in otel_name.chars().enumerate() {
+        let ok = c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit());
+        let c = if ok { c } else { '_' };
+        if c == '_' && out.ends_with('_') {
+            continue;
+        }
+        out.push(c);
+    }
+    let suffix = match (unit_word(unit), kind, unit) {
+        (Some(word), _, _) => Some(word),
+        (None, MetricKind::Gauge, "1") => Some("ratio"),
+        _ => None,
+    };
+    if let Some(word) = suffix
+        && !out.ends_with(word)
+    {
+        out.push('_');
+        out.push_str(word);
+    }
+    if kind == MetricKind::Counter && !out.ends_with("_total") {
+        out.push_str("_total");
+    }
+    out
+}
+
+/// Sanitizes an OpenTelemetry attribute key into a Prometheus label name (`hw.id` → `hw_id`).
+pub fn prometheus_label(otel_key: &str) -> String {
+    otel_key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_reference_table() {
+        // shared/reference/otel-genai.md §4.4, default settings.
+        let cases = [
+            ("gen_ai.server.request.duration", MetricKind::Histogram, "s", "gen_ai_server_request_duration_seconds"),
+            ("gen_ai.server.time_to_first_token", MetricKind::Histogram, "s", "gen_ai_server_time_to_first_token_seconds"),
+            ("gen_ai.client.inference.usage.input_tokens", MetricKind::Counter, "{token}", "gen_ai_client_inference_usage_input_tokens_total"),
+            ("gen_ai.client.inference.operation.output_tokens", MetricKind::Histogram, "{token}", "gen_ai_client_inference_operation_output_tokens"),
+            ("hw.gpu.utilization", MetricKind::Gauge, "1", "hw_gpu_utilization_ratio"),
+            ("hw.gpu.memory.usage", MetricKind::Gauge, "By", "hw_gpu_memory_usage_bytes"),
+            ("hw.gpu.io", MetricKind::Counter, "By", "hw_gpu_io_bytes_total"),
+            ("hw.energy", MetricKind::Counter, "J", "hw_energy_joules_total"),
+            ("hw.power", MetricKind::Gauge, "W", "hw_power_watts"),
+            ("hw.temperature", MetricKind::Gauge, "Cel", "hw_temperature_celsius"),
+            ("hw.errors", MetricKind::Counter, "{error}", "hw_errors_total"),
+        ];
+        for (otel, kind, unit, want) in cases {
+            assert_eq!(prometheus_name(otel, kind, unit), want, "{otel}");
+        }
+    }
+
+    #[test]
+    fn catalog_is_well_formed() {
+        let mut ids = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for d in all() {
+            assert!(ids.insert(d.id), "duplicate id {}", d.id);
+            assert!(names.insert((d.own, d.otel_name)), "duplicate name {}", d.otel_name);
+            assert!(!d.description.is_empty() && !d.recorded.is_empty(), "{} undocumented", d.id);
+            if d.kind == MetricKind::Histogram {
+                let b = d.buckets.unwrap_or_else(|| panic!("{} has no buckets", d.id));
+                assert!(b.windows(2).all(|w| w[0] < w[1]), "{} buckets not increasing", d.id);
+            } else {
+                assert!(d.buckets.is_none() && d.vllm_buckets.is_none(), "{} is not a histogram", d.id);
+            }
+        }
+    }
+}
