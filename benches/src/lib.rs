@@ -1,1 +1,46 @@
-//! Criterion benches live in `benches/`; this library is empty on purpose.
+//! Shared measurement helpers for the benches: each bench measures its operation and its
+//! floor in the same run with [`ns_per_op`] and prints both with [`report`].
+//!
+//! Criterion gives the detailed statistics; these helpers give the one number per operation
+//! that the ratio needs (the fastest of several timed batches, which is the least disturbed by
+//! other work on a shared machine).
+
+use std::time::Instant;
+
+/// Nanoseconds per operation of `f`, which performs `ops_per_call` operations per call: the
+/// fastest of 9 batches of calls, each batch about 20 ms long.
+pub fn ns_per_op<F: FnMut()>(ops_per_call: u64, mut f: F) -> f64 {
+    // Calibrate the batch size to about 20 ms.
+    let mut calls: u64 = 1;
+    loop {
+        let t = Instant::now();
+        for _ in 0..calls {
+            f();
+        }
+        if t.elapsed().as_millis() >= 20 || calls >= 1 << 30 {
+            break;
+        }
+        calls *= 2;
+    }
+    (0..9)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..calls {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / (calls * ops_per_call) as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Prints one result line: the operation, its cost, its floor and the ratio (and a target, if
+/// the issue sets one as a ratio).
+pub fn report(what: &str, ns: f64, floor_what: &str, floor_ns: f64, target_ratio: Option<f64>) {
+    let ratio = ns / floor_ns;
+    let verdict = match target_ratio {
+        Some(t) if ratio <= t => format!(" (target <= {t:.2}x: met)"),
+        Some(t) => format!(" (target <= {t:.2}x: NOT met)"),
+        None => String::new(),
+    };
+    println!("RATIO {what}: {ns:.2} ns vs {floor_what}: {floor_ns:.2} ns = {ratio:.2}x{verdict}");
+}
