@@ -190,3 +190,66 @@ mod tests {
         }
     }
 }
+
+/// Renders the catalog as the Markdown of `docs/metrics.md` (a test keeps that file equal to
+/// this output; regenerate it with `TOKENMETER_BLESS=1 cargo test -p tokenmeter-core --test docs`).
+pub fn render_markdown() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# Metrics\n\n\
+         Generated from the catalog in `crates/tokenmeter-core/src/catalog/` by\n\
+         `catalog::render_markdown()`; a test fails when this file and the code disagree.\n\n\
+         Names are shown for the default prefix `tokenmeter`. The Prometheus name is the\n\
+         OpenTelemetry name under the specification's OTLP → Prometheus mapping (dots become\n\
+         underscores, the unit word is appended, `_total` on counters, `_ratio` on gauges of unit\n\
+         `1`). The vLLM column is the name used instead under `Naming::Vllm`, where vLLM defines\n\
+         the metric; elsewhere the default name is kept.\n\n\
+         ## Labels every model-scoped metric carries\n\n\
+         | naming | labels |\n|---|---|\n\
+         | OpenTelemetry (default) | `gen_ai_operation_name`, `gen_ai_provider_name`, `gen_ai_request_model` |\n\
+         | vLLM | `model_name`, `engine` (`\"0\"`) |\n\n\
+         plus the meter's constant labels and the per-request labels it declared (each capped; see\n\
+         `tokenmeter_labels_overflow_total`). Label keys below are in OpenTelemetry spelling; the\n\
+         exposition uses underscores (`error.type` → `error_type`; `finish_reason` is\n\
+         `finished_reason` under the vLLM preset).\n",
+    );
+    let fmt_buckets = |b: Option<&[f64]>| match b {
+        None => String::new(),
+        Some(b) => b.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(", "),
+    };
+    for (title, defs) in [("Requests and tokens", core::DEFS), ("GPU and host", gpu::DEFS), ("Quality", quality::DEFS)] {
+        let _ = write!(out, "\n## {title}\n\n");
+        if defs.is_empty() {
+            out.push_str("(none)\n");
+            continue;
+        }
+        for d in defs {
+            let otel = if d.own { format!("tokenmeter.{}", d.otel_name) } else { d.otel_name.to_owned() };
+            let prom = prometheus_name(&otel, d.kind, d.unit);
+            let _ = writeln!(out, "### `{prom}`\n");
+            let _ = writeln!(out, "{}\n", d.description);
+            let _ = writeln!(out, "| | |\n|---|---|");
+            let _ = writeln!(out, "| OpenTelemetry name | `{otel}` |");
+            if let Some(v) = d.vllm_name {
+                let _ = writeln!(out, "| vLLM preset name | `{v}` |");
+            }
+            let _ = writeln!(out, "| type | {} |", d.kind.as_str());
+            let unit = if d.unit.is_empty() { "none" } else { d.unit };
+            let _ = writeln!(out, "| unit | `{unit}` |");
+            let labels = if d.labels.is_empty() {
+                "constant labels only".to_owned()
+            } else {
+                d.labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
+            };
+            let _ = writeln!(out, "| labels | {labels} |");
+            if d.buckets.is_some() {
+                let _ = writeln!(out, "| buckets | {} |", fmt_buckets(d.buckets));
+            }
+            if d.vllm_buckets.is_some() {
+                let _ = writeln!(out, "| vLLM preset buckets | {} |", fmt_buckets(d.vllm_buckets));
+            }
+            let _ = writeln!(out, "| recorded | {} |\n", d.recorded);
+        }
+    }
+    out
+}
