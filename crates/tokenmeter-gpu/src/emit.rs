@@ -28,7 +28,11 @@ pub(crate) struct GaugeSlot {
 
 impl GaugeSlot {
     pub(crate) fn new(meter: &Meter, id: &str, labels: Vec<Label>) -> Self {
-        GaugeSlot { name: def(id).map(|d| meter.metric_name(d).to_owned()), labels, gauge: None }
+        GaugeSlot {
+            name: def(id).map(|d| meter.metric_name(d).to_owned()),
+            labels,
+            gauge: None,
+        }
     }
 
     /// `Some(v)`: set (registering on first use). `None`: NaN if it was ever set, else nothing.

@@ -86,7 +86,11 @@ impl FakeGpuSource {
         GpuReading {
             utilization: Ok(0.5),
             memory_controller_utilization: Ok(0.25),
-            memory: Ok(MemoryReading { used: 40 * GIB, free: 40 * GIB, total: 80 * GIB }),
+            memory: Ok(MemoryReading {
+                used: 40 * GIB,
+                free: 40 * GIB,
+                total: 80 * GIB,
+            }),
             process_memory: Ok(Some(10 * GIB)),
             power_w: Ok(300.0),
             power_limit_w: Ok(700.0),
@@ -172,7 +176,10 @@ impl GpuSource for FakeGpuSource {
         st.reads += 1;
         match st.gpus.iter().find(|g| g.identity.uuid == gpu.uuid) {
             Some(g) if !g.lost => Ok(g.reading.clone()),
-            _ => Err(DeviceError::Lost(format!("GPU {} is gone (fake)", gpu.uuid))),
+            _ => Err(DeviceError::Lost(format!(
+                "GPU {} is gone (fake)",
+                gpu.uuid
+            ))),
         }
     }
 }

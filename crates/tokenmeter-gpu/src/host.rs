@@ -98,8 +98,10 @@ impl HostSampler {
         self.samples += 1;
         let mut out = HostSample::default();
 
-        self.sys.refresh_cpu_specifics(CpuRefreshKind::nothing().with_cpu_usage());
-        self.sys.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+        self.sys
+            .refresh_cpu_specifics(CpuRefreshKind::nothing().with_cpu_usage());
+        self.sys
+            .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
         let ncpu = self.sys.cpus().len().max(1) as f64;
         if !first {
             out.system_cpu_utilization = Some(f64::from(self.sys.global_cpu_usage()) / 100.0);
@@ -136,7 +138,8 @@ impl HostSampler {
         }
         out.process_peak_rss_bytes = peak_rss_bytes();
 
-        self.disks.refresh_specifics(true, DiskRefreshKind::nothing().with_io_usage());
+        self.disks
+            .refresh_specifics(true, DiskRefreshKind::nothing().with_io_usage());
         let mut seen = HashSet::new();
         let (mut r, mut w) = (0u64, 0u64);
         for d in self.disks.list() {
@@ -185,7 +188,11 @@ fn peak_rss_bytes() -> Option<u64> {
     }
     let max = u64::try_from(ru.ru_maxrss).ok()?;
     // Linux and the BSDs report kibibytes; macOS reports bytes.
-    if cfg!(target_os = "macos") { Some(max) } else { Some(max.saturating_mul(1024)) }
+    if cfg!(target_os = "macos") {
+        Some(max)
+    } else {
+        Some(max.saturating_mul(1024))
+    }
 }
 
 #[cfg(not(unix))]

@@ -51,6 +51,6 @@ pub use sampler::{
     SamplerBuilder, SamplerHandle,
 };
 pub use source::{
-    DeviceError, Field, FieldError, GpuIdentity, GpuReading, GpuSource, MemoryReading,
-    SourceError, THROTTLE_REASONS,
+    DeviceError, Field, FieldError, GpuIdentity, GpuReading, GpuSource, MemoryReading, SourceError,
+    THROTTLE_REASONS,
 };

@@ -49,7 +49,10 @@ impl NvmlSource {
     /// A source for this process (its PID selects the per-process memory reading). Nothing is
     /// loaded until [`GpuSource::init`].
     pub fn new() -> Self {
-        NvmlSource { nvml: None, pid: std::process::id() }
+        NvmlSource {
+            nvml: None,
+            pid: std::process::id(),
+        }
     }
 }
 
@@ -122,12 +125,17 @@ impl GpuSource for NvmlSource {
         let mut c = Conv { lost: None };
         let util = c.f(d.utilization_rates());
         let (utilization, memory_controller_utilization) = match util {
-            Ok(u) => (Ok(f64::from(u.gpu) / 100.0), Ok(f64::from(u.memory) / 100.0)),
+            Ok(u) => (
+                Ok(f64::from(u.gpu) / 100.0),
+                Ok(f64::from(u.memory) / 100.0),
+            ),
             Err(e) => (Err(e.clone()), Err(e)),
         };
-        let memory = c
-            .f(d.memory_info())
-            .map(|m| MemoryReading { used: m.used, free: m.free, total: m.total });
+        let memory = c.f(d.memory_info()).map(|m| MemoryReading {
+            used: m.used,
+            free: m.free,
+            total: m.total,
+        });
         let pid = self.pid;
         let process_memory = c.f(d.running_compute_processes()).and_then(|list| {
             match list.into_iter().find(|p| p.pid == pid) {
@@ -141,7 +149,9 @@ impl GpuSource for NvmlSource {
         let mw = |v: u32| f64::from(v) / 1000.0;
         let power_w = c.f(d.power_usage()).map(mw);
         let power_limit_w = c.f(d.enforced_power_limit()).map(mw);
-        let energy_counter_j = c.f(d.total_energy_consumption()).map(|mj| mj as f64 / 1000.0);
+        let energy_counter_j = c
+            .f(d.total_energy_consumption())
+            .map(|mj| mj as f64 / 1000.0);
         let temperature_c = c.f(d.temperature(TemperatureSensor::Gpu)).map(f64::from);
         let mhz = |v: u32| f64::from(v) * 1e6;
         let clock_sm_hz = c.f(d.clock_info(Clock::SM)).map(mhz);

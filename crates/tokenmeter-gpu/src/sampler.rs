@@ -247,8 +247,11 @@ impl SamplerBuilder {
 
     /// Builds the sampler without starting a thread; drive it with [`Sampler::sample_once`].
     pub fn build(self) -> Sampler {
-        let availability =
-            if self.source.is_some() { GpuAvailability::Pending } else { GpuAvailability::Disabled };
+        let availability = if self.source.is_some() {
+            GpuAvailability::Pending
+        } else {
+            GpuAvailability::Disabled
+        };
         Sampler {
             interval: self.interval,
             window: self.window,
@@ -394,7 +397,11 @@ impl Sampler {
         let thread = std::thread::Builder::new()
             .name("tokenmeter-gpu".into())
             .spawn(move || run(self, rx))?;
-        Ok(SamplerHandle { stop: Some(tx), thread: Some(thread), shared })
+        Ok(SamplerHandle {
+            stop: Some(tx),
+            thread: Some(thread),
+            shared,
+        })
     }
 
     fn init_source(&mut self) {
@@ -539,7 +546,11 @@ struct GpuMetrics {
 impl GpuMetrics {
     fn new(meter: &Meter, id: &GpuIdentity) -> Self {
         let index = id.index.to_string();
-        let base = [("hw.id", index.as_str()), ("hw.name", id.name.as_str()), ("gpu.uuid", id.uuid.as_str())];
+        let base = [
+            ("hw.id", index.as_str()),
+            ("hw.name", id.name.as_str()),
+            ("gpu.uuid", id.uuid.as_str()),
+        ];
         let with = |extra: &[(&str, &str)]| {
             let mut all: Vec<(&str, &str)> = base.to_vec();
             all.extend_from_slice(extra);
@@ -548,7 +559,11 @@ impl GpuMetrics {
         let g = |metric: &str| GaugeSlot::new(meter, metric, with(&[]));
         let gpu = ("hw.type", "gpu");
         GpuMetrics {
-            utilization: GaugeSlot::new(meter, "gpu.utilization", with(&[("hw.gpu.task", "general")])),
+            utilization: GaugeSlot::new(
+                meter,
+                "gpu.utilization",
+                with(&[("hw.gpu.task", "general")]),
+            ),
             memory_utilization: g("gpu.memory.utilization"),
             memory_controller: g("gpu.memory_controller.utilization"),
             memory_used: g("gpu.memory.usage"),
@@ -565,13 +580,33 @@ impl GpuMetrics {
                 .iter()
                 .map(|(_, r)| GaugeSlot::new(meter, "gpu.throttle", with(&[("reason", r)])))
                 .collect(),
-            pcie_tx: GaugeSlot::new(meter, "gpu.pcie.throughput", with(&[("network.io.direction", "transmit")])),
-            pcie_rx: GaugeSlot::new(meter, "gpu.pcie.throughput", with(&[("network.io.direction", "receive")])),
+            pcie_tx: GaugeSlot::new(
+                meter,
+                "gpu.pcie.throughput",
+                with(&[("network.io.direction", "transmit")]),
+            ),
+            pcie_rx: GaugeSlot::new(
+                meter,
+                "gpu.pcie.throughput",
+                with(&[("network.io.direction", "receive")]),
+            ),
             status_ok: GaugeSlot::new(meter, "gpu.status", with(&[gpu, ("hw.state", "ok")])),
-            status_failed: GaugeSlot::new(meter, "gpu.status", with(&[gpu, ("hw.state", "failed")])),
+            status_failed: GaugeSlot::new(
+                meter,
+                "gpu.status",
+                with(&[gpu, ("hw.state", "failed")]),
+            ),
             energy: CounterSlot::new(meter, "gpu.energy", with(&[gpu])),
-            ecc_corrected: CounterSlot::new(meter, "gpu.errors", with(&[gpu, ("error.type", "corrected")])),
-            ecc_uncorrected: CounterSlot::new(meter, "gpu.errors", with(&[gpu, ("error.type", "uncorrected")])),
+            ecc_corrected: CounterSlot::new(
+                meter,
+                "gpu.errors",
+                with(&[gpu, ("error.type", "corrected")]),
+            ),
+            ecc_uncorrected: CounterSlot::new(
+                meter,
+                "gpu.errors",
+                with(&[gpu, ("error.type", "uncorrected")]),
+            ),
         }
     }
 }
@@ -680,7 +715,9 @@ impl GpuState {
         m.memory_used.set(mem.map(|x| x.used as f64));
         m.memory_free.set(mem.map(|x| x.free as f64));
         m.memory_limit.set(mem.map(|x| x.total as f64));
-        let mem_util = mem.filter(|x| x.total > 0).map(|x| x.used as f64 / x.total as f64);
+        let mem_util = mem
+            .filter(|x| x.total > 0)
+            .map(|x| x.used as f64 / x.total as f64);
         m.memory_utilization.set(mem_util);
         if let Some(x) = mem {
             self.peak_memory = Some(self.peak_memory.map_or(x.used, |p| p.max(x.used)));
@@ -703,7 +740,11 @@ impl GpuState {
             slot.set(throttle.map(|t| if t & bit != 0 { 1.0 } else { 0.0 }));
         }
         let throttle_names = throttle.map(|t| {
-            THROTTLE_REASONS.iter().filter(|(b, _)| t & b != 0).map(|(_, n)| *n).collect()
+            THROTTLE_REASONS
+                .iter()
+                .filter(|(b, _)| t & b != 0)
+                .map(|(_, n)| *n)
+                .collect()
         });
         let ecc_corrected = r.ecc_corrected.ok();
         if let Some(v) = ecc_corrected {
@@ -854,7 +895,11 @@ fn missing_fields(r: &GpuReading) -> Vec<(&'static str, FieldError)> {
     }
     let mut out = Vec::new();
     chk(&mut out, "utilization", &r.utilization);
-    chk(&mut out, "memory_controller_utilization", &r.memory_controller_utilization);
+    chk(
+        &mut out,
+        "memory_controller_utilization",
+        &r.memory_controller_utilization,
+    );
     chk(&mut out, "memory", &r.memory);
     chk(&mut out, "process_memory", &r.process_memory);
     chk(&mut out, "power", &r.power_w);
@@ -913,16 +958,20 @@ impl DerivedState {
         let tokens = meter.totals().output_tokens;
         let first_tokens = *self.first_tokens.get_or_insert(tokens);
         let active = gpus.iter().filter(|g| g.active);
-        let energy = active.clone().filter_map(|g| g.energy_j).fold(None, |acc: Option<f64>, e| {
-            Some(acc.unwrap_or(0.0) + e)
-        });
+        let energy = active
+            .clone()
+            .filter_map(|g| g.energy_j)
+            .fold(None, |acc: Option<f64>, e| Some(acc.unwrap_or(0.0) + e));
         let gpu_seconds: f64 = active.clone().map(|g| g.gpu_seconds).sum();
         let any_gpu = active.count() > 0;
-        let point = WindowPoint { at: now, energy_j: energy, tokens, gpu_seconds };
+        let point = WindowPoint {
+            at: now,
+            energy_j: energy,
+            tokens,
+            gpu_seconds,
+        };
         self.points.push_back(point);
-        while self.points.len() >= 2
-            && now.saturating_duration_since(self.points[1].at) >= window
-        {
+        while self.points.len() >= 2 && now.saturating_duration_since(self.points[1].at) >= window {
             self.points.pop_front();
         }
         let oldest = self.points.front().copied().unwrap_or(point);
@@ -993,7 +1042,8 @@ impl HostState {
     fn new(meter: &Meter) -> Self {
         let none = || labels(meter, &[]);
         let g = |id: &str| GaugeSlot::new(meter, id, none());
-        let dir = |id: &str, k: &str, v: &str| CounterSlot::new(meter, id, labels(meter, &[(k, v)]));
+        let dir =
+            |id: &str, k: &str, v: &str| CounterSlot::new(meter, id, labels(meter, &[(k, v)]));
         HostState {
             sampler: HostSampler::new(),
             cpu: g("process.cpu.utilization"),
@@ -1005,8 +1055,16 @@ impl HostState {
             disk_read: dir("process.disk.io", "disk.io.direction", "read"),
             disk_write: dir("process.disk.io", "disk.io.direction", "write"),
             sys_cpu: g("system.cpu.utilization"),
-            sys_mem_used: GaugeSlot::new(meter, "system.memory.usage", labels(meter, &[("system.memory.state", "used")])),
-            sys_mem_free: GaugeSlot::new(meter, "system.memory.usage", labels(meter, &[("system.memory.state", "free")])),
+            sys_mem_used: GaugeSlot::new(
+                meter,
+                "system.memory.usage",
+                labels(meter, &[("system.memory.state", "used")]),
+            ),
+            sys_mem_free: GaugeSlot::new(
+                meter,
+                "system.memory.usage",
+                labels(meter, &[("system.memory.state", "free")]),
+            ),
             sys_mem_total: g("system.memory.limit"),
             sys_disk_read: dir("system.disk.io", "disk.io.direction", "read"),
             sys_disk_write: dir("system.disk.io", "disk.io.direction", "write"),
