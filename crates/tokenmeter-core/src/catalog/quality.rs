@@ -1,0 +1,131 @@
+//! Quality-proxy metrics, recorded by `tokenmeter-quality`: logprob statistics, streaming text
+//! monitors (refusals, repetition, output length, unusual output, keywords), pluggable scorers,
+//! safety-filter triggers, user feedback and drift against a captured baseline.
+//!
+//! Per-request values are recorded once, when the request's quality monitor finishes, never per
+//! token. NaN/Inf counts of logits live in the core catalog (`nonfinite_values`,
+//! `nonfinite_requests`), since the guard owns them. All names are ours (`own: true`), under
+//! the meter's prefix.
+
+use super::{MetricDef, MetricKind};
+
+/// Bounds for perplexity (exp of minus the mean chosen-token logprob; 1 = certain).
+pub const PERPLEXITY_BUCKETS: &[f64] =
+    &[1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 50.0, 100.0, 1000.0];
+/// Bounds for mean entropy in nats (ln 2 = 0.69 is a fair coin; ln 32000 = 10.4 is uniform over
+/// a 32k vocabulary).
+pub const ENTROPY_BUCKETS: &[f64] =
+    &[0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0];
+/// Bounds for shares in [0, 1] (low-confidence share, seq-rep-n).
+pub const SHARE_BUCKETS: &[f64] =
+    &[0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
+/// Bounds for output length in characters.
+pub const CHAR_BUCKETS: &[f64] = &[
+    0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+];
+/// Bounds for scorer outputs: scorers report in [-1, 1] (sentiment) or [0, 1] (probabilities).
+pub const SCORE_BUCKETS: &[f64] =
+    &[-1.0, -0.75, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0];
+/// Bounds for user feedback: thumbs (-1, 0, 1) and 1-5 star ratings both land on a bound.
+pub const FEEDBACK_BUCKETS: &[f64] = &[-1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0];
+
+macro_rules! def {
+    ($id:literal, $name:literal, $kind:ident, $unit:literal, labels: $labels:expr,
+     buckets: $b:expr, $desc:literal, recorded: $rec:expr) => {
+        MetricDef {
+            id: $id,
+            otel_name: $name,
+            own: true,
+            vllm_name: None,
+            kind: MetricKind::$kind,
+            unit: $unit,
+            description: $desc,
+            labels: $labels,
+            buckets: $b,
+            vllm_buckets: None,
+            recorded: $rec,
+        }
+    };
+}
+
+const AT_FINISH: &str = "Once per request, when its quality monitor finishes.";
+
+/// Every quality metric.
+pub static DEFS: &[MetricDef] = &[
+    def!("quality_perplexity", "quality.perplexity", Histogram, "1", labels: &[],
+        buckets: Some(PERPLEXITY_BUCKETS),
+        "Per-request perplexity: exp of minus the mean logprob of the chosen tokens.",
+        recorded: "Once per request that reported at least one finite logprob, when its quality monitor finishes."),
+    def!("quality_entropy", "quality.entropy", Histogram, "1", labels: &[],
+        buckets: Some(ENTROPY_BUCKETS),
+        "Per-request mean entropy (nats) of the next-token distribution, from the top-k or full distribution handed in.",
+        recorded: "Once per request that handed in at least one distribution, when its quality monitor finishes."),
+    def!("quality_low_confidence", "quality.low_confidence.share", Histogram, "1", labels: &[],
+        buckets: Some(SHARE_BUCKETS),
+        "Per-request share of chosen tokens whose probability was below the low-confidence threshold (default 0.5).",
+        recorded: "Once per request that reported at least one finite logprob, when its quality monitor finishes."),
+    def!("quality_requests", "quality.requests", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Requests whose output went through the text monitors: the denominator of the refusal, empty and loop rates.",
+        recorded: AT_FINISH),
+    def!("quality_refusals", "quality.refusals", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Requests whose output matched a refusal phrase (case-insensitive, across token boundaries).",
+        recorded: AT_FINISH),
+    def!("quality_repetition", "quality.repetition", Histogram, "1", labels: &[],
+        buckets: Some(SHARE_BUCKETS),
+        "Per-request seq-rep-n: the share of the output's token n-grams that repeat an earlier n-gram of the same output.",
+        recorded: "Once per request with at least n output token ids, when its quality monitor finishes."),
+    def!("quality_degenerate", "quality.degenerate_loops", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Requests flagged as a degenerate loop: a run of consecutive repeated n-grams at least the configured length.",
+        recorded: AT_FINISH),
+    def!("quality_output_chars", "quality.output.chars", Histogram, "{char}", labels: &[],
+        buckets: Some(CHAR_BUCKETS),
+        "Per-request output length in Unicode scalar values (invalid UTF-8 counted as U+FFFD, as a lossy decoder would).",
+        recorded: "Once per request that handed in text, when its quality monitor finishes."),
+    def!("quality_empty", "quality.output.empty", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Requests whose output had no non-whitespace character (or no token at all when no text was handed in).",
+        recorded: AT_FINISH),
+    def!("quality_replacement_chars", "quality.output.replacement_chars", Counter, "{char}", labels: &[],
+        buckets: None,
+        "U+FFFD replacement characters in outputs: literal ones plus one per invalid or truncated UTF-8 sequence.",
+        recorded: AT_FINISH),
+    def!("quality_control_chars", "quality.output.control_chars", Counter, "{char}", labels: &[],
+        buckets: None,
+        "Control characters in outputs (C0 other than tab, LF and CR; DEL; C1).",
+        recorded: AT_FINISH),
+    def!("quality_disallowed_tokens", "quality.output.disallowed_tokens", Counter, "{token}", labels: &[],
+        buckets: None,
+        "Output token ids outside the configured allowed set.",
+        recorded: AT_FINISH),
+    def!("quality_keywords", "quality.keyword.matches", Counter, "{match}", labels: &["keyword"],
+        buckets: None,
+        "Matches of configured keywords in outputs (case-insensitive); keywords past the cardinality cap count under `other`.",
+        recorded: "Once per request and matched keyword, when its quality monitor finishes."),
+    def!("quality_score", "quality.score", Histogram, "1", labels: &["scorer"],
+        buckets: Some(SCORE_BUCKETS),
+        "Scores from pluggable scorers (sentiment, toxicity, safety classifiers) on whole outputs.",
+        recorded: "Once per request and scorer at finish, or when the server records a score it computed elsewhere."),
+    def!("quality_safety_triggers", "quality.safety_filter.triggers", Counter, "{trigger}", labels: &["filter"],
+        buckets: None,
+        "Safety-filter triggers reported by the server, by filter name (capped; the rest count under `other`).",
+        recorded: "When the server reports a trigger."),
+    def!("quality_feedback", "quality.feedback.score", Histogram, "1", labels: &[],
+        buckets: Some(FEEDBACK_BUCKETS),
+        "User feedback scores, recorded after the fact per request id (the request id goes to the log, never a label).",
+        recorded: "When the server reports feedback for a request."),
+    def!("quality_drift_psi", "quality.drift.psi", Gauge, "", labels: &["feature"],
+        buckets: None,
+        "Population stability index of the live window against the baseline, per feature (prompt_length, output_length, token_id).",
+        recorded: "Each time the drift monitor evaluates (every window step, or on demand)."),
+    def!("quality_drift_jsd", "quality.drift.js_divergence", Gauge, "", labels: &["feature"],
+        buckets: None,
+        "Jensen-Shannon divergence (base 2, in [0, 1]) of the live window against the baseline, per feature.",
+        recorded: "Each time the drift monitor evaluates (every window step, or on demand)."),
+    def!("quality_drift_window", "quality.drift.window_requests", Gauge, "{request}", labels: &[],
+        buckets: None,
+        "Requests in the drift monitor's live window (drift values over a small window are noise).",
+        recorded: "Each time the drift monitor evaluates."),
+];
