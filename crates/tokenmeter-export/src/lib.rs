@@ -1,0 +1,98 @@
+//! Exporters for tokenmeter: Prometheus, OTLP metrics and traces, the JSON request log.
+//!
+//! The core emits every metric through the [`metrics`] facade under its final exposition name
+//! and one span plus one event per request through [`tracing`]. This crate provides the
+//! recorders and layers that ship them:
+//!
+//! - [`Prometheus`]: `metrics-exporter-prometheus` with the catalog's bucket bounds for every
+//!   histogram (never a summary), served on 127.0.0.1:9464 by default or rendered into your
+//!   own router.
+//! - [`otlp::Otlp`]: a `metrics::Recorder` forwarding to the OpenTelemetry SDK, plus a
+//!   `tracing-opentelemetry` layer for the request spans, exported over gRPC or HTTP/protobuf,
+//!   off-thread and bounded: a dead or stalled collector never blocks the generation loop,
+//!   and what is dropped is counted.
+//! - [`RequestLog`]: one JSON line per finished request.
+//! - [`Exporters`] composes them (with any recorder of yours) through `metrics-util`'s fanout;
+//!   [`init`] is the one-call setup that reads the environment.
+//!
+//! ```no_run
+//! // Prometheus on 127.0.0.1:9464; OTLP too when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+//! let _exporters = tokenmeter_export::init()?;
+//! let meter = tokenmeter_core::Meter::builder().model("smollm2-135m").build();
+//! let mut req = meter.request().prompt_tokens(5).start();
+//! req.token();
+//! req.finish(tokenmeter_core::Finish::Stop);
+//! # Ok::<(), tokenmeter_export::Error>(())
+//! ```
+//!
+//! Environment read by [`init`] (besides the standard `OTEL_*` variables, see [`otlp::Otlp`]):
+//!
+//! | variable | effect | default |
+//! |---|---|---|
+//! | `TOKENMETER_PROMETHEUS` | `off` disables the Prometheus listener | on |
+//! | `TOKENMETER_PROMETHEUS_ADDR` | scrape address | `127.0.0.1:9464` |
+//! | `TOKENMETER_REQUEST_LOG` | `stdout`, `stderr` or `off` | `stdout` |
+//! | `OTEL_SDK_DISABLED` | `true` disables OTLP | OTLP on when an endpoint is set |
+
+use std::net::SocketAddr;
+
+mod log;
+mod names;
+mod stats;
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
+#[cfg(feature = "otlp")]
+pub mod trace_context;
+
+pub use log::{LogDestination, REQUEST_TARGET, RequestLog};
+pub use names::DEFAULT_PREFIX;
+#[cfg(feature = "prometheus")]
+pub use prometheus::{Prometheus, PrometheusExporter, PrometheusRender};
+pub use stats::{ExportStats, ExportStatsSnapshot, dropped_metric_name};
+
+/// Errors from building or installing exporters.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Prometheus listener could not bind its address.
+    #[error(
+        "cannot listen for Prometheus scrapes on {addr}: {source}; another process (or another \
+         exporter) may hold the port: pick another with Prometheus::listen or TOKENMETER_PROMETHEUS_ADDR"
+    )]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A global `metrics` recorder is already installed.
+    #[error(
+        "a global metrics recorder is already installed; add yours with Exporters::recorder, or \
+         build the exporters and compose their recorders yourself"
+    )]
+    RecorderAlreadySet,
+    /// A global `tracing` subscriber is already installed.
+    #[error(
+        "a global tracing subscriber is already installed; add the layers from \
+         OtlpExporter::tracing_layer and RequestLog::layer to it instead"
+    )]
+    SubscriberAlreadySet,
+    /// An option or environment value is invalid.
+    #[error("invalid exporter configuration: {0}")]
+    Config(String),
+    /// The OTLP pipeline failed to build, or a flush failed.
+    #[error("OTLP: {0}")]
+    Otlp(String),
+    /// An invalid W3C `traceparent`, or a span that cannot take a parent.
+    #[error("invalid traceparent: {0}")]
+    TraceParent(String),
+    /// A thread or runtime could not be started.
+    #[error("I/O: {0}")]
+    Io(std::io::Error),
+}
+
+mod setup;
+pub use setup::{ExportGuard, Exporters, init};
