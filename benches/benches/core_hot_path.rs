@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use metrics::{Key, Label, Recorder};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokenmeter_benches::{ns_per_op, report};
 use tokenmeter_core::{Finish, Meter};
 
@@ -68,8 +68,15 @@ fn metrics_histogram_record() -> f64 {
 }
 
 fn whole_request_with_prometheus() -> (f64, usize) {
-    let recorder = Arc::new(PrometheusBuilder::new().build_recorder());
     let meter = Meter::builder().model("bench").build();
+    // Configured as the exporter does: every catalog histogram gets its buckets.
+    let mut builder = PrometheusBuilder::new();
+    for m in meter.metrics() {
+        if let Some(b) = &m.buckets {
+            builder = builder.set_buckets_for_metric(Matcher::Full(m.name.clone()), b).expect("catalog buckets are valid");
+        }
+    }
+    let recorder = Arc::new(builder.build_recorder());
     let tokens = 256;
     let ns = metrics::with_local_recorder(&*recorder, || {
         ns_per_op(1, || {

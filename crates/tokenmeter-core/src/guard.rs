@@ -250,8 +250,19 @@ enum Phase {
 /// assert_eq!(meter.totals().requests_ended, 4);
 /// assert_eq!(meter.totals().output_tokens, 40);
 /// ```
+// Fields the per-token path touches come first, so they share the guard's first cache line.
+#[repr(C)]
 pub struct RequestGuard {
     meter: Meter,
+    /// Valid when `n > 0`.
+    last: Instant,
+    next_flush: Instant,
+    n: u64,
+    phase: Phase,
+    scheduled: bool,
+    /// Per ITL bucket (the last slot is +Inf): observations and their sum in nanoseconds.
+    itl_counts: [u32; ITL_SLOTS],
+    itl_sums: [u64; ITL_SLOTS],
     handles: Arc<Handles>,
     span: Span,
     request_id: Box<str>,
@@ -260,18 +271,9 @@ pub struct RequestGuard {
     scheduled_at: Instant,
     /// Valid when `n > 0`.
     first: Instant,
-    /// Valid when `n > 0`.
-    last: Instant,
-    next_flush: Instant,
-    n: u64,
     flushed: u64,
     prompt: u64,
-    /// Per ITL bucket (the last slot is +Inf): observations and their sum in nanoseconds.
-    itl_counts: [u32; ITL_SLOTS],
-    itl_sums: [u64; ITL_SLOTS],
     non_finite: NonFinite,
-    phase: Phase,
-    scheduled: bool,
 }
 
 impl std::fmt::Debug for RequestGuard {
@@ -358,8 +360,8 @@ impl RequestGuard {
                 0
             }
         };
-        let bounds = &self.meter.inner.itl_bounds_ns;
-        let b = bounds.partition_point(|&bound| bound < gap / u64::from(k));
+        let per_token = if k == 1 { gap } else { gap / u64::from(k) };
+        let b = self.meter.inner.itl_bounds_ns.partition_point(|&bound| bound < per_token);
         // `b <= bounds.len() <= MAX_ITL_BOUNDS`, so it is in range; `get_mut` keeps that
         // promise checked without a panic path.
         if let (Some(c), Some(s)) = (self.itl_counts.get_mut(b), self.itl_sums.get_mut(b)) {

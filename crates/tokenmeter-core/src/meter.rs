@@ -278,12 +278,13 @@ impl MeterBuilder {
                 names::resolve(def, naming, &self.prefix, o)
             })
             .collect();
-        let itl_bounds_ns = resolved
-            .iter()
-            .find(|r| r.def.id == "itl")
-            .and_then(|r| r.buckets.as_ref())
-            .map(|b| b.iter().map(|s| (s * 1e9).round() as u64).collect())
-            .unwrap_or_default();
+        // Unused slots hold u64::MAX, which no gap is below, so a search over the whole
+        // fixed-size array lands where a search over the real bounds would.
+        let mut itl_bounds_ns = [u64::MAX; MAX_ITL_BOUNDS];
+        let itl = resolved.iter().find(|r| r.def.id == "itl").and_then(|r| r.buckets.as_ref());
+        for (slot, bound) in itl_bounds_ns.iter_mut().zip(itl.into_iter().flatten()) {
+            *slot = (bound * 1e9).round() as u64;
+        }
         let mut constant_labels = match naming {
             Naming::OpenTelemetry => vec![
                 ("gen_ai_operation_name".to_owned(), self.operation.clone()),
@@ -356,7 +357,9 @@ pub(crate) struct Inner {
     pub(crate) label_cap: usize,
     pub(crate) label_values: Mutex<HashMap<String, HashSet<String>>>,
     pub(crate) resolved: Vec<ResolvedMetric>,
-    pub(crate) itl_bounds_ns: Vec<u64>,
+    /// ITL bucket bounds in nanoseconds, padded with `u64::MAX` (a fixed size lets the
+    /// per-token search unroll).
+    pub(crate) itl_bounds_ns: [u64; MAX_ITL_BOUNDS],
     pub(crate) slo: Slo,
     pub(crate) window: Mutex<Window>,
     pub(crate) totals: AtomicTotals,
