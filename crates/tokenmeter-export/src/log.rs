@@ -75,7 +75,9 @@ impl RequestLog {
                 .with_span_list(false)
                 .with_target(true)
                 .with_writer(writer)
-                .with_filter(filter_fn(|meta| meta.is_event() && meta.target() == REQUEST_TARGET)),
+                .with_filter(filter_fn(|meta| {
+                    meta.is_event() && meta.target() == REQUEST_TARGET
+                })),
         )
     }
 }
@@ -91,7 +93,10 @@ mod tests {
     struct Buf(Arc<Mutex<Vec<u8>>>);
     impl Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(b);
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -103,7 +108,8 @@ mod tests {
     fn logs_only_request_events_as_json() {
         let buf = Buf::default();
         let b2 = buf.clone();
-        let sub = tracing_subscriber::registry().with(RequestLog::layer_with_writer(move || b2.clone()));
+        let sub =
+            tracing_subscriber::registry().with(RequestLog::layer_with_writer(move || b2.clone()));
         tracing::subscriber::with_default(sub, || {
             tracing::info!(target: "other", "ignored");
             tracing::info!(target: REQUEST_TARGET, request_id = "r1", output_tokens = 3u64, ttft_ms = 1.5, "request finished");

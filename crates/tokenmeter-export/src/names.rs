@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use tokenmeter_core::catalog::{self, MetricDef};
 use tokenmeter_core::Meter;
+use tokenmeter_core::catalog::{self, MetricDef};
 
 /// The default prefix of our own metrics (the core's default).
 pub const DEFAULT_PREFIX: &str = "tokenmeter";
@@ -56,7 +56,12 @@ impl NameMap {
                 let prom = catalog::prometheus_name(&otel, def.kind, def.unit);
                 map.insert(prom, otel.clone(), def, def.buckets.map(<[f64]>::to_vec));
                 if let Some(v) = def.vllm_name {
-                    map.insert(v.to_owned(), otel, def, def.vllm_buckets.or(def.buckets).map(<[f64]>::to_vec));
+                    map.insert(
+                        v.to_owned(),
+                        otel,
+                        def,
+                        def.vllm_buckets.or(def.buckets).map(<[f64]>::to_vec),
+                    );
                 }
             }
         }
@@ -65,21 +70,40 @@ impl NameMap {
             for r in meter.metrics() {
                 map.by_name.insert(
                     r.name.clone(),
-                    MetricInfo { otel_name: r.otel_name.clone(), def: r.def, buckets: r.buckets.clone() },
+                    MetricInfo {
+                        otel_name: r.otel_name.clone(),
+                        def: r.def,
+                        buckets: r.buckets.clone(),
+                    },
                 );
             }
         }
-        let keys = catalog::all().flat_map(|d| d.labels.iter().copied()).chain(CONSTANT_KEYS.iter().copied());
+        let keys = catalog::all()
+            .flat_map(|d| d.labels.iter().copied())
+            .chain(CONSTANT_KEYS.iter().copied());
         for key in keys {
-            map.labels.insert(catalog::prometheus_label(key), key.to_owned());
+            map.labels
+                .insert(catalog::prometheus_label(key), key.to_owned());
         }
-        map.labels.insert("model_name".to_owned(), "gen_ai.request.model".to_owned());
-        map.labels.insert("finished_reason".to_owned(), "finish_reason".to_owned());
+        map.labels
+            .insert("model_name".to_owned(), "gen_ai.request.model".to_owned());
+        map.labels
+            .insert("finished_reason".to_owned(), "finish_reason".to_owned());
         map
     }
 
-    fn insert(&mut self, name: String, otel_name: String, def: &'static MetricDef, buckets: Option<Vec<f64>>) {
-        self.by_name.entry(name).or_insert(MetricInfo { otel_name, def, buckets });
+    fn insert(
+        &mut self,
+        name: String,
+        otel_name: String,
+        def: &'static MetricDef,
+        buckets: Option<Vec<f64>>,
+    ) {
+        self.by_name.entry(name).or_insert(MetricInfo {
+            otel_name,
+            def,
+            buckets,
+        });
     }
 
     /// The catalog entry for an emitted name.
@@ -100,7 +124,11 @@ impl NameMap {
 
 /// The full OTel name of a catalog metric under `prefix`.
 pub(crate) fn full_otel_name(def: &MetricDef, prefix: &str) -> String {
-    if def.own { format!("{prefix}.{}", def.otel_name) } else { def.otel_name.to_owned() }
+    if def.own {
+        format!("{prefix}.{}", def.otel_name)
+    } else {
+        def.otel_name.to_owned()
+    }
 }
 
 /// The OTel name for an emitted name that is not in the catalog: OTel names allow
@@ -108,7 +136,13 @@ pub(crate) fn full_otel_name(def: &MetricDef, prefix: &str) -> String {
 pub(crate) fn sanitize_otel_name(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if !out.starts_with(|c: char| c.is_ascii_alphabetic()) {
         out.insert(0, 'm');
@@ -130,23 +164,36 @@ mod tests {
     #[test]
     fn maps_default_and_vllm_names_back_to_the_catalog() {
         let map = NameMap::new(&[], &[]);
-        let ttft = map.get("gen_ai_server_time_to_first_token_seconds").expect("ttft");
+        let ttft = map
+            .get("gen_ai_server_time_to_first_token_seconds")
+            .expect("ttft");
         assert_eq!(ttft.otel_name, "gen_ai.server.time_to_first_token");
         assert_eq!(ttft.def.id, "ttft");
-        let v = map.get("vllm:time_to_first_token_seconds").expect("vllm ttft");
+        let v = map
+            .get("vllm:time_to_first_token_seconds")
+            .expect("vllm ttft");
         assert_eq!(v.otel_name, "gen_ai.server.time_to_first_token");
         assert_eq!(v.buckets.as_deref(), ttft.def.vllm_buckets);
-        let goodput = map.get("tokenmeter_requests_goodput_total").expect("goodput");
+        let goodput = map
+            .get("tokenmeter_requests_goodput_total")
+            .expect("goodput");
         assert_eq!(goodput.otel_name, "tokenmeter.requests.goodput");
         assert_eq!(map.otel_label("model_name"), "gen_ai.request.model");
-        assert_eq!(map.otel_label("gen_ai_request_model"), "gen_ai.request.model");
+        assert_eq!(
+            map.otel_label("gen_ai_request_model"),
+            "gen_ai.request.model"
+        );
         assert_eq!(map.otel_label("custom"), "custom");
     }
 
     #[test]
     fn custom_prefixes_are_covered() {
         let map = NameMap::new(&["acme".to_owned()], &[]);
-        assert_eq!(map.get("acme_requests_goodput_total").map(|m| m.otel_name.as_str()), Some("acme.requests.goodput"));
+        assert_eq!(
+            map.get("acme_requests_goodput_total")
+                .map(|m| m.otel_name.as_str()),
+            Some("acme.requests.goodput")
+        );
     }
 
     #[test]
@@ -154,7 +201,10 @@ mod tests {
         let map = NameMap::new(&[], &[]);
         for (name, info) in map.iter() {
             if is_histogram(info.def) {
-                assert!(info.buckets.as_ref().is_some_and(|b| !b.is_empty()), "{name}");
+                assert!(
+                    info.buckets.as_ref().is_some_and(|b| !b.is_empty()),
+                    "{name}"
+                );
             }
         }
     }

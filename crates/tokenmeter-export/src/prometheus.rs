@@ -10,7 +10,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use metrics::{Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use metrics_util::MetricKindMask;
 use tokenmeter_core::Meter;
 use tokenmeter_core::catalog::MetricKind;
@@ -20,7 +22,8 @@ use crate::names::NameMap;
 
 /// The default scrape address: loopback only, port 9464 (the OpenTelemetry Prometheus
 /// exporter's registered default).
-pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 /// The Content-Type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -181,7 +184,8 @@ impl Prometheus {
         let mut threads = Vec::new();
         let mut local_addr = None;
         if let Some(addr) = self.addr {
-            let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+            let listener =
+                TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
             let bound = listener.local_addr().map_err(Error::Io)?;
             local_addr = Some(bound);
             let (h, stop) = (handle.clone(), shutdown.clone());
@@ -199,7 +203,13 @@ impl Prometheus {
                 .spawn(move || upkeep(&h, &stop, every))
                 .map_err(Error::Io)?,
         );
-        Ok(PrometheusExporter { recorder: Some(recorder), handle, local_addr, shutdown, threads })
+        Ok(PrometheusExporter {
+            recorder: Some(recorder),
+            handle,
+            local_addr,
+            shutdown,
+            threads,
+        })
     }
 
     /// [`build`](Self::build), then installs the recorder as the global `metrics` recorder.
@@ -260,7 +270,9 @@ impl PrometheusExporter {
 
     /// A cloneable renderer for an HTTP handler (see the axum example).
     pub fn renderer(&self) -> PrometheusRender {
-        PrometheusRender { handle: self.handle.clone() }
+        PrometheusRender {
+            handle: self.handle.clone(),
+        }
     }
 
     /// The address the listener is bound to (`None` without a listener).
@@ -298,7 +310,10 @@ impl Drop for PrometheusExporter {
 
 fn wake_addr(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), addr.port())
+        SocketAddr::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            addr.port(),
+        )
     } else {
         addr
     }
@@ -343,9 +358,21 @@ fn respond(stream: &mut TcpStream, handle: &PrometheusHandle) -> std::io::Result
     let path = path.split('?').next().unwrap_or("");
     let (status, ctype, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => ("200 OK", CONTENT_TYPE, handle.render()),
-        ("GET" | "HEAD", "/") => ("200 OK", "text/plain; charset=utf-8", "tokenmeter: see /metrics\n".to_owned()),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_owned()),
-        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "method not allowed\n".to_owned()),
+        ("GET" | "HEAD", "/") => (
+            "200 OK",
+            "text/plain; charset=utf-8",
+            "tokenmeter: see /metrics\n".to_owned(),
+        ),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "method not allowed\n".to_owned(),
+        ),
     };
     let header = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -373,24 +400,48 @@ mod tests {
 
     #[test]
     fn serves_metrics_with_catalog_buckets_and_no_summary() {
-        let mut prom = Prometheus::new().listen("127.0.0.1:0".parse().expect("addr")).build().expect("build");
+        let mut prom = Prometheus::new()
+            .listen("127.0.0.1:0".parse().expect("addr"))
+            .build()
+            .expect("build");
         let rec = prom.take_recorder().expect("recorder");
         let meta = metrics::Metadata::new("t", metrics::Level::INFO, None);
-        let h = rec.register_histogram(&Key::from_name("gen_ai_server_time_to_first_token_seconds"), &meta);
+        let h = rec.register_histogram(
+            &Key::from_name("gen_ai_server_time_to_first_token_seconds"),
+            &meta,
+        );
         h.record(0.003);
         let other = rec.register_histogram(&Key::from_name("somebody_elses_histogram"), &meta);
         other.record(1.0);
-        let c = rec.register_counter(&Key::from_parts("tokenmeter_output_tokens_total", vec![metrics::Label::new("model", "a\"b\nc\\d")]), &meta);
+        let c = rec.register_counter(
+            &Key::from_parts(
+                "tokenmeter_output_tokens_total",
+                vec![metrics::Label::new("model", "a\"b\nc\\d")],
+            ),
+            &meta,
+        );
         c.increment(7);
         let addr = prom.local_addr().expect("addr");
         let resp = get(addr, "/metrics");
         assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
-        assert!(resp.contains("gen_ai_server_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"), "{resp}");
-        assert!(resp.contains("gen_ai_server_time_to_first_token_seconds_bucket{le=\"0.001\"} 0"), "{resp}");
+        assert!(
+            resp.contains("gen_ai_server_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"),
+            "{resp}"
+        );
+        assert!(
+            resp.contains("gen_ai_server_time_to_first_token_seconds_bucket{le=\"0.001\"} 0"),
+            "{resp}"
+        );
         assert!(resp.contains("somebody_elses_histogram_bucket"), "{resp}");
         assert!(!resp.contains("quantile="), "no summaries: {resp}");
-        assert!(resp.contains(r#"tokenmeter_output_tokens_total{model="a\"b\nc\\d"} 7"#), "{resp}");
-        assert!(resp.contains("# TYPE gen_ai_server_time_to_first_token_seconds histogram"), "{resp}");
+        assert!(
+            resp.contains(r#"tokenmeter_output_tokens_total{model="a\"b\nc\\d"} 7"#),
+            "{resp}"
+        );
+        assert!(
+            resp.contains("# TYPE gen_ai_server_time_to_first_token_seconds histogram"),
+            "{resp}"
+        );
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
     }
 
@@ -398,7 +449,10 @@ mod tests {
     fn port_taken_is_a_clear_error() {
         let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let err = Prometheus::new().listen(addr).build().expect_err("must fail");
+        let err = Prometheus::new()
+            .listen(addr)
+            .build()
+            .expect_err("must fail");
         let msg = err.to_string();
         assert!(matches!(err, Error::Bind { .. }), "{msg}");
         assert!(msg.contains(&addr.to_string()), "{msg}");
@@ -410,7 +464,8 @@ mod tests {
         assert_eq!(prom.local_addr(), None);
         let rec = prom.take_recorder().expect("recorder");
         let meta = metrics::Metadata::new("t", metrics::Level::INFO, None);
-        rec.register_gauge(&Key::from_name("tokenmeter_requests_running"), &meta).set(3.0);
+        rec.register_gauge(&Key::from_name("tokenmeter_requests_running"), &meta)
+            .set(3.0);
         assert!(prom.render().contains("tokenmeter_requests_running 3"));
     }
 }

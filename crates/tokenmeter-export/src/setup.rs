@@ -42,14 +42,19 @@ pub struct Exporters {
 
 impl std::fmt::Debug for Exporters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Exporters").field("recorders", &self.recorders.len()).finish_non_exhaustive()
+        f.debug_struct("Exporters")
+            .field("recorders", &self.recorders.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl Exporters {
     /// Nothing enabled yet; global tracing subscriber installed by [`install`](Self::install).
     pub fn new() -> Self {
-        Exporters { tracing: true, ..Default::default() }
+        Exporters {
+            tracing: true,
+            ..Default::default()
+        }
     }
 
     /// What [`init`] installs, from the environment: Prometheus unless
@@ -65,13 +70,15 @@ impl Exporters {
         let mut ex = Exporters::new();
         let var = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_ascii_lowercase());
         #[cfg(feature = "prometheus")]
-        if !matches!(var("TOKENMETER_PROMETHEUS").as_deref(), Some("off" | "false" | "0")) {
+        if !matches!(
+            var("TOKENMETER_PROMETHEUS").as_deref(),
+            Some("off" | "false" | "0")
+        ) {
             let mut p = Prometheus::new();
             if let Ok(addr) = std::env::var("TOKENMETER_PROMETHEUS_ADDR") {
-                let addr = addr
-                    .trim()
-                    .parse()
-                    .map_err(|e| Error::Config(format!("TOKENMETER_PROMETHEUS_ADDR={addr:?}: {e}")))?;
+                let addr = addr.trim().parse().map_err(|e| {
+                    Error::Config(format!("TOKENMETER_PROMETHEUS_ADDR={addr:?}: {e}"))
+                })?;
                 p = p.listen(addr);
             }
             ex = ex.prometheus(p);
@@ -82,7 +89,9 @@ impl Exporters {
         }
         match var("TOKENMETER_REQUEST_LOG").as_deref() {
             Some("off" | "false" | "0") => {}
-            Some("stderr") => ex = ex.request_log(RequestLog::new().destination(LogDestination::Stderr)),
+            Some("stderr") => {
+                ex = ex.request_log(RequestLog::new().destination(LogDestination::Stderr))
+            }
             _ => ex = ex.request_log(RequestLog::new()),
         }
         Ok(ex)
@@ -186,8 +195,10 @@ impl Exporters {
         if tracing {
             let layers = guard.tracing_layers();
             if !layers.is_empty() {
-                guard.tracing_installed =
-                    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layers)).is_ok();
+                guard.tracing_installed = tracing::subscriber::set_global_default(
+                    tracing_subscriber::registry().with(layers),
+                )
+                .is_ok();
             }
         }
         Ok(guard)
@@ -208,7 +219,9 @@ pub struct ExportGuard {
 
 impl std::fmt::Debug for ExportGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportGuard").field("tracing_installed", &self.tracing_installed).finish_non_exhaustive()
+        f.debug_struct("ExportGuard")
+            .field("tracing_installed", &self.tracing_installed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -235,7 +248,11 @@ impl ExportGuard {
     pub fn tracing_layers(&self) -> Vec<Box<dyn Layer<Registry> + Send + Sync>> {
         let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
         #[cfg(feature = "otlp")]
-        if let Some(l) = self.otlp.as_ref().and_then(OtlpExporter::tracing_layer::<Registry>) {
+        if let Some(l) = self
+            .otlp
+            .as_ref()
+            .and_then(OtlpExporter::tracing_layer::<Registry>)
+        {
             layers.push(Box::new(l));
         }
         if let Some(log) = self.request_log {

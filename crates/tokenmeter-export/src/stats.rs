@@ -46,7 +46,9 @@ pub struct ExportStatsSnapshot {
 impl ExportStatsSnapshot {
     /// Every dropped item, spans and metric points.
     pub fn dropped(&self) -> u64 {
-        self.metric_points_dropped + self.spans_dropped_queue_full + self.spans_dropped_export_failed
+        self.metric_points_dropped
+            + self.spans_dropped_queue_full
+            + self.spans_dropped_export_failed
     }
 }
 
@@ -97,7 +99,8 @@ impl ExportStats {
 /// Publishes the drop self-metric through the `metrics` facade. Called from export threads.
 pub(crate) fn publish(metric_name: &str, signal: &'static str, reason: &'static str, n: u64) {
     if n > 0 {
-        metrics::counter!(metric_name.to_owned(), "signal" => signal, "reason" => reason).increment(n);
+        metrics::counter!(metric_name.to_owned(), "signal" => signal, "reason" => reason)
+            .increment(n);
     }
 }
 
@@ -105,7 +108,9 @@ pub(crate) fn publish(metric_name: &str, signal: &'static str, reason: &'static 
 /// (`tokenmeter_export_dropped_total` by default).
 pub fn dropped_metric_name(prefix: &str) -> String {
     let (kind, unit) = catalog::by_id("export_dropped")
-        .map_or((catalog::MetricKind::Counter, "{item}"), |d| (d.kind, d.unit));
+        .map_or((catalog::MetricKind::Counter, "{item}"), |d| {
+            (d.kind, d.unit)
+        });
     catalog::prometheus_name(&format!("{prefix}.{DROPPED_OTEL_NAME}"), kind, unit)
 }
 
@@ -115,7 +120,10 @@ mod tests {
 
     #[test]
     fn drop_metric_name_follows_the_prefix() {
-        assert_eq!(dropped_metric_name("tokenmeter"), "tokenmeter_export_dropped_total");
+        assert_eq!(
+            dropped_metric_name("tokenmeter"),
+            "tokenmeter_export_dropped_total"
+        );
         assert_eq!(dropped_metric_name("acme"), "acme_export_dropped_total");
     }
 

@@ -22,7 +22,10 @@ use crate::Error;
 /// use opentelemetry::trace::TraceContextExt;
 /// assert_eq!(cx.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// ```
-pub fn parse_traceparent(traceparent: &str, tracestate: Option<&str>) -> Result<opentelemetry::Context, Error> {
+pub fn parse_traceparent(
+    traceparent: &str,
+    tracestate: Option<&str>,
+) -> Result<opentelemetry::Context, Error> {
     let mut carrier = HashMap::with_capacity(2);
     carrier.insert("traceparent".to_owned(), traceparent.trim().to_owned());
     if let Some(ts) = tracestate {
@@ -53,9 +56,14 @@ pub fn parse_traceparent(traceparent: &str, tracestate: Option<&str>) -> Result<
 ///     &span, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
 /// assert!(r.is_err());
 /// ```
-pub fn join_traceparent(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) -> Result<(), Error> {
+pub fn join_traceparent(
+    span: &tracing::Span,
+    traceparent: &str,
+    tracestate: Option<&str>,
+) -> Result<(), Error> {
     let cx = parse_traceparent(traceparent, tracestate)?;
-    span.set_parent(cx).map_err(|e| Error::TraceParent(format!("cannot set parent: {e}")))
+    span.set_parent(cx)
+        .map_err(|e| Error::TraceParent(format!("cannot set parent: {e}")))
 }
 
 /// The `traceparent` header value of `span` (to pass downstream), if it is recorded by an
@@ -63,7 +71,14 @@ pub fn join_traceparent(span: &tracing::Span, traceparent: &str, tracestate: Opt
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -73,8 +88,18 @@ mod tests {
     #[test]
     fn rejects_garbage_and_zero_ids() {
         assert!(parse_traceparent("nonsense", None).is_err());
-        assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None).is_err());
-        let cx = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Some("k=v")).expect("ok");
+        assert!(
+            parse_traceparent(
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                None
+            )
+            .is_err()
+        );
+        let cx = parse_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("k=v"),
+        )
+        .expect("ok");
         let sc = cx.span().span_context().clone();
         assert!(sc.is_remote());
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");

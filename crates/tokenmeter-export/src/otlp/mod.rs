@@ -11,7 +11,9 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::{Aggregation, Instrument, InstrumentKind, PeriodicReader, SdkMeterProvider, Stream};
+use opentelemetry_sdk::metrics::{
+    Aggregation, Instrument, InstrumentKind, PeriodicReader, SdkMeterProvider, Stream,
+};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter as _};
 use tokenmeter_core::Meter;
 
@@ -144,7 +146,12 @@ impl Default for Otlp {
 }
 
 fn env_timeout() -> Option<Duration> {
-    std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT").ok()?.trim().parse().ok().map(Duration::from_millis)
+    std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
 }
 
 impl Otlp {
@@ -157,9 +164,13 @@ impl Otlp {
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT` or a per-signal endpoint); [`crate::init`] turns OTLP on
     /// only then.
     pub fn endpoint_in_env() -> bool {
-        ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-            .iter()
-            .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
+        [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
     }
 
     /// The collector's base URL, e.g. `http://127.0.0.1:4318`. For HTTP the signal paths
@@ -264,7 +275,12 @@ impl Otlp {
         if let Some(name) = &self.service_name {
             b = b.with_service_name(name.clone());
         }
-        b.with_attributes(self.resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone()))).build()
+        b.with_attributes(
+            self.resource
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .build()
     }
 
     fn signal_endpoint(&self, path: &str, protocol: Protocol) -> Option<String> {
@@ -298,7 +314,10 @@ impl Otlp {
         let _enter = rt.enter();
         let stats = Arc::new(ExportStats::default());
         let drop_metric = dropped_metric_name(crate::names::DEFAULT_PREFIX);
-        let timeout = self.timeout.or_else(env_timeout).unwrap_or(Duration::from_secs(10));
+        let timeout = self
+            .timeout
+            .or_else(env_timeout)
+            .unwrap_or(Duration::from_secs(10));
         let resource = self.resource();
 
         let mut meter_provider = None;
@@ -311,14 +330,20 @@ impl Otlp {
             }
             let exporter = match protocol {
                 Protocol::Grpc => {
-                    let mut b = b.with_tonic().with_protocol(protocol.otlp()).with_timeout(timeout);
+                    let mut b = b
+                        .with_tonic()
+                        .with_protocol(protocol.otlp())
+                        .with_timeout(timeout);
                     if let Some(e) = self.signal_endpoint("/v1/metrics", protocol) {
                         b = b.with_endpoint(e);
                     }
                     b.build()
                 }
                 Protocol::HttpProtobuf => {
-                    let mut b = b.with_http().with_protocol(protocol.otlp()).with_timeout(timeout);
+                    let mut b = b
+                        .with_http()
+                        .with_protocol(protocol.otlp())
+                        .with_timeout(timeout);
                     if let Some(e) = self.signal_endpoint("/v1/metrics", protocol) {
                         b = b.with_endpoint(e);
                     }
@@ -340,8 +365,14 @@ impl Otlp {
             if let Some(every) = self.interval {
                 reader = reader.with_interval(every);
             }
-            let mut mp = SdkMeterProvider::builder().with_resource(resource.clone()).with_reader(reader.build());
-            if let HistogramAggregation::Exponential { max_size, max_scale } = self.histograms {
+            let mut mp = SdkMeterProvider::builder()
+                .with_resource(resource.clone())
+                .with_reader(reader.build());
+            if let HistogramAggregation::Exponential {
+                max_size,
+                max_scale,
+            } = self.histograms
+            {
                 mp = mp.with_view(move |i: &Instrument| {
                     (i.kind() == InstrumentKind::Histogram)
                         .then(|| {
@@ -359,7 +390,10 @@ impl Otlp {
             }
             let provider = mp.build();
             let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "tokenmeter");
-            recorder = Some(OtlpRecorder::new(meter, NameMap::new(&self.prefixes, &self.meters)));
+            recorder = Some(OtlpRecorder::new(
+                meter,
+                NameMap::new(&self.prefixes, &self.meters),
+            ));
             meter_provider = Some(provider);
         }
 
@@ -369,14 +403,20 @@ impl Otlp {
             let b = opentelemetry_otlp::SpanExporter::builder();
             let mut exporter = match protocol {
                 Protocol::Grpc => {
-                    let mut b = b.with_tonic().with_protocol(protocol.otlp()).with_timeout(timeout);
+                    let mut b = b
+                        .with_tonic()
+                        .with_protocol(protocol.otlp())
+                        .with_timeout(timeout);
                     if let Some(e) = self.signal_endpoint("/v1/traces", protocol) {
                         b = b.with_endpoint(e);
                     }
                     b.build()
                 }
                 Protocol::HttpProtobuf => {
-                    let mut b = b.with_http().with_protocol(protocol.otlp()).with_timeout(timeout);
+                    let mut b = b
+                        .with_http()
+                        .with_protocol(protocol.otlp())
+                        .with_timeout(timeout);
                     if let Some(e) = self.signal_endpoint("/v1/traces", protocol) {
                         b = b.with_endpoint(e);
                     }
@@ -401,11 +441,22 @@ impl Otlp {
                 drop_metric,
             )
             .map_err(Error::Io)?;
-            tracer_provider =
-                Some(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build());
+            tracer_provider = Some(
+                SdkTracerProvider::builder()
+                    .with_span_processor(processor)
+                    .with_resource(resource)
+                    .build(),
+            );
         }
         drop(_enter);
-        Ok(OtlpExporter { recorder, meter_provider, tracer_provider, stats, timeout, rt: Some(rt) })
+        Ok(OtlpExporter {
+            recorder,
+            meter_provider,
+            tracer_provider,
+            stats,
+            timeout,
+            rt: Some(rt),
+        })
     }
 }
 
@@ -439,7 +490,9 @@ impl OtlpExporter {
 
     /// A `tracing` layer that ships spans (the request spans included) over OTLP; `None` when
     /// traces are off.
-    pub fn tracing_layer<S>(&self) -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
+    pub fn tracing_layer<S>(
+        &self,
+    ) -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
@@ -480,7 +533,11 @@ impl OtlpExporter {
         {
             errors.push(format!("metrics: {e}"));
         }
-        if errors.is_empty() { Ok(()) } else { Err(Error::Otlp(errors.join("; "))) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Otlp(errors.join("; ")))
+        }
     }
 }
 

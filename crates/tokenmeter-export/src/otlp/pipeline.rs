@@ -29,7 +29,9 @@ pub(crate) struct GuardedMetricExporter<E> {
 
 impl<E> std::fmt::Debug for GuardedMetricExporter<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardedMetricExporter").field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("GuardedMetricExporter")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,7 +62,9 @@ impl<E: PushMetricExporter> PushMetricExporter for GuardedMetricExporter<E> {
             // Called on a thread that is already inside a runtime (the async-runtime reader):
             // just await with the timeout.
             Ok(_) => tokio::time::timeout(self.timeout, fut).await,
-            Err(_) => self.rt.block_on(async { tokio::time::timeout(self.timeout, fut).await }),
+            Err(_) => self
+                .rt
+                .block_on(async { tokio::time::timeout(self.timeout, fut).await }),
         };
         match result {
             Ok(Ok(())) => {
@@ -68,11 +72,13 @@ impl<E: PushMetricExporter> PushMetricExporter for GuardedMetricExporter<E> {
                 Ok(())
             }
             Ok(Err(e)) => {
-                self.stats.metric_export_failed(count_points(metrics), &self.drop_metric);
+                self.stats
+                    .metric_export_failed(count_points(metrics), &self.drop_metric);
                 Err(e)
             }
             Err(_) => {
-                self.stats.metric_export_failed(count_points(metrics), &self.drop_metric);
+                self.stats
+                    .metric_export_failed(count_points(metrics), &self.drop_metric);
                 Err(OTelSdkError::Timeout(self.timeout))
             }
         }
@@ -118,7 +124,8 @@ pub(crate) struct BoundedSpanProcessor {
 
 impl std::fmt::Debug for BoundedSpanProcessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoundedSpanProcessor").finish_non_exhaustive()
+        f.debug_struct("BoundedSpanProcessor")
+            .finish_non_exhaustive()
     }
 }
 
@@ -135,7 +142,12 @@ impl BoundedSpanProcessor {
         let worker = std::thread::Builder::new()
             .name("tokenmeter-otlp-spans".into())
             .spawn(move || span_worker(&exporter, &rt, &rx, cfg, &st, &drop_metric))?;
-        Ok(BoundedSpanProcessor { tx, stats, worker: std::sync::Mutex::new(Some(worker)), timeout: cfg.timeout })
+        Ok(BoundedSpanProcessor {
+            tx,
+            stats,
+            worker: std::sync::Mutex::new(Some(worker)),
+            timeout: cfg.timeout,
+        })
     }
 
     fn control(&self, make: impl FnOnce(SyncSender<()>) -> Msg, wait: Duration) -> OTelSdkResult {
@@ -178,7 +190,8 @@ fn span_worker<E: SpanExporter>(
         }
         let spans = std::mem::take(batch);
         let n = spans.len() as u64;
-        let result = rt.block_on(async { tokio::time::timeout(cfg.timeout, exporter.export(spans)).await });
+        let result =
+            rt.block_on(async { tokio::time::timeout(cfg.timeout, exporter.export(spans)).await });
         match result {
             Ok(Ok(())) => stats.spans_ok(n),
             _ => stats.spans_failed(n, drop_metric),
@@ -236,7 +249,11 @@ impl SpanProcessor for BoundedSpanProcessor {
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         let r = self.control(Msg::Shutdown, timeout);
         if r.is_ok()
-            && let Some(w) = self.worker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+            && let Some(w) = self
+                .worker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
         {
             let _ = w.join();
         }

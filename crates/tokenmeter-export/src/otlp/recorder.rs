@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundCounter, BoundGauge, BoundHistogram, Meter};
 use tokenmeter_core::catalog::MetricKind;
@@ -58,7 +61,10 @@ impl OtlpRecorder {
 
     fn instrument(&self, kind: MetricKind, name: &str) -> Instrument {
         let s = &self.shared;
-        let mut map = s.instruments.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = s
+            .instruments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(i) = map.get(&(kind, name.to_owned())) {
             return i.clone();
         }
@@ -77,21 +83,35 @@ impl OtlpRecorder {
             ),
             None => (
                 sanitize_otel_name(name),
-                described.as_ref().and_then(|(u, _)| *u).map_or(String::new(), |u| ucum(u).to_owned()),
-                described.as_ref().map_or(String::new(), |(_, d)| d.to_string()),
+                described
+                    .as_ref()
+                    .and_then(|(u, _)| *u)
+                    .map_or(String::new(), |u| ucum(u).to_owned()),
+                described
+                    .as_ref()
+                    .map_or(String::new(), |(_, d)| d.to_string()),
                 None,
             ),
         };
         let m = &s.meter;
         let inst = match kind {
-            MetricKind::Counter => {
-                Instrument::Counter(m.u64_counter(otel_name).with_unit(unit).with_description(description).build())
-            }
-            MetricKind::Gauge => {
-                Instrument::Gauge(m.f64_gauge(otel_name).with_unit(unit).with_description(description).build())
-            }
+            MetricKind::Counter => Instrument::Counter(
+                m.u64_counter(otel_name)
+                    .with_unit(unit)
+                    .with_description(description)
+                    .build(),
+            ),
+            MetricKind::Gauge => Instrument::Gauge(
+                m.f64_gauge(otel_name)
+                    .with_unit(unit)
+                    .with_description(description)
+                    .build(),
+            ),
             MetricKind::Histogram => {
-                let mut b = m.f64_histogram(otel_name).with_unit(unit).with_description(description);
+                let mut b = m
+                    .f64_histogram(otel_name)
+                    .with_unit(unit)
+                    .with_description(description);
                 if let Some(bounds) = buckets {
                     b = b.with_boundaries(bounds);
                 }
@@ -104,7 +124,12 @@ impl OtlpRecorder {
 
     fn attributes(&self, key: &Key) -> Vec<KeyValue> {
         key.labels()
-            .map(|l| KeyValue::new(self.shared.names.otel_label(l.key()).to_owned(), l.value().to_owned()))
+            .map(|l| {
+                KeyValue::new(
+                    self.shared.names.otel_label(l.key()).to_owned(),
+                    l.value().to_owned(),
+                )
+            })
             .collect()
     }
 
@@ -147,21 +172,29 @@ impl Recorder for OtlpRecorder {
         let Instrument::Counter(c) = self.instrument(MetricKind::Counter, key.name()) else {
             return Counter::noop();
         };
-        Counter::from_arc(Arc::new(OtlpCounter { bound: c.bind(&self.attributes(key)), last: AtomicU64::new(0) }))
+        Counter::from_arc(Arc::new(OtlpCounter {
+            bound: c.bind(&self.attributes(key)),
+            last: AtomicU64::new(0),
+        }))
     }
 
     fn register_gauge(&self, key: &Key, _metadata: &Metadata<'_>) -> Gauge {
         let Instrument::Gauge(g) = self.instrument(MetricKind::Gauge, key.name()) else {
             return Gauge::noop();
         };
-        Gauge::from_arc(Arc::new(OtlpGauge { bound: g.bind(&self.attributes(key)), value: AtomicU64::new(0) }))
+        Gauge::from_arc(Arc::new(OtlpGauge {
+            bound: g.bind(&self.attributes(key)),
+            value: AtomicU64::new(0),
+        }))
     }
 
     fn register_histogram(&self, key: &Key, _metadata: &Metadata<'_>) -> Histogram {
         let Instrument::Histogram(h) = self.instrument(MetricKind::Histogram, key.name()) else {
             return Histogram::noop();
         };
-        Histogram::from_arc(Arc::new(OtlpHistogram { bound: h.bind(&self.attributes(key)) }))
+        Histogram::from_arc(Arc::new(OtlpHistogram {
+            bound: h.bind(&self.attributes(key)),
+        }))
     }
 }
 
@@ -195,7 +228,10 @@ impl OtlpGauge {
         let mut cur = self.value.load(Ordering::Acquire);
         loop {
             let next = (f64::from_bits(cur) + delta).to_bits();
-            match self.value.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .value
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     self.bound.record(f64::from_bits(next));
                     return;
