@@ -1,8 +1,32 @@
-//! tokenmeter: instrumentation for Rust LLM inference servers.
+#![doc = include_str!("../../../README.md")]
 //!
-//! Wrap each request's generation loop in a [`RequestGuard`]; tokenmeter turns its events
-//! into TTFT, TPOT, inter-token latency, throughput, queue time, errors and goodput, emitted
-//! through the [`metrics`](https://docs.rs/metrics) facade and [`tracing`](https://docs.rs/tracing).
-//! See the README for the quick start.
+//! # Crate layout
+//!
+//! This facade re-exports [`tokenmeter_core`] at its root and, behind features, the
+//! exporters ([`export`], features `prometheus` and `otlp`), the GPU and host sampler
+//! ([`gpu`], feature `gpu`) and the quality proxies ([`quality`], feature `quality`).
 
 pub use tokenmeter_core::*;
+
+/// Exporters: Prometheus, OTLP metrics and traces, the JSON request log, and [`init`].
+#[cfg(any(feature = "prometheus", feature = "otlp"))]
+pub use tokenmeter_export as export;
+/// One-call setup: Prometheus on 127.0.0.1:9464, OTLP when an endpoint is set in the
+/// environment, the JSON request log. See [`export::init`](tokenmeter_export::init).
+#[cfg(any(feature = "prometheus", feature = "otlp"))]
+pub use tokenmeter_export::init;
+
+/// GPU (NVML) and host sampler, energy and cost per token.
+#[cfg(feature = "gpu")]
+pub use tokenmeter_gpu as gpu;
+
+/// Quality proxies: NaN/Inf scanning of logits, logprob statistics, text monitors, drift.
+#[cfg(feature = "quality")]
+pub use tokenmeter_quality as quality;
+
+/// The names a generation loop needs: `use tokenmeter::prelude::*;`.
+pub mod prelude {
+    pub use tokenmeter_core::{ErrorKind, Finish, Meter, RequestGuard, Slo};
+    #[cfg(feature = "quality")]
+    pub use tokenmeter_quality::LogitsExt;
+}
