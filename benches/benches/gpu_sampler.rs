@@ -1,0 +1,184 @@
+//! The GPU/host sampler against its floors, measured in the same run:
+//! - CPU time of one sample on the sampler thread (fake GPU source with every field, host
+//!   sampling, Prometheus recorder installed) against the 1 ms budget per GPU;
+//!   the same with real NVML when this machine has a driver and a GPU (otherwise said so);
+//! - `token()` with the sampler thread running (at the default 1 s interval, and at a 1 ms
+//!   interval as a stress case) against `token()` without it (target: unchanged, ~1.0x).
+// criterion_group! generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokenmeter_benches::{ns_per_op, report};
+use tokenmeter_core::{Finish, Meter};
+use tokenmeter_gpu::{FakeGpuSource, GpuAvailability, Sampler};
+
+/// CPU time consumed by the calling thread so far.
+fn thread_cpu() -> Duration {
+    // SAFETY: `timespec` is plain old data; all-zero is a valid value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Mean CPU time per `sample_once` over `n` samples (after 3 warm-up samples), in ns.
+fn cpu_per_sample(sampler: &mut Sampler, n: u32) -> f64 {
+    for _ in 0..3 {
+        sampler.sample_once();
+    }
+    let t0 = thread_cpu();
+    for _ in 0..n {
+        black_box(sampler.sample_once());
+    }
+    (thread_cpu() - t0).as_nanos() as f64 / f64::from(n)
+}
+
+fn one_gpu() -> FakeGpuSource {
+    FakeGpuSource::new().with_gpu("H100", FakeGpuSource::typical_reading())
+}
+
+fn guard_token(meter: &Meter) -> f64 {
+    let mut g = meter.request().start();
+    g.token();
+    let ns = ns_per_op(1, || g.token());
+    g.finish(Finish::Stop);
+    ns
+}
+
+fn ratios() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let meter = Meter::builder().model("bench").build();
+    const BUDGET_NS: f64 = 1_000_000.0;
+
+    metrics::with_local_recorder(&recorder, || {
+        let mut gpu_only = Sampler::builder(&meter)
+            .source(one_gpu())
+            .host(false)
+            .price_per_gpu_hour(2.0)
+            .build();
+        let g = cpu_per_sample(&mut gpu_only, 2000);
+        report(
+            "one sample, fake GPU source (1 GPU, all fields), CPU",
+            g,
+            "1 ms budget",
+            BUDGET_NS,
+            Some(1.0),
+        );
+
+        let mut host_only = Sampler::builder(&meter).without_gpu().build();
+        let h = cpu_per_sample(&mut host_only, 200);
+        report(
+            "one sample, host + process (sysinfo), CPU",
+            h,
+            "1 ms budget",
+            BUDGET_NS,
+            Some(1.0),
+        );
+
+        let mut both = Sampler::builder(&meter)
+            .source(one_gpu())
+            .price_per_gpu_hour(2.0)
+            .build();
+        let b = cpu_per_sample(&mut both, 200);
+        report(
+            "one sample, fake GPU + host, CPU",
+            b,
+            "1 ms budget",
+            BUDGET_NS,
+            Some(1.0),
+        );
+
+        let mut nvml = Sampler::builder(&meter).host(false).build();
+        let first = nvml.sample_once();
+        if first.gpu_availability == GpuAvailability::Ok {
+            let n = cpu_per_sample(&mut nvml, 50) / first.gpus.len().max(1) as f64;
+            report(
+                "one sample, real NVML, per GPU, CPU",
+                n,
+                "1 ms budget",
+                BUDGET_NS,
+                Some(1.0),
+            );
+        } else {
+            println!(
+                "RATIO one sample, real NVML: not measured: NVML unavailable here ({:?}); run this bench on a GPU machine",
+                first.gpu_availability
+            );
+        }
+    });
+
+    // token() cost with and without the sampler thread running.
+    let meter = Meter::builder().model("bench").build();
+    let without = guard_token(&meter);
+    let at_1s = {
+        let handle = Sampler::builder(&meter)
+            .source(one_gpu())
+            .start()
+            .expect("thread");
+        let ns = guard_token(&meter);
+        handle.stop();
+        ns
+    };
+    let at_1ms = {
+        let handle = Sampler::builder(&meter)
+            .source(one_gpu())
+            .interval(Duration::from_millis(1))
+            .start()
+            .expect("thread");
+        let ns = guard_token(&meter);
+        handle.stop();
+        ns
+    };
+    let without_again = guard_token(&meter);
+    let floor = without.min(without_again);
+    report(
+        "token() with the sampler at 1 s",
+        at_1s,
+        "token() without sampler",
+        floor,
+        Some(1.1),
+    );
+    report(
+        "token() with the sampler at 1 ms (stress)",
+        at_1ms,
+        "token() without sampler",
+        floor,
+        Some(1.1),
+    );
+    println!(
+        "NOTE token() without sampler measured twice (before/after): {without:.2} ns, {without_again:.2} ns"
+    );
+}
+
+fn criterion_benches(c: &mut Criterion) {
+    ratios();
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let meter = Meter::builder().model("bench").build();
+    metrics::with_local_recorder(&recorder, || {
+        let mut s = Sampler::builder(&meter)
+            .source(one_gpu())
+            .host(false)
+            .build();
+        c.bench_function("gpu/sample_once fake 1 GPU", |b| {
+            b.iter(|| black_box(s.sample_once()))
+        });
+        let mut s = Sampler::builder(&meter).source(one_gpu()).build();
+        c.bench_function("gpu/sample_once fake 1 GPU + host", |b| {
+            b.iter(|| black_box(s.sample_once()))
+        });
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = criterion_benches
+}
+criterion_main!(benches);
