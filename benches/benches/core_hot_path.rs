@@ -5,6 +5,9 @@
 //! - the `metrics` prebound histogram record with `Instant::now` it replaces;
 //! - a whole request (start, 256 tokens, finish) with the Prometheus recorder installed.
 
+// criterion_group! generates undocumented public functions.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +49,12 @@ fn batch_token_at(meter: &Meter, width: usize) -> f64 {
 fn threads_token(meter: &Meter, threads: usize) -> f64 {
     // Each thread measures its own per-token cost; the slowest thread is the figure.
     std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| guard_token(meter))).collect();
-        hs.into_iter().map(|h| h.join().unwrap_or(f64::NAN)).fold(0.0, f64::max)
+        let hs: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| guard_token(meter)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or(f64::NAN))
+            .fold(0.0, f64::max)
     })
 }
 
@@ -73,7 +80,9 @@ fn whole_request_with_prometheus() -> (f64, usize) {
     let mut builder = PrometheusBuilder::new();
     for m in meter.metrics() {
         if let Some(b) = &m.buckets {
-            builder = builder.set_buckets_for_metric(Matcher::Full(m.name.clone()), b).expect("catalog buckets are valid");
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(m.name.clone()), b)
+                .expect("catalog buckets are valid");
         }
     }
     let recorder = Arc::new(builder.build_recorder());
@@ -89,7 +98,10 @@ fn whole_request_with_prometheus() -> (f64, usize) {
         })
     });
     let rendered = recorder.handle().render();
-    assert!(!rendered.contains("quantile="), "every histogram has buckets");
+    assert!(
+        !rendered.contains("quantile="),
+        "every histogram has buckets"
+    );
     (ns, tokens)
 }
 
@@ -100,16 +112,36 @@ fn ratios() {
     report("token()", token, "quanta::Instant::now()", floor, Some(2.0));
 
     let batch = batch_token_at(&meter, 64);
-    println!("RATIO token_at(now) per token in a 64-sequence step: {batch:.2} ns (target <= 3 ns: {})",
-        if batch <= 3.0 { "met" } else { "NOT met" });
+    println!(
+        "RATIO token_at(now) per token in a 64-sequence step: {batch:.2} ns (target <= 3 ns: {})",
+        if batch <= 3.0 { "met" } else { "NOT met" }
+    );
 
     let one = threads_token(&meter, 1);
     let two = threads_token(&meter, 2);
-    report("token() with 2 threads", two, "token() with 1 thread", one, Some(1.3));
+    report(
+        "token() with 2 threads",
+        two,
+        "token() with 1 thread",
+        one,
+        Some(1.3),
+    );
 
     let prebound = metrics_histogram_record();
-    report("metrics prebound histogram record + Instant::now", prebound, "quanta::Instant::now()", floor, None);
-    report("token()", token, "metrics prebound histogram record", prebound, None);
+    report(
+        "metrics prebound histogram record + Instant::now",
+        prebound,
+        "quanta::Instant::now()",
+        floor,
+        None,
+    );
+    report(
+        "token()",
+        token,
+        "metrics prebound histogram record",
+        prebound,
+        None,
+    );
 
     let (request, tokens) = whole_request_with_prometheus();
     println!(
@@ -125,7 +157,9 @@ fn ratios() {
 fn criterion_benches(c: &mut Criterion) {
     ratios();
     let meter = Meter::builder().model("bench").build();
-    c.bench_function("floor/quanta::Instant::now", |b| b.iter(|| black_box(quanta::Instant::now())));
+    c.bench_function("floor/quanta::Instant::now", |b| {
+        b.iter(|| black_box(quanta::Instant::now()))
+    });
     let mut g = meter.request().start();
     c.bench_function("guard/token", |b| b.iter(|| g.token()));
     g.finish(Finish::Stop);

@@ -43,8 +43,13 @@ pub enum Finish {
 
 impl Finish {
     pub(crate) const COUNT: usize = 5;
-    pub(crate) const ALL: [Finish; Self::COUNT] =
-        [Finish::Stop, Finish::Length, Finish::ContentFilter, Finish::ToolCalls, Finish::Cancelled];
+    pub(crate) const ALL: [Finish; Self::COUNT] = [
+        Finish::Stop,
+        Finish::Length,
+        Finish::ContentFilter,
+        Finish::ToolCalls,
+        Finish::Cancelled,
+    ];
 
     pub(crate) fn index(self) -> usize {
         self as usize
@@ -101,7 +106,9 @@ impl ErrorKind {
 }
 
 /// Counts of non-finite values seen in logits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct NonFinite {
     /// NaN values (any sign, any payload, quiet or signaling).
     pub nan: u64,
@@ -114,7 +121,9 @@ pub struct NonFinite {
 impl NonFinite {
     /// All non-finite values.
     pub fn total(&self) -> u64 {
-        self.nan.saturating_add(self.pos_inf).saturating_add(self.neg_inf)
+        self.nan
+            .saturating_add(self.pos_inf)
+            .saturating_add(self.neg_inf)
     }
     /// Adds `other` into `self`, saturating.
     pub fn add(&mut self, other: NonFinite) {
@@ -143,7 +152,13 @@ pub struct RequestBuilder {
 
 impl RequestBuilder {
     pub(crate) fn new(meter: Meter) -> Self {
-        RequestBuilder { meter, prompt_tokens: 0, labels: Vec::new(), request_id: None, parent: None }
+        RequestBuilder {
+            meter,
+            prompt_tokens: 0,
+            labels: Vec::new(),
+            request_id: None,
+            parent: None,
+        }
     }
 
     /// The prompt length in tokens.
@@ -190,7 +205,11 @@ impl RequestBuilder {
         let handles = meter.handles(self.labels);
         let id = match self.request_id {
             Some(id) => id,
-            None => meter.inner.next_request_id.fetch_add(1, Relaxed).to_string(),
+            None => meter
+                .inner
+                .next_request_id
+                .fetch_add(1, Relaxed)
+                .to_string(),
         };
         let span = span::request_span(&meter, &id, self.prompt_tokens, self.parent.as_ref());
         let totals = &meter.inner.totals;
@@ -309,8 +328,10 @@ impl RequestGuard {
         let now = self.not_before(now, self.arrival);
         self.scheduled = true;
         self.scheduled_at = now;
-        self.to_running();
-        self.handles.queue.record(now.saturating_duration_since(self.arrival).as_secs_f64());
+        self.enter_running();
+        self.handles
+            .queue
+            .record(now.saturating_duration_since(self.arrival).as_secs_f64());
         tracing::debug!(target: span::TARGET, parent: &self.span, "gen_ai.request.scheduled");
     }
 
@@ -361,7 +382,11 @@ impl RequestGuard {
             }
         };
         let per_token = if k == 1 { gap } else { gap / u64::from(k) };
-        let b = self.meter.inner.itl_bounds_ns.partition_point(|&bound| bound < per_token);
+        let b = self
+            .meter
+            .inner
+            .itl_bounds_ns
+            .partition_point(|&bound| bound < per_token);
         // `b <= bounds.len() <= MAX_ITL_BOUNDS`, so it is in range; `get_mut` keeps that
         // promise checked without a panic path.
         if let (Some(c), Some(s)) = (self.itl_counts.get_mut(b), self.itl_sums.get_mut(b)) {
@@ -383,7 +408,7 @@ impl RequestGuard {
         }
         let now = self.not_before(now, self.arrival);
         if !self.scheduled {
-            self.to_running();
+            self.enter_running();
         }
         self.first = now;
         self.last = now;
@@ -392,9 +417,14 @@ impl RequestGuard {
             // The other k - 1 tokens arrived together with the first: gaps of zero.
             self.itl_counts[0] = k - 1;
         }
-        self.handles.ttft.record(now.saturating_duration_since(self.arrival).as_secs_f64());
+        self.handles
+            .ttft
+            .record(now.saturating_duration_since(self.arrival).as_secs_f64());
         if self.scheduled {
-            self.handles.prefill.record(now.saturating_duration_since(self.scheduled_at).as_secs_f64());
+            self.handles.prefill.record(
+                now.saturating_duration_since(self.scheduled_at)
+                    .as_secs_f64(),
+            );
         }
         tracing::debug!(target: span::TARGET, parent: &self.span, "gen_ai.first_token");
         self.next_flush = now + self.meter.inner.flush_interval;
@@ -410,7 +440,7 @@ impl RequestGuard {
         }
     }
 
-    fn to_running(&mut self) {
+    fn enter_running(&mut self) {
         self.phase = Phase::Running;
         let t = &self.meter.inner.totals;
         t.waiting.fetch_sub(1, Relaxed);
@@ -433,7 +463,9 @@ impl RequestGuard {
                 // The mean of the values in a bucket lies inside the bucket, so recording it
                 // `count` times keeps both the bucket counts and the sum exact.
                 let mean_ns = *s / count;
-                self.handles.itl.record_many(*s as f64 / count as f64 / 1e9, *c as usize);
+                self.handles
+                    .itl
+                    .record_many(*s as f64 / count as f64 / 1e9, *c as usize);
                 itl[used] = (mean_ns, count);
                 used += 1;
                 *c = 0;
@@ -441,7 +473,11 @@ impl RequestGuard {
             }
         }
         self.handles.output_tokens.increment(tokens);
-        self.meter.inner.totals.output_tokens.fetch_add(tokens, Relaxed);
+        self.meter
+            .inner
+            .totals
+            .output_tokens
+            .fetch_add(tokens, Relaxed);
         lock(&self.meter.inner.window).record_tokens(now, tokens, &itl[..used]);
         self.next_flush = now + self.meter.inner.flush_interval;
     }
@@ -449,7 +485,11 @@ impl RequestGuard {
     /// Ends the request successfully. A second end is ignored and counted as misuse
     /// `finish_twice`.
     pub fn finish(&mut self, reason: Finish) {
-        let outcome = if reason == Finish::Cancelled { Outcome::Cancelled } else { Outcome::Succeeded };
+        let outcome = if reason == Finish::Cancelled {
+            Outcome::Cancelled
+        } else {
+            Outcome::Succeeded
+        };
         self.end(outcome, reason.label(self.meter.naming()), None);
     }
 
@@ -474,10 +514,15 @@ impl RequestGuard {
         let ttft = (self.n > 0).then(|| self.first.saturating_duration_since(self.arrival));
         let decode = (self.n > 0).then(|| self.last.saturating_duration_since(self.first));
         let tpot = (self.n >= 2).then(|| {
-            Duration::from_nanos(nanos(self.last.saturating_duration_since(self.first)) / (self.n - 1))
+            Duration::from_nanos(
+                nanos(self.last.saturating_duration_since(self.first)) / (self.n - 1),
+            )
         });
-        let queue = self.scheduled.then(|| self.scheduled_at.saturating_duration_since(self.arrival));
-        let prefill = (self.scheduled && self.n > 0).then(|| self.first.saturating_duration_since(self.scheduled_at));
+        let queue = self
+            .scheduled
+            .then(|| self.scheduled_at.saturating_duration_since(self.arrival));
+        let prefill = (self.scheduled && self.n > 0)
+            .then(|| self.first.saturating_duration_since(self.scheduled_at));
 
         if let Some(t) = tpot {
             h.tpot.record(secs(t));
@@ -499,7 +544,9 @@ impl RequestGuard {
             }
             _ => {
                 h.e2e.record(secs(e2e));
-                let f = Finish::ALL.iter().find(|f| f.label(self.meter.naming()) == reason);
+                let f = Finish::ALL
+                    .iter()
+                    .find(|f| f.label(self.meter.naming()) == reason);
                 if let Some(f) = f {
                     h.ended[f.index()].increment(1);
                 }
@@ -532,7 +579,14 @@ impl RequestGuard {
         }
         t.requests_ended.fetch_add(1, Relaxed);
         self.phase = Phase::Ended;
-        let ended = Ended { ttft, tpot, e2e, queue, outcome, goodput };
+        let ended = Ended {
+            ttft,
+            tpot,
+            e2e,
+            queue,
+            outcome,
+            goodput,
+        };
         lock(&self.meter.inner.window).record_end(now, &ended);
         let record = EndRecord {
             request_id: &self.request_id,

@@ -120,20 +120,36 @@ impl Meter {
             let desc = r.def.description;
             let name = r.name.clone();
             match (r.def.kind, unit) {
-                (crate::catalog::MetricKind::Counter, Some(u)) => metrics::describe_counter!(name, u, desc),
-                (crate::catalog::MetricKind::Counter, None) => metrics::describe_counter!(name, desc),
-                (crate::catalog::MetricKind::Gauge, Some(u)) => metrics::describe_gauge!(name, u, desc),
+                (crate::catalog::MetricKind::Counter, Some(u)) => {
+                    metrics::describe_counter!(name, u, desc)
+                }
+                (crate::catalog::MetricKind::Counter, None) => {
+                    metrics::describe_counter!(name, desc)
+                }
+                (crate::catalog::MetricKind::Gauge, Some(u)) => {
+                    metrics::describe_gauge!(name, u, desc)
+                }
                 (crate::catalog::MetricKind::Gauge, None) => metrics::describe_gauge!(name, desc),
-                (crate::catalog::MetricKind::Histogram, Some(u)) => metrics::describe_histogram!(name, u, desc),
-                (crate::catalog::MetricKind::Histogram, None) => metrics::describe_histogram!(name, desc),
+                (crate::catalog::MetricKind::Histogram, Some(u)) => {
+                    metrics::describe_histogram!(name, u, desc)
+                }
+                (crate::catalog::MetricKind::Histogram, None) => {
+                    metrics::describe_histogram!(name, desc)
+                }
             }
         }
         let mut info = self.inner.constant_labels.clone();
-        info.push(Label::new("model_version", self.inner.model_version.clone()));
+        info.push(Label::new(
+            "model_version",
+            self.inner.model_version.clone(),
+        ));
         info.push(Label::new("version", env!("CARGO_PKG_VERSION")));
         metrics::gauge!(self.resolved_by_id("info").name.clone(), info).set(1.0);
-        metrics::gauge!(self.resolved_by_id("start_time").name.clone(), self.inner.constant_labels.clone())
-            .set(self.inner.start_unix);
+        metrics::gauge!(
+            self.resolved_by_id("start_time").name.clone(),
+            self.inner.constant_labels.clone()
+        )
+        .set(self.inner.start_unix);
     }
 }
 

@@ -248,7 +248,9 @@ impl MeterBuilder {
             match e {
                 ConfigError::BadPrefix(_) => self.prefix = defaults.prefix,
                 ConfigError::BadWindow(_) => self.window = defaults.window,
-                _ => self.buckets.retain(|(id, b)| validate_buckets(id, b).is_ok()),
+                _ => self
+                    .buckets
+                    .retain(|(id, b)| validate_buckets(id, b).is_ok()),
             }
             return self.build();
         }
@@ -266,7 +268,9 @@ impl MeterBuilder {
         if self.window < Duration::from_secs(1) {
             return Err(ConfigError::BadWindow(self.window));
         }
-        self.buckets.iter().try_for_each(|(id, b)| validate_buckets(id, b))
+        self.buckets
+            .iter()
+            .try_for_each(|(id, b)| validate_buckets(id, b))
     }
 
     fn build_unchecked(self) -> Meter {
@@ -274,14 +278,22 @@ impl MeterBuilder {
         let naming = self.naming;
         let resolved: Vec<ResolvedMetric> = catalog::all()
             .map(|def| {
-                let o = self.buckets.iter().rev().find(|(id, _)| id == def.id).map(|(_, b)| b.as_slice());
+                let o = self
+                    .buckets
+                    .iter()
+                    .rev()
+                    .find(|(id, _)| id == def.id)
+                    .map(|(_, b)| b.as_slice());
                 names::resolve(def, naming, &self.prefix, o)
             })
             .collect();
         // Unused slots hold u64::MAX, which no gap is below, so a search over the whole
         // fixed-size array lands where a search over the real bounds would.
         let mut itl_bounds_ns = [u64::MAX; MAX_ITL_BOUNDS];
-        let itl = resolved.iter().find(|r| r.def.id == "itl").and_then(|r| r.buckets.as_ref());
+        let itl = resolved
+            .iter()
+            .find(|r| r.def.id == "itl")
+            .and_then(|r| r.buckets.as_ref());
         for (slot, bound) in itl_bounds_ns.iter_mut().zip(itl.into_iter().flatten()) {
             *slot = (bound * 1e9).round() as u64;
         }
@@ -297,10 +309,14 @@ impl MeterBuilder {
             ],
         };
         constant_labels.extend(
-            self.constant_labels.iter().map(|(k, v)| (catalog::prometheus_label(k), v.clone())),
+            self.constant_labels
+                .iter()
+                .map(|(k, v)| (catalog::prometheus_label(k), v.clone())),
         );
         let now = clock.now();
-        let start_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let start_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         Meter {
             inner: Arc::new(Inner {
                 window: Mutex::new(Window::new(self.window, now)),
@@ -310,7 +326,10 @@ impl MeterBuilder {
                 operation: self.operation,
                 provider: self.provider,
                 naming,
-                constant_labels: constant_labels.into_iter().map(|(k, v)| Label::new(k, v)).collect(),
+                constant_labels: constant_labels
+                    .into_iter()
+                    .map(|(k, v)| Label::new(k, v))
+                    .collect(),
                 request_label_keys: self.request_label_keys,
                 label_cap: self.label_cap,
                 label_values: Mutex::new(HashMap::new()),
@@ -386,7 +405,10 @@ pub struct Meter {
 
 impl std::fmt::Debug for Meter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Meter").field("model", &self.inner.model).field("naming", &self.inner.naming).finish()
+        f.debug_struct("Meter")
+            .field("model", &self.inner.model)
+            .field("naming", &self.inner.naming)
+            .finish()
     }
 }
 
@@ -450,7 +472,14 @@ impl Meter {
         let now = self.now();
         let uptime = now.saturating_duration_since(self.inner.built_at);
         let (running, waiting) = self.in_flight();
-        lock(&self.inner.window).snapshot(now, uptime, self.model(), self.totals(), running, waiting)
+        lock(&self.inner.window).snapshot(
+            now,
+            uptime,
+            self.model(),
+            self.totals(),
+            running,
+            waiting,
+        )
     }
 
     fn in_flight(&self) -> (u64, u64) {
@@ -472,7 +501,8 @@ impl Meter {
     /// assert_eq!(meter.metric_name(goodput), "tokenmeter_requests_goodput_total");
     /// ```
     pub fn metric_name(&self, def: &'static MetricDef) -> &str {
-        self.resolved(def).map_or(def.otel_name, |r| r.name.as_str())
+        self.resolved(def)
+            .map_or(def.otel_name, |r| r.name.as_str())
     }
 
     /// The bucket bounds this meter uses for a histogram.
@@ -481,13 +511,20 @@ impl Meter {
     }
 
     pub(crate) fn resolved(&self, def: &'static MetricDef) -> Option<&ResolvedMetric> {
-        self.inner.resolved.iter().find(|r| std::ptr::eq(r.def, def) || r.def.id == def.id)
+        self.inner
+            .resolved
+            .iter()
+            .find(|r| std::ptr::eq(r.def, def) || r.def.id == def.id)
     }
 
     pub(crate) fn resolved_by_id(&self, id: &str) -> &ResolvedMetric {
         // Core ids are fixed in catalog/core.rs and resolved at build; a miss is a bug in the
         // catalog, caught by the catalog tests, so fall back to the first entry rather than panic.
-        self.inner.resolved.iter().find(|r| r.def.id == id).unwrap_or(&self.inner.resolved[0])
+        self.inner
+            .resolved
+            .iter()
+            .find(|r| r.def.id == id)
+            .unwrap_or(&self.inner.resolved[0])
     }
 
     /// The label key emitted for an OpenTelemetry attribute key (`hw.id` → `hw_id`; under the
@@ -504,13 +541,17 @@ impl Meter {
 
     /// Starts timing a model load (cold start); [`LoadGuard::done`] records it.
     pub fn model_load(&self) -> LoadGuard {
-        LoadGuard { meter: self.clone(), start: self.now() }
+        LoadGuard {
+            meter: self.clone(),
+            start: self.now(),
+        }
     }
 
     /// Records a model load (cold start) that took `duration`.
     pub fn record_model_load(&self, duration: Duration) {
         let name = self.resolved_by_id("model_load").name.clone();
-        metrics::histogram!(name, self.inner.constant_labels.clone()).record(duration.as_secs_f64());
+        metrics::histogram!(name, self.inner.constant_labels.clone())
+            .record(duration.as_secs_f64());
     }
 
     /// Counts an ignored API misuse in the `misuse` self-metric.

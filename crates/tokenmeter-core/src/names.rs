@@ -46,9 +46,18 @@ pub(crate) fn resolve(
         Some(v) if vllm => v.to_owned(),
         _ => catalog::prometheus_name(&otel_name, def.kind, def.unit),
     };
-    let preset = if vllm { def.vllm_buckets.or(def.buckets) } else { def.buckets };
+    let preset = if vllm {
+        def.vllm_buckets.or(def.buckets)
+    } else {
+        def.buckets
+    };
     let buckets = bucket_override.or(preset).map(<[f64]>::to_vec);
-    ResolvedMetric { def, name, otel_name, buckets }
+    ResolvedMetric {
+        def,
+        name,
+        otel_name,
+        buckets,
+    }
 }
 
 /// The label key emitted for an OpenTelemetry attribute key under a naming preset.

@@ -13,7 +13,12 @@ use crate::meter::Meter;
 /// `tracing_subscriber::EnvFilter` (`tokenmeter=info`).
 pub(crate) const TARGET: &str = "tokenmeter::request";
 
-pub(crate) fn request_span(meter: &Meter, request_id: &str, prompt_tokens: u64, parent: Option<&Span>) -> Span {
+pub(crate) fn request_span(
+    meter: &Meter,
+    request_id: &str,
+    prompt_tokens: u64,
+    parent: Option<&Span>,
+) -> Span {
     let inner = &meter.inner;
     let name = format!("{} {}", inner.operation, inner.model);
     macro_rules! span {

@@ -150,7 +150,9 @@ pub(crate) struct Window {
 }
 
 fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).clamp(1, MAX_NS)
+    u64::try_from(d.as_nanos())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_NS)
 }
 
 fn record(h: &mut Histogram<u64>, d: Duration) {
@@ -160,8 +162,15 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
 
 impl Window {
     pub(crate) fn new(window: Duration, epoch: Instant) -> Self {
-        let slot_ns = u64::try_from(window.as_nanos() / u128::from(SLOTS)).unwrap_or(u64::MAX).max(1);
-        Window { epoch, slot_ns, window, slots: Vec::new() }
+        let slot_ns = u64::try_from(window.as_nanos() / u128::from(SLOTS))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Window {
+            epoch,
+            slot_ns,
+            window,
+            slots: Vec::new(),
+        }
     }
 
     fn slot(&mut self, now: Instant) -> &mut Slot {
@@ -222,7 +231,11 @@ impl Window {
         // The window is the current (partial) slot and the SLOTS - 1 full slots before it.
         let oldest = index.saturating_sub(SLOTS - 1);
         let covered_ns = now_ns - oldest * self.slot_ns;
-        let live: Vec<&Slot> = self.slots.iter().filter(|s| s.index >= oldest && s.index <= index).collect();
+        let live: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| s.index >= oldest && s.index <= index)
+            .collect();
         let merge = |f: fn(&Slot) -> &Histogram<u64>| {
             let mut h = hist();
             for s in &live {

@@ -46,7 +46,14 @@ fn req() -> impl Strategy<Value = Req> {
         end,
         0u64..1_000_000,
     )
-        .prop_map(|(prompt, queue_us, steps, tail_us, end, idle_us)| Req { prompt, queue_us, steps, tail_us, end, idle_us })
+        .prop_map(|(prompt, queue_us, steps, tail_us, end, idle_us)| Req {
+            prompt,
+            queue_us,
+            steps,
+            tail_us,
+            end,
+            idle_us,
+        })
 }
 
 /// The definitions, written plainly, for one request. Times in ns from arrival.
@@ -101,7 +108,10 @@ fn reference(r: &Req) -> Expected {
 
 /// What the exporter receives for ITL: per exported bucket, its mean repeated `count` times.
 fn exported_itl(raw: &[(u64, u64)]) -> Vec<f64> {
-    let bounds: Vec<u64> = ITL_BUCKETS.iter().map(|b| (b * 1e9).round() as u64).collect();
+    let bounds: Vec<u64> = ITL_BUCKETS
+        .iter()
+        .map(|b| (b * 1e9).round() as u64)
+        .collect();
     let mut count = vec![0u64; bounds.len() + 1];
     let mut sum = vec![0u64; bounds.len() + 1];
     for &(per, k) in raw {
@@ -111,7 +121,10 @@ fn exported_itl(raw: &[(u64, u64)]) -> Vec<f64> {
     }
     let mut out = Vec::new();
     for (c, s) in count.iter().zip(&sum) {
-        out.extend(std::iter::repeat_n(*s as f64 / *c as f64 / 1e9, *c as usize));
+        out.extend(std::iter::repeat_n(
+            *s as f64 / *c as f64 / 1e9,
+            *c as usize,
+        ));
     }
     out
 }

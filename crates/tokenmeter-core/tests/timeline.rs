@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::{Captured, assert_close, capture};
 use metrics_util::debugging::DebuggingRecorder;
-use tokenmeter_core::{Clock, ErrorKind, Finish, Meter, MeterBuilder, Mock, Naming, NonFinite, Slo};
+use tokenmeter_core::{
+    Clock, ErrorKind, Finish, Meter, MeterBuilder, Mock, Naming, NonFinite, Slo,
+};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -31,7 +33,9 @@ const ITL: &str = "tokenmeter_inter_token_latency_seconds";
 
 #[test]
 fn every_metric_of_one_request_is_exact() {
-    let slo = Slo::new().ttft(Duration::from_millis(400)).tpot(Duration::from_millis(60));
+    let slo = Slo::new()
+        .ttft(Duration::from_millis(400))
+        .tpot(Duration::from_millis(60));
     let (meter, mock) = mock_meter(Meter::builder().model("m").slo(slo));
     let c = recorded(|| {
         let mut g = meter.request().prompt_tokens(7).start(); // t = 0
@@ -50,9 +54,18 @@ fn every_metric_of_one_request_is_exact() {
     });
     let m = ["gen_ai_request_model=m"];
     assert_eq!(c.hist(TTFT, &m), vec![0.3]);
-    assert_eq!(c.hist("tokenmeter_request_queue_time_seconds", &m), vec![0.1]);
-    assert_eq!(c.hist("tokenmeter_request_prefill_time_seconds", &m), vec![0.2]);
-    assert_eq!(c.hist("tokenmeter_request_decode_time_seconds", &m), vec![0.2]);
+    assert_eq!(
+        c.hist("tokenmeter_request_queue_time_seconds", &m),
+        vec![0.1]
+    );
+    assert_eq!(
+        c.hist("tokenmeter_request_prefill_time_seconds", &m),
+        vec![0.2]
+    );
+    assert_eq!(
+        c.hist("tokenmeter_request_decode_time_seconds", &m),
+        vec![0.2]
+    );
     assert_eq!(c.hist(TPOT, &m), vec![0.05]); // (500 - 300) / (5 - 1)
     assert_eq!(c.hist(E2E, &m), vec![0.51]);
     // ITL: n - 1 = 4 observations summing to last - first = 200 ms.
@@ -63,15 +76,38 @@ fn every_metric_of_one_request_is_exact() {
     assert_eq!(c.hist("tokenmeter_request_output_tokens", &m), vec![5.0]);
     assert_eq!(c.counter("tokenmeter_input_tokens_total", &m), 7);
     assert_eq!(c.counter("tokenmeter_output_tokens_total", &m), 5);
-    assert_eq!(c.counter("tokenmeter_requests_total", &["finish_reason=stop"]), 1);
-    assert_eq!(c.counter("tokenmeter_requests_total", &["finish_reason=length"]), 0);
+    assert_eq!(
+        c.counter("tokenmeter_requests_total", &["finish_reason=stop"]),
+        1
+    );
+    assert_eq!(
+        c.counter("tokenmeter_requests_total", &["finish_reason=length"]),
+        0
+    );
     assert_eq!(c.counter("tokenmeter_requests_goodput_total", &m), 1); // 300 <= 400, 50 <= 60
     assert_eq!(c.gauge("tokenmeter_requests_running", &m), Some(0.0));
     assert_eq!(c.gauge("tokenmeter_requests_waiting", &m), Some(0.0));
-    assert_eq!(c.gauge("tokenmeter_build_info", &["version=", "model_version="]), Some(1.0));
-    assert!(c.counters.keys().all(|k| !k.starts_with("tokenmeter_misuse")), "{:?}", c.counters);
+    assert_eq!(
+        c.gauge("tokenmeter_build_info", &["version=", "model_version="]),
+        Some(1.0)
+    );
+    assert!(
+        c.counters
+            .keys()
+            .all(|k| !k.starts_with("tokenmeter_misuse")),
+        "{:?}",
+        c.counters
+    );
     let t = meter.totals();
-    assert_eq!((t.requests_started, t.requests_ended, t.input_tokens, t.output_tokens), (1, 1, 7, 5));
+    assert_eq!(
+        (
+            t.requests_started,
+            t.requests_ended,
+            t.input_tokens,
+            t.output_tokens
+        ),
+        (1, 1, 7, 5)
+    );
 }
 
 #[test]
@@ -90,10 +126,23 @@ fn slo_miss_is_not_goodput_and_errors_carry_error_type() {
         failed.fail(ErrorKind::Oom);
     });
     assert_eq!(c.counter("tokenmeter_requests_goodput_total", &[]), 0);
-    assert_eq!(c.counter("tokenmeter_requests_total", &["finish_reason=length"]), 1);
-    assert_eq!(c.counter("tokenmeter_requests_total", &["finish_reason=error", "error_type=oom"]), 1);
+    assert_eq!(
+        c.counter("tokenmeter_requests_total", &["finish_reason=length"]),
+        1
+    );
+    assert_eq!(
+        c.counter(
+            "tokenmeter_requests_total",
+            &["finish_reason=error", "error_type=oom"]
+        ),
+        1
+    );
     assert_eq!(c.hist(E2E, &["error_type=oom"]), vec![0.02]);
-    assert_eq!(e2e_without_error(&c), vec![0.15], "the successful request's e2e has no error_type label");
+    assert_eq!(
+        e2e_without_error(&c),
+        vec![0.15],
+        "the successful request's e2e has no error_type label"
+    );
 }
 
 fn e2e_without_error(c: &Captured) -> Vec<f64> {
@@ -115,11 +164,18 @@ fn drop_is_cancelled_and_tokens_without_schedule_still_count() {
         g.token();
         drop(g);
     });
-    assert_eq!(c.counter("tokenmeter_requests_total", &["finish_reason=cancelled"]), 1);
+    assert_eq!(
+        c.counter("tokenmeter_requests_total", &["finish_reason=cancelled"]),
+        1
+    );
     assert_eq!(c.counter("tokenmeter_requests_goodput_total", &[]), 0);
     assert_eq!(e2e_without_error(&c), vec![0.01]);
     assert_eq!(c.hist(TPOT, &[]), vec![0.005]);
-    assert!(c.hist("tokenmeter_request_queue_time_seconds", &[]).is_empty(), "no scheduled(): no queue time");
+    assert!(
+        c.hist("tokenmeter_request_queue_time_seconds", &[])
+            .is_empty(),
+        "no scheduled(): no queue time"
+    );
     assert_eq!(c.gauge("tokenmeter_requests_running", &[]), Some(0.0));
 }
 
@@ -134,7 +190,10 @@ fn panic_in_the_loop_is_recorded_and_not_hidden() {
         }));
         assert!(result.is_err(), "the panic propagates");
     });
-    assert_eq!(c.counter("tokenmeter_requests_total", &["error_type=panic"]), 1);
+    assert_eq!(
+        c.counter("tokenmeter_requests_total", &["error_type=panic"]),
+        1
+    );
 }
 
 #[test]
@@ -153,18 +212,41 @@ fn misuse_is_ignored_and_counted() {
         g.finish(Finish::Length);
         g.fail(ErrorKind::Internal);
         g.token();
-        g.record_non_finite(NonFinite { nan: 1, ..Default::default() });
+        g.record_non_finite(NonFinite {
+            nan: 1,
+            ..Default::default()
+        });
     });
-    assert_eq!(c.counter("tokenmeter_misuse_total", &["kind=clock_backwards"]), 2, "token and finish");
-    assert_eq!(c.counter("tokenmeter_misuse_total", &["kind=finish_twice"]), 2);
-    assert_eq!(c.counter("tokenmeter_misuse_total", &["kind=token_after_end"]), 1);
-    assert_eq!(c.counter("tokenmeter_misuse_total", &["kind=non_finite_after_end"]), 1);
+    assert_eq!(
+        c.counter("tokenmeter_misuse_total", &["kind=clock_backwards"]),
+        2,
+        "token and finish"
+    );
+    assert_eq!(
+        c.counter("tokenmeter_misuse_total", &["kind=finish_twice"]),
+        2
+    );
+    assert_eq!(
+        c.counter("tokenmeter_misuse_total", &["kind=token_after_end"]),
+        1
+    );
+    assert_eq!(
+        c.counter("tokenmeter_misuse_total", &["kind=non_finite_after_end"]),
+        1
+    );
     assert_eq!(c.counter("tokenmeter_requests_total", &[]), 1);
     assert_eq!(c.counter("tokenmeter_output_tokens_total", &[]), 3);
     let itl = c.hist(ITL, &[]);
-    assert_eq!(itl, vec![0.0, 0.01], "the backwards token is a zero gap; sum = last - first");
+    assert_eq!(
+        itl,
+        vec![0.0, 0.01],
+        "the backwards token is a zero gap; sum = last - first"
+    );
     assert_eq!(c.hist(TPOT, &[]), vec![0.005]);
-    assert!(c.hist(E2E, &[]).iter().all(|v| *v >= 0.02), "e2e never ends before the last token");
+    assert!(
+        c.hist(E2E, &[]).iter().all(|v| *v >= 0.02),
+        "e2e never ends before the last token"
+    );
 }
 
 #[test]
@@ -233,7 +315,10 @@ fn batch_steps_share_one_clock_read() {
     });
     assert_eq!(c.hist(TTFT, &[]), vec![0.02; 3]);
     // gaps 40, 60, 80 ms per sequence
-    assert_eq!(c.hist(ITL, &[]), vec![0.04, 0.04, 0.04, 0.06, 0.06, 0.06, 0.08, 0.08, 0.08]);
+    assert_eq!(
+        c.hist(ITL, &[]),
+        vec![0.04, 0.04, 0.04, 0.06, 0.06, 0.06, 0.08, 0.08, 0.08]
+    );
     assert_eq!(c.counter("tokenmeter_output_tokens_total", &[]), 12);
 }
 
@@ -242,15 +327,29 @@ fn label_cap_sends_overflow_to_other() {
     let (meter, _mock) = mock_meter(Meter::builder().request_labels(["tenant"], 2));
     let c = recorded(|| {
         for t in ["a", "b", "c", "d", "a"] {
-            meter.request().label("tenant", t).start().finish(Finish::Stop);
+            meter
+                .request()
+                .label("tenant", t)
+                .start()
+                .finish(Finish::Stop);
         }
-        meter.request().label("nope", "x").start().finish(Finish::Stop);
+        meter
+            .request()
+            .label("nope", "x")
+            .start()
+            .finish(Finish::Stop);
     });
     assert_eq!(c.counter("tokenmeter_requests_total", &["tenant=a"]), 2);
     assert_eq!(c.counter("tokenmeter_requests_total", &["tenant=b"]), 1);
     assert_eq!(c.counter("tokenmeter_requests_total", &["tenant=other"]), 2);
-    assert_eq!(c.counter("tokenmeter_labels_overflow_total", &["label=tenant"]), 2);
-    assert_eq!(c.counter("tokenmeter_misuse_total", &["kind=unknown_label"]), 1);
+    assert_eq!(
+        c.counter("tokenmeter_labels_overflow_total", &["label=tenant"]),
+        2
+    );
+    assert_eq!(
+        c.counter("tokenmeter_misuse_total", &["kind=unknown_label"]),
+        1
+    );
 }
 
 #[test]
@@ -261,9 +360,16 @@ fn a_million_distinct_label_values_stay_capped() {
             // Only the label path: starting 10^6 requests would test something else.
             let _ = meter.request().label("user", i.to_string());
         }
-        meter.request().label("user", "fresh").start().finish(Finish::Stop);
+        meter
+            .request()
+            .label("user", "fresh")
+            .start()
+            .finish(Finish::Stop);
     });
-    assert_eq!(c.counter("tokenmeter_labels_overflow_total", &[]), 1_000_000 - 10 + 1);
+    assert_eq!(
+        c.counter("tokenmeter_labels_overflow_total", &[]),
+        1_000_000 - 10 + 1
+    );
     assert_eq!(c.counter("tokenmeter_requests_total", &["user=other"]), 1);
 }
 
@@ -280,13 +386,23 @@ fn vllm_preset_uses_vllm_names_labels_and_buckets() {
     });
     let m = ["model_name=llama", "engine=0"];
     assert_eq!(c.hist("vllm:time_to_first_token_seconds", &m), vec![0.01]);
-    assert_eq!(c.hist("vllm:request_time_per_output_token_seconds", &m), vec![0.01]);
+    assert_eq!(
+        c.hist("vllm:request_time_per_output_token_seconds", &m),
+        vec![0.01]
+    );
     assert_eq!(c.hist("vllm:inter_token_latency_seconds", &m), vec![0.01]);
     assert_eq!(c.counter("vllm:generation_tokens_total", &m), 2);
     assert_eq!(c.counter("vllm:prompt_tokens_total", &m), 3);
-    assert_eq!(c.counter("vllm:request_success_total", &["finished_reason=abort"]), 1);
+    assert_eq!(
+        c.counter("vllm:request_success_total", &["finished_reason=abort"]),
+        1
+    );
     let ttft = tokenmeter_core::catalog::by_id("ttft").expect("ttft");
-    assert_eq!(meter.buckets(ttft).map(<[f64]>::len), Some(22), "vLLM's TTFT buckets");
+    assert_eq!(
+        meter.buckets(ttft).map(<[f64]>::len),
+        Some(22),
+        "vLLM's TTFT buckets"
+    );
 }
 
 #[test]
@@ -294,14 +410,31 @@ fn non_finite_counts_reach_counters() {
     let (meter, _mock) = mock_meter(Meter::builder());
     let c = recorded(|| {
         let mut g = meter.request().start();
-        g.record_non_finite(NonFinite { nan: 2, pos_inf: 1, neg_inf: 0 });
-        g.record_non_finite(NonFinite { nan: 1, pos_inf: 0, neg_inf: 4 });
+        g.record_non_finite(NonFinite {
+            nan: 2,
+            pos_inf: 1,
+            neg_inf: 0,
+        });
+        g.record_non_finite(NonFinite {
+            nan: 1,
+            pos_inf: 0,
+            neg_inf: 4,
+        });
         g.finish(Finish::Stop);
         meter.request().start().finish(Finish::Stop);
     });
-    assert_eq!(c.counter("tokenmeter_logits_nonfinite_total", &["kind=nan"]), 3);
-    assert_eq!(c.counter("tokenmeter_logits_nonfinite_total", &["kind=pos_inf"]), 1);
-    assert_eq!(c.counter("tokenmeter_logits_nonfinite_total", &["kind=neg_inf"]), 4);
+    assert_eq!(
+        c.counter("tokenmeter_logits_nonfinite_total", &["kind=nan"]),
+        3
+    );
+    assert_eq!(
+        c.counter("tokenmeter_logits_nonfinite_total", &["kind=pos_inf"]),
+        1
+    );
+    assert_eq!(
+        c.counter("tokenmeter_logits_nonfinite_total", &["kind=neg_inf"]),
+        4
+    );
     assert_eq!(c.counter("tokenmeter_requests_nonfinite_total", &[]), 1);
 }
 
@@ -314,24 +447,54 @@ fn model_load_and_start_time() {
         assert_eq!(load.done(), Duration::from_millis(2500));
         meter.request().start().finish(Finish::Stop); // meets the recorder: info + start time
     });
-    assert_eq!(c.hist("tokenmeter_model_load_duration_seconds", &[]), vec![2.5]);
-    assert!(c.gauge("tokenmeter_process_start_time_seconds", &[]).is_some_and(|v| v > 1.6e9));
+    assert_eq!(
+        c.hist("tokenmeter_model_load_duration_seconds", &[]),
+        vec![2.5]
+    );
+    assert!(
+        c.gauge("tokenmeter_process_start_time_seconds", &[])
+            .is_some_and(|v| v > 1.6e9)
+    );
 }
 
 #[test]
 fn bad_configuration_is_a_clear_error() {
     use tokenmeter_core::ConfigError;
     let err = |b: MeterBuilder| b.try_build().expect_err("must be rejected");
-    assert_eq!(err(Meter::builder().buckets("nope", &[1.0])), ConfigError::UnknownHistogram("nope".into()));
-    assert_eq!(err(Meter::builder().buckets("ttft", &[1.0, 0.5])), ConfigError::BadBuckets("ttft".into()));
-    assert_eq!(err(Meter::builder().buckets("ttft", &[f64::NAN])), ConfigError::BadBuckets("ttft".into()));
-    assert_eq!(err(Meter::builder().buckets("itl", &[1.0; 0])), ConfigError::BadBuckets("itl".into()));
+    assert_eq!(
+        err(Meter::builder().buckets("nope", &[1.0])),
+        ConfigError::UnknownHistogram("nope".into())
+    );
+    assert_eq!(
+        err(Meter::builder().buckets("ttft", &[1.0, 0.5])),
+        ConfigError::BadBuckets("ttft".into())
+    );
+    assert_eq!(
+        err(Meter::builder().buckets("ttft", &[f64::NAN])),
+        ConfigError::BadBuckets("ttft".into())
+    );
+    assert_eq!(
+        err(Meter::builder().buckets("itl", &[1.0; 0])),
+        ConfigError::BadBuckets("itl".into())
+    );
     let many: Vec<f64> = (1..=30).map(f64::from).collect();
-    assert_eq!(err(Meter::builder().buckets("itl", &many)), ConfigError::TooManyItlBuckets(30));
-    assert_eq!(err(Meter::builder().prefix("9x")), ConfigError::BadPrefix("9x".into()));
-    assert!(matches!(err(Meter::builder().window(Duration::ZERO)), ConfigError::BadWindow(_)));
+    assert_eq!(
+        err(Meter::builder().buckets("itl", &many)),
+        ConfigError::TooManyItlBuckets(30)
+    );
+    assert_eq!(
+        err(Meter::builder().prefix("9x")),
+        ConfigError::BadPrefix("9x".into())
+    );
+    assert!(matches!(
+        err(Meter::builder().window(Duration::ZERO)),
+        ConfigError::BadWindow(_)
+    ));
     // build() keeps going with defaults
-    let m = Meter::builder().buckets("ttft", &[2.0, 1.0]).prefix("ok_prefix").build();
+    let m = Meter::builder()
+        .buckets("ttft", &[2.0, 1.0])
+        .prefix("ok_prefix")
+        .build();
     let ttft = tokenmeter_core::catalog::by_id("ttft").expect("ttft");
     assert_eq!(m.buckets(ttft).map(<[f64]>::len), Some(16));
     let goodput = tokenmeter_core::catalog::by_id("goodput").expect("goodput");
@@ -341,7 +504,10 @@ fn bad_configuration_is_a_clear_error() {
 #[test]
 fn itl_bucket_override_is_used_by_the_guard() {
     let (clock, mock) = Clock::mock();
-    let meter = Meter::builder().clock(clock).buckets("itl", &[0.01, 0.1]).build();
+    let meter = Meter::builder()
+        .clock(clock)
+        .buckets("itl", &[0.01, 0.1])
+        .build();
     let c = recorded(|| {
         let mut g = meter.request().start();
         g.token();
@@ -385,12 +551,19 @@ fn snapshot_percentiles_rates_and_goodput() {
     assert_eq!(s.goodput_requests, 2); // 100 and 200 ms
     assert_eq!(s.goodput_ratio, Some(0.2));
     assert!((s.uptime_seconds - 20.0).abs() < 1e-9);
-    assert!((s.tokens_per_second - 1.5).abs() < 1e-9, "{}", s.tokens_per_second);
+    assert!(
+        (s.tokens_per_second - 1.5).abs() < 1e-9,
+        "{}",
+        s.tokens_per_second
+    );
     assert!((s.requests_per_second - 0.5).abs() < 1e-9);
     // 70 s later everything has left the window; totals remain.
     mock.increment(Duration::from_secs(70));
     let s = meter.snapshot();
-    assert_eq!((s.requests_ended, s.ttft.count, s.goodput_ratio), (0, 0, None));
+    assert_eq!(
+        (s.requests_ended, s.ttft.count, s.goodput_ratio),
+        (0, 0, None)
+    );
     assert_eq!(s.totals.output_tokens, 30);
     let json = serde_json::to_string(&s).expect("snapshot serializes");
     assert!(json.contains("\"tokens_per_second\""));

@@ -76,11 +76,9 @@ impl Conv {
     fn f<T>(&mut self, r: Result<T, NvmlError>) -> Field<T> {
         r.map_err(|e| match e {
             NvmlError::NotSupported | NvmlError::FunctionNotFound => FieldError::NotSupported,
-            NvmlError::GpuLost | NvmlError::Unknown => {
+            NvmlError::GpuLost => {
                 let msg = e.to_string();
-                if matches!(e, NvmlError::GpuLost) {
-                    self.lost = Some(msg.clone());
-                }
+                self.lost = Some(msg.clone());
                 FieldError::Failed(msg)
             }
             other => FieldError::Failed(other.to_string()),

@@ -7,16 +7,17 @@ pub const GENAI_TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 /// OTel GenAI advised bounds for `gen_ai.server.time_per_output_token`.
-pub const GENAI_TPOT_BUCKETS: &[f64] =
-    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
+pub const GENAI_TPOT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
 /// OTel GenAI advised bounds for `gen_ai.server.request.duration` (and other GenAI durations).
 pub const GENAI_DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 ];
 /// OTel GenAI advised bounds for token-count histograms.
 pub const GENAI_TOKEN_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
-    4194304.0, 16777216.0, 67108864.0,
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
 ];
 /// Our inter-token latency bounds: finer than GenAI's TPOT set below 10 ms, where GPU decode
 /// steps live. At most 24 bounds, the guard's fixed accumulator size.
@@ -26,11 +27,13 @@ pub const ITL_BUCKETS: &[f64] = &[
 ];
 /// Our bounds for request phases (queue, prefill, decode) that may be short or very long.
 pub const PHASE_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0,
-    80.0, 160.0, 320.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
+    160.0, 320.0,
 ];
 /// Bounds for model load (cold start) durations.
-pub const LOAD_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+pub const LOAD_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
 
 /// vLLM's TTFT bounds.
 pub const VLLM_TTFT_BUCKETS: &[f64] = &[
@@ -49,8 +52,8 @@ pub const VLLM_REQUEST_LATENCY_BUCKETS: &[f64] = &[
 ];
 /// vLLM's 1-2-5 token-count bounds (vLLM caps them at `max_model_len`; we stop at 100k).
 pub const VLLM_TOKEN_BUCKETS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
-    20000.0, 50000.0, 100000.0,
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0,
+    50000.0, 100000.0,
 ];
 
 const FIN: &[&str] = &["finish_reason", "error.type"];

@@ -144,51 +144,14 @@ pub fn prometheus_name(otel_name: &str, kind: MetricKind, unit: &str) -> String 
 pub fn prometheus_label(otel_key: &str) -> String {
     otel_key
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_match_the_reference_table() {
-        // shared/reference/otel-genai.md §4.4, default settings.
-        let cases = [
-            ("gen_ai.server.request.duration", MetricKind::Histogram, "s", "gen_ai_server_request_duration_seconds"),
-            ("gen_ai.server.time_to_first_token", MetricKind::Histogram, "s", "gen_ai_server_time_to_first_token_seconds"),
-            ("gen_ai.client.inference.usage.input_tokens", MetricKind::Counter, "{token}", "gen_ai_client_inference_usage_input_tokens_total"),
-            ("gen_ai.client.inference.operation.output_tokens", MetricKind::Histogram, "{token}", "gen_ai_client_inference_operation_output_tokens"),
-            ("hw.gpu.utilization", MetricKind::Gauge, "1", "hw_gpu_utilization_ratio"),
-            ("hw.gpu.memory.usage", MetricKind::Gauge, "By", "hw_gpu_memory_usage_bytes"),
-            ("hw.gpu.io", MetricKind::Counter, "By", "hw_gpu_io_bytes_total"),
-            ("hw.energy", MetricKind::Counter, "J", "hw_energy_joules_total"),
-            ("hw.power", MetricKind::Gauge, "W", "hw_power_watts"),
-            ("hw.temperature", MetricKind::Gauge, "Cel", "hw_temperature_celsius"),
-            ("hw.errors", MetricKind::Counter, "{error}", "hw_errors_total"),
-        ];
-        for (otel, kind, unit, want) in cases {
-            assert_eq!(prometheus_name(otel, kind, unit), want, "{otel}");
-        }
-    }
-
-    #[test]
-    fn catalog_is_well_formed() {
-        let mut ids = std::collections::HashSet::new();
-        let mut names = std::collections::HashSet::new();
-        for d in all() {
-            assert!(ids.insert(d.id), "duplicate id {}", d.id);
-            assert!(names.insert((d.own, d.otel_name)), "duplicate name {}", d.otel_name);
-            assert!(!d.description.is_empty() && !d.recorded.is_empty(), "{} undocumented", d.id);
-            if d.kind == MetricKind::Histogram {
-                let b = d.buckets.unwrap_or_else(|| panic!("{} has no buckets", d.id));
-                assert!(b.windows(2).all(|w| w[0] < w[1]), "{} buckets not increasing", d.id);
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
             } else {
-                assert!(d.buckets.is_none() && d.vllm_buckets.is_none(), "{} is not a histogram", d.id);
+                '_'
             }
-        }
-    }
+        })
+        .collect()
 }
 
 /// Renders the catalog as the Markdown of `docs/metrics.md` (a test keeps that file equal to
@@ -215,16 +178,28 @@ pub fn render_markdown() -> String {
     );
     let fmt_buckets = |b: Option<&[f64]>| match b {
         None => String::new(),
-        Some(b) => b.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(", "),
+        Some(b) => b
+            .iter()
+            .map(|x| format!("{x}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     };
-    for (title, defs) in [("Requests and tokens", core::DEFS), ("GPU and host", gpu::DEFS), ("Quality", quality::DEFS)] {
+    for (title, defs) in [
+        ("Requests and tokens", core::DEFS),
+        ("GPU and host", gpu::DEFS),
+        ("Quality", quality::DEFS),
+    ] {
         let _ = write!(out, "\n## {title}\n\n");
         if defs.is_empty() {
             out.push_str("(none)\n");
             continue;
         }
         for d in defs {
-            let otel = if d.own { format!("tokenmeter.{}", d.otel_name) } else { d.otel_name.to_owned() };
+            let otel = if d.own {
+                format!("tokenmeter.{}", d.otel_name)
+            } else {
+                d.otel_name.to_owned()
+            };
             let prom = prometheus_name(&otel, d.kind, d.unit);
             let _ = writeln!(out, "### `{prom}`\n");
             let _ = writeln!(out, "{}\n", d.description);
@@ -239,17 +214,136 @@ pub fn render_markdown() -> String {
             let labels = if d.labels.is_empty() {
                 "constant labels only".to_owned()
             } else {
-                d.labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
+                d.labels
+                    .iter()
+                    .map(|l| format!("`{l}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             let _ = writeln!(out, "| labels | {labels} |");
             if d.buckets.is_some() {
                 let _ = writeln!(out, "| buckets | {} |", fmt_buckets(d.buckets));
             }
             if d.vllm_buckets.is_some() {
-                let _ = writeln!(out, "| vLLM preset buckets | {} |", fmt_buckets(d.vllm_buckets));
+                let _ = writeln!(
+                    out,
+                    "| vLLM preset buckets | {} |",
+                    fmt_buckets(d.vllm_buckets)
+                );
             }
             let _ = writeln!(out, "| recorded | {} |\n", d.recorded);
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_reference_table() {
+        // shared/reference/otel-genai.md §4.4, default settings.
+        let cases = [
+            (
+                "gen_ai.server.request.duration",
+                MetricKind::Histogram,
+                "s",
+                "gen_ai_server_request_duration_seconds",
+            ),
+            (
+                "gen_ai.server.time_to_first_token",
+                MetricKind::Histogram,
+                "s",
+                "gen_ai_server_time_to_first_token_seconds",
+            ),
+            (
+                "gen_ai.client.inference.usage.input_tokens",
+                MetricKind::Counter,
+                "{token}",
+                "gen_ai_client_inference_usage_input_tokens_total",
+            ),
+            (
+                "gen_ai.client.inference.operation.output_tokens",
+                MetricKind::Histogram,
+                "{token}",
+                "gen_ai_client_inference_operation_output_tokens",
+            ),
+            (
+                "hw.gpu.utilization",
+                MetricKind::Gauge,
+                "1",
+                "hw_gpu_utilization_ratio",
+            ),
+            (
+                "hw.gpu.memory.usage",
+                MetricKind::Gauge,
+                "By",
+                "hw_gpu_memory_usage_bytes",
+            ),
+            (
+                "hw.gpu.io",
+                MetricKind::Counter,
+                "By",
+                "hw_gpu_io_bytes_total",
+            ),
+            (
+                "hw.energy",
+                MetricKind::Counter,
+                "J",
+                "hw_energy_joules_total",
+            ),
+            ("hw.power", MetricKind::Gauge, "W", "hw_power_watts"),
+            (
+                "hw.temperature",
+                MetricKind::Gauge,
+                "Cel",
+                "hw_temperature_celsius",
+            ),
+            (
+                "hw.errors",
+                MetricKind::Counter,
+                "{error}",
+                "hw_errors_total",
+            ),
+        ];
+        for (otel, kind, unit, want) in cases {
+            assert_eq!(prometheus_name(otel, kind, unit), want, "{otel}");
+        }
+    }
+
+    #[test]
+    fn catalog_is_well_formed() {
+        let mut ids = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for d in all() {
+            assert!(ids.insert(d.id), "duplicate id {}", d.id);
+            assert!(
+                names.insert((d.own, d.otel_name)),
+                "duplicate name {}",
+                d.otel_name
+            );
+            assert!(
+                !d.description.is_empty() && !d.recorded.is_empty(),
+                "{} undocumented",
+                d.id
+            );
+            if d.kind == MetricKind::Histogram {
+                let b = d
+                    .buckets
+                    .unwrap_or_else(|| panic!("{} has no buckets", d.id));
+                assert!(
+                    b.windows(2).all(|w| w[0] < w[1]),
+                    "{} buckets not increasing",
+                    d.id
+                );
+            } else {
+                assert!(
+                    d.buckets.is_none() && d.vllm_buckets.is_none(),
+                    "{} is not a histogram",
+                    d.id
+                );
+            }
+        }
+    }
 }

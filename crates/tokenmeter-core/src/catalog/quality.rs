@@ -10,22 +10,26 @@
 use super::{MetricDef, MetricKind};
 
 /// Bounds for perplexity (exp of minus the mean chosen-token logprob; 1 = certain).
-pub const PERPLEXITY_BUCKETS: &[f64] =
-    &[1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 50.0, 100.0, 1000.0];
+pub const PERPLEXITY_BUCKETS: &[f64] = &[
+    1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 50.0, 100.0, 1000.0,
+];
 /// Bounds for mean entropy in nats (ln 2 = 0.69 is a fair coin; ln 32000 = 10.4 is uniform over
 /// a 32k vocabulary).
-pub const ENTROPY_BUCKETS: &[f64] =
-    &[0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0];
+pub const ENTROPY_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0,
+];
 /// Bounds for shares in [0, 1] (low-confidence share, seq-rep-n).
-pub const SHARE_BUCKETS: &[f64] =
-    &[0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
+pub const SHARE_BUCKETS: &[f64] = &[
+    0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0,
+];
 /// Bounds for output length in characters.
 pub const CHAR_BUCKETS: &[f64] = &[
     0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
 ];
 /// Bounds for scorer outputs: scorers report in [-1, 1] (sentiment) or [0, 1] (probabilities).
-pub const SCORE_BUCKETS: &[f64] =
-    &[-1.0, -0.75, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0];
+pub const SCORE_BUCKETS: &[f64] = &[
+    -1.0, -0.75, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0,
+];
 /// Bounds for user feedback: thumbs (-1, 0, 1) and 1-5 star ratings both land on a bound.
 pub const FEEDBACK_BUCKETS: &[f64] = &[-1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0];
 

@@ -17,7 +17,10 @@ pub fn capture(snapshotter: &Snapshotter) -> Captured {
     let mut out = Captured::default();
     for (ck, _unit, _desc, value) in snapshotter.snapshot().into_vec() {
         let key = ck.key();
-        let mut labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
         labels.sort();
         let id = if labels.is_empty() {
             key.name().to_string()
@@ -32,7 +35,8 @@ pub fn capture(snapshotter: &Snapshotter) -> Captured {
                 out.gauges.insert(id, v.into_inner());
             }
             DebugValue::Histogram(v) => {
-                out.histograms.insert(id, v.into_iter().map(|x| x.into_inner()).collect());
+                out.histograms
+                    .insert(id, v.into_iter().map(|x| x.into_inner()).collect());
             }
         }
     }
@@ -62,12 +66,19 @@ impl Captured {
     }
     /// All observations of the matching series, sorted.
     pub fn hist(&self, name: &str, with: &[&str]) -> Vec<f64> {
-        let mut v: Vec<f64> = Self::find(&self.histograms, name, with).into_iter().flatten().copied().collect();
+        let mut v: Vec<f64> = Self::find(&self.histograms, name, with)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         v.sort_by(f64::total_cmp);
         v
     }
 }
 
 pub fn assert_close(got: f64, want: f64) {
-    assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "got {got}, want {want}");
+    assert!(
+        (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+        "got {got}, want {want}"
+    );
 }
