@@ -1,0 +1,434 @@
+//! The engine: one thread that serves every admitted request step by step.
+//!
+//! Each step feeds every active sequence once (the whole prompt for a newly admitted one, one
+//! token afterwards; each sequence has its own KV cache on a cheap clone of the shared weights),
+//! samples the next tokens, then reads the clock **once** with [`Meter::now`] and records that
+//! instant for every sequence that produced a token with [`RequestGuard::token_at`] before the
+//! tokens are sent to the clients. So the server's timestamps of a token are never later than the
+//! moment it leaves for the client.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokenmeter_core::{ErrorKind, Finish, Instant, Meter, RequestGuard};
+use tokio::sync::mpsc;
+
+use super::model::{Model, Sequence};
+use super::monitor::SeqMonitor;
+use super::tokenizer::StreamDecoder;
+
+/// Sampling parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// 0 = greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass (1 = off).
+    pub top_p: f64,
+    /// RNG seed.
+    pub seed: u64,
+}
+
+/// Server-side timings of one request, from the same instants the guard recorded.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ServerTiming {
+    /// Time to first token, seconds (None when no token).
+    pub ttft_s: Option<f64>,
+    /// Time per output token after the first, seconds (None below 2 tokens).
+    pub tpot_s: Option<f64>,
+    /// Queue time (arrival to admission), seconds.
+    pub queue_s: f64,
+    /// Arrival to the end of the request, seconds.
+    pub e2e_s: f64,
+}
+
+/// What the engine sends back for one request.
+#[derive(Debug)]
+pub enum Event {
+    /// One output token and the text it completed (may be empty: an incomplete UTF-8 sequence).
+    Token {
+        /// The text.
+        text: String,
+    },
+    /// The request ended.
+    Done {
+        /// "stop" or "length".
+        finish_reason: &'static str,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+        /// Output tokens (one per `Token` event).
+        completion_tokens: usize,
+        /// Server-side timings.
+        timing: ServerTiming,
+    },
+    /// The engine failed on this request.
+    Error(String),
+}
+
+/// A request handed to the engine.
+#[derive(Debug)]
+pub struct GenRequest {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Most output tokens.
+    pub max_tokens: usize,
+    /// Sampling parameters.
+    pub sampling: Sampling,
+    /// The request's guard (None when the server runs with the meter off).
+    pub guard: Option<RequestGuard>,
+    /// Arrival instant (the guard's start).
+    pub arrival: Instant,
+    /// Where tokens go; closed when the client went away.
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { max_batch: 8 }
+    }
+}
+
+/// Counters the engine keeps for the demo's own report.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Engine steps run.
+    pub steps: AtomicU64,
+    /// Tokens produced.
+    pub tokens: AtomicU64,
+    /// Requests waiting for admission.
+    pub waiting: AtomicU64,
+    /// Requests being decoded.
+    pub running: AtomicU64,
+}
+
+/// A handle to the engine thread.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::UnboundedSender<GenRequest>,
+    /// The engine's counters.
+    pub stats: Arc<EngineStats>,
+}
+
+impl EngineHandle {
+    /// Queues a request. Returns it back if the engine is gone.
+    #[allow(clippy::result_large_err)]
+    pub fn submit(&self, req: GenRequest) -> Result<(), GenRequest> {
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(req).map_err(|e| {
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            e.0
+        })
+    }
+}
+
+struct Active {
+    req: GenRequest,
+    seq: Sequence,
+    rng: StdRng,
+    decoder: StreamDecoder,
+    monitor: SeqMonitor,
+    generated: usize,
+    last: u32,
+    scheduled: Instant,
+    first: Option<Instant>,
+    last_at: Option<Instant>,
+    /// What this step produced.
+    outcome: StepOutcome,
+}
+
+enum StepOutcome {
+    Token(u32),
+    Error(String),
+    Gone,
+}
+
+/// Starts the engine thread.
+pub fn spawn(model: Model, meter: Meter, cfg: EngineConfig) -> EngineHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(EngineStats::default());
+    let st = stats.clone();
+    let spawned = std::thread::Builder::new()
+        .name("demo-engine".into())
+        .spawn(move || run(model, meter, cfg, rx, st));
+    if let Err(e) = spawned {
+        // The receiver was moved into the failed closure and dropped: submits fail cleanly.
+        eprintln!("demo: could not start the engine thread: {e}");
+    }
+    EngineHandle { tx, stats }
+}
+
+fn run(
+    model: Model,
+    meter: Meter,
+    cfg: EngineConfig,
+    mut rx: mpsc::UnboundedReceiver<GenRequest>,
+    stats: Arc<EngineStats>,
+) {
+    let tok = model.tokenizer.clone();
+    let eos = tok.eos();
+    let stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|s| tok.special_id(s))
+        .chain([eos])
+        .collect();
+    let mut waiting: VecDeque<GenRequest> = VecDeque::new();
+    let mut active: Vec<Active> = Vec::new();
+    loop {
+        if active.is_empty() && waiting.is_empty() {
+            match rx.blocking_recv() {
+                Some(r) => waiting.push_back(r),
+                None => return,
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            waiting.push_back(r);
+        }
+        // Admission: one clock read for every request admitted in this step.
+        if active.len() < cfg.max_batch && !waiting.is_empty() {
+            let now = meter.now();
+            while active.len() < cfg.max_batch {
+                let Some(mut req) = waiting.pop_front() else {
+                    break;
+                };
+                stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                if req.events.is_closed() {
+                    // The client left while queued: dropping the guard counts it as cancelled.
+                    if let Some(g) = req.guard.as_mut() {
+                        g.finish(Finish::Cancelled);
+                    }
+                    continue;
+                }
+                if let Some(g) = req.guard.as_mut() {
+                    g.scheduled_at_instant(now);
+                }
+                let seed = req.sampling.seed;
+                active.push(Active {
+                    seq: Sequence::new(&model),
+                    rng: StdRng::seed_from_u64(seed),
+                    decoder: StreamDecoder::default(),
+                    monitor: SeqMonitor::new(),
+                    generated: 0,
+                    last: 0,
+                    scheduled: now,
+                    first: None,
+                    last_at: None,
+                    outcome: StepOutcome::Gone,
+                    req,
+                });
+            }
+        }
+        stats.running.store(active.len() as u64, Ordering::Relaxed);
+        // Compute: one forward per sequence.
+        for a in active.iter_mut() {
+            if a.req.events.is_closed() {
+                a.outcome = StepOutcome::Gone;
+                continue;
+            }
+            let input: Vec<u32> = if a.seq.pos() == 0 {
+                a.req.prompt.clone()
+            } else {
+                vec![a.last]
+            };
+            a.outcome = match a.seq.forward(&input) {
+                Ok(logits) => {
+                    if let Some(g) = a.req.guard.as_mut() {
+                        a.monitor.scan_logits(g, &logits);
+                    }
+                    let (id, logprob, entropy) = sample(&logits, &a.req.sampling, &mut a.rng);
+                    a.monitor.on_sample(logprob, entropy);
+                    StepOutcome::Token(id)
+                }
+                Err(e) => StepOutcome::Error(e.to_string()),
+            };
+        }
+        // One clock read for the whole step.
+        let now = meter.now();
+        stats.steps.fetch_add(1, Ordering::Relaxed);
+        active.retain_mut(|a| step_done(a, now, &stop_ids, model.context_len, &tok, &stats));
+        stats.running.store(active.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Records and sends what one sequence produced this step; false when it ended.
+fn step_done(
+    a: &mut Active,
+    now: Instant,
+    stop_ids: &[u32],
+    ctx: usize,
+    tok: &super::tokenizer::Tokenizer,
+    stats: &EngineStats,
+) -> bool {
+    let outcome = std::mem::replace(&mut a.outcome, StepOutcome::Gone);
+    match outcome {
+        StepOutcome::Gone => {
+            if let Some(g) = a.req.guard.as_mut() {
+                a.monitor.finish(g);
+                g.finish(Finish::Cancelled);
+            }
+            false
+        }
+        StepOutcome::Error(msg) => {
+            if let Some(g) = a.req.guard.as_mut() {
+                g.fail(ErrorKind::Internal);
+            }
+            let _ = a.req.events.send(Event::Error(msg));
+            false
+        }
+        StepOutcome::Token(id) if stop_ids.contains(&id) => {
+            end(a, now, Finish::Stop, "stop");
+            false
+        }
+        StepOutcome::Token(id) => {
+            if let Some(g) = a.req.guard.as_mut() {
+                g.token_at(now);
+            }
+            stats.tokens.fetch_add(1, Ordering::Relaxed);
+            a.generated += 1;
+            a.last = id;
+            a.first.get_or_insert(now);
+            a.last_at = Some(now);
+            let text = a.decoder.push(tok, id);
+            a.monitor.on_text(&text);
+            if a.req.events.send(Event::Token { text }).is_err() {
+                // Noticed at the next step as well; end it now.
+                if let Some(g) = a.req.guard.as_mut() {
+                    g.finish(Finish::Cancelled);
+                }
+                return false;
+            }
+            if a.generated >= a.req.max_tokens || a.seq.pos() + 1 >= ctx {
+                let tail = a.decoder.finish();
+                if !tail.is_empty() {
+                    a.monitor.on_text(&tail);
+                }
+                end(a, now, Finish::Length, "length");
+                return false;
+            }
+            true
+        }
+    }
+}
+
+fn end(a: &mut Active, now: Instant, reason: Finish, reason_str: &'static str) {
+    let mut timing = ServerTiming {
+        queue_s: a
+            .scheduled
+            .saturating_duration_since(a.req.arrival)
+            .as_secs_f64(),
+        ..ServerTiming::default()
+    };
+    if let Some(first) = a.first {
+        timing.ttft_s = Some(first.saturating_duration_since(a.req.arrival).as_secs_f64());
+        if a.generated >= 2
+            && let Some(last) = a.last_at
+        {
+            timing.tpot_s = Some(
+                last.saturating_duration_since(first).as_secs_f64() / (a.generated - 1) as f64,
+            );
+        }
+    }
+    if let Some(g) = a.req.guard.as_mut() {
+        a.monitor.finish(g);
+        g.finish(reason);
+        if let Some(t) = g.ttft() {
+            timing.ttft_s = Some(t.as_secs_f64());
+        }
+        timing.e2e_s = g
+            .meter()
+            .now()
+            .saturating_duration_since(a.req.arrival)
+            .as_secs_f64();
+    } else {
+        timing.e2e_s = now.saturating_duration_since(a.req.arrival).as_secs_f64();
+    }
+    let _ = a.req.events.send(Event::Done {
+        finish_reason: reason_str,
+        prompt_tokens: a.req.prompt.len(),
+        completion_tokens: a.generated,
+        timing,
+    });
+}
+
+/// Samples a token; returns (id, its log-probability under the sampling distribution's
+/// temperature-1 softmax, the entropy of that softmax in nats).
+fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> (u32, f32, f32) {
+    // Softmax at temperature 1 for the stats (non-finite logits are skipped).
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut z = 0f64;
+    for &x in logits {
+        if x.is_finite() {
+            z += ((x - max) as f64).exp();
+        }
+    }
+    let logz = max as f64 + z.ln();
+    let mut entropy = 0f64;
+    for &x in logits {
+        if x.is_finite() {
+            let lp = x as f64 - logz;
+            entropy -= lp.exp() * lp;
+        }
+    }
+    let argmax = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| x.is_finite())
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let id = if s.temperature <= 0.0 {
+        argmax
+    } else {
+        let t = s.temperature;
+        let mut probs: Vec<(usize, f64)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.is_finite())
+            .map(|(i, &x)| (i, ((x - max) as f64 / t).exp()))
+            .collect();
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        let mut chosen = argmax;
+        if total > 0.0 {
+            if s.top_p < 1.0 {
+                probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let mut acc = 0.0;
+                let mut keep = probs.len();
+                for (k, p) in probs.iter().enumerate() {
+                    acc += p.1 / total;
+                    if acc >= s.top_p {
+                        keep = k + 1;
+                        break;
+                    }
+                }
+                probs.truncate(keep);
+            }
+            let total: f64 = probs.iter().map(|p| p.1).sum();
+            let mut r = rng.random::<f64>() * total;
+            for (i, p) in &probs {
+                r -= p;
+                if r <= 0.0 {
+                    chosen = *i;
+                    break;
+                }
+            }
+        }
+        chosen
+    };
+    let lp = logits
+        .get(id)
+        .map(|&x| x as f64 - logz)
+        .unwrap_or(f64::NEG_INFINITY);
+    (id as u32, lp as f32, entropy as f32)
+}
