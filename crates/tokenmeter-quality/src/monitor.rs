@@ -66,7 +66,7 @@ impl TokenSet {
 /// let config = QualityConfig::default()
 ///     .add_refusal_phrases(["that is not something i can do"])
 ///     .repetition(3, 24)
-///     .allowed_tokens(TokenSet::from_ranges([0..32_000]))
+///     .allowed_tokens(TokenSet::from_ranges([0..32_000, 32_010..32_064]))
 ///     .keywords(["paris", "london"])
 ///     .scorer(Arc::new(LexiconSentiment::default()));
 /// # let _ = config;
