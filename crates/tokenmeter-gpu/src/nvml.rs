@@ -183,3 +183,52 @@ impl GpuSource for NvmlSource {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_library_or_driver_is_no_driver() {
+        for e in [
+            NvmlError::LibraryNotFound,
+            NvmlError::DriverNotLoaded,
+            NvmlError::FunctionNotFound,
+        ] {
+            assert!(matches!(source_error(e), SourceError::NoDriver(_)));
+        }
+        assert!(matches!(
+            source_error(NvmlError::NoPermission),
+            SourceError::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn field_errors_map_to_absent_and_lost() {
+        let mut c = Conv { lost: None };
+        assert_eq!(
+            c.f::<u32>(Err(NvmlError::NotSupported)),
+            Err(FieldError::NotSupported)
+        );
+        assert_eq!(c.f(Ok(7u32)), Ok(7));
+        assert!(matches!(
+            c.f::<u32>(Err(NvmlError::NoPermission)),
+            Err(FieldError::Failed(_))
+        ));
+        assert!(c.lost.is_none());
+        assert!(c.f::<u32>(Err(NvmlError::GpuLost)).is_err());
+        assert!(c.lost.is_some());
+    }
+
+    #[test]
+    fn reading_before_init_is_an_error_not_a_panic() {
+        let mut s = NvmlSource::new();
+        let id = GpuIdentity {
+            index: 0,
+            uuid: "GPU-x".into(),
+            name: "x".into(),
+        };
+        assert!(s.read(&id).is_err());
+        assert!(s.devices().is_err());
+    }
+}
