@@ -497,7 +497,13 @@ impl OtlpExporter {
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
         let tracer = self.tracer_provider.as_ref()?.tracer("tokenmeter");
-        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_threads(false)
+                .with_location(false)
+                .with_tracked_inactivity(false),
+        )
     }
 
     /// The tracer provider, to build other tracers from.
