@@ -1,6 +1,9 @@
 //! The map from emitted (Prometheus exposition) names back to catalog metrics: their OTel
 //! names, units, descriptions and bucket bounds. Built once at install time.
 
+// Parts serve only one of the two exporters; with a single feature the rest is unused.
+#![cfg_attr(not(all(feature = "prometheus", feature = "otlp")), allow(dead_code))]
+
 use std::collections::HashMap;
 
 use tokenmeter_core::Meter;

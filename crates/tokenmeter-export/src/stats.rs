@@ -2,6 +2,9 @@
 //! self-metric `tokenmeter_export_dropped_total{signal, reason}` from the export threads (never
 //! from the caller's thread).
 
+// Parts serve only one of the two exporters; with a single feature the rest is unused.
+#![cfg_attr(not(all(feature = "prometheus", feature = "otlp")), allow(dead_code))]
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokenmeter_core::catalog;
