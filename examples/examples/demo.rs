@@ -38,7 +38,6 @@ struct Args {
     serve_only: bool,
     load: loadgen::LoadOptions,
     report_dir: PathBuf,
-    otlp: Option<String>,
     overhead_rounds: usize,
 }
 
@@ -53,7 +52,6 @@ fn parse_args() -> Args {
         serve_only: false,
         load: loadgen::LoadOptions::default(),
         report_dir: PathBuf::from("target/demo-report"),
-        otlp: None,
         overhead_rounds: 0,
     };
     let mut port_set = false;
@@ -83,7 +81,7 @@ fn parse_args() -> Args {
             }
             "--max-batch" => a.server.max_batch = num::<usize>(val()).max(1),
             "--report-dir" => a.report_dir = PathBuf::from(val()),
-            "--otlp" => a.otlp = Some(val()),
+            "--otlp" => a.server.otlp = Some(val()),
             "--overhead" => a.overhead_rounds = num::<usize>(val()).max(1),
             "--no-meter" => a.server.meter_on = false,
             "--quiet" => a.load.live = false,
@@ -116,13 +114,6 @@ fn main() {
 }
 
 async fn run(args: Args) -> i32 {
-    if let Some(url) = &args.otlp {
-        match demo::telemetry::otlp(url) {
-            Ok(()) => eprintln!("demo: exporting OTLP to {url}"),
-            Err(e) => eprintln!("demo: OTLP export not started: {e}"),
-        }
-    }
-    let gpu = demo::telemetry::gpu_sampler();
     if args.overhead_rounds > 0 {
         return match loadgen::overhead(&args.server, &args.load, args.overhead_rounds).await {
             Ok(r) => {
@@ -156,9 +147,12 @@ async fn run(args: Args) -> i32 {
     eprintln!(
         "demo: endpoints POST /v1/chat/completions /v1/completions, GET /metrics /health /v1/tokenmeter/snapshot"
     );
+    if let Some(url) = &args.server.otlp {
+        eprintln!("demo: exporting OTLP metrics and traces to {url}");
+    }
     if args.serve_only {
         let _ = tokio::signal::ctrl_c().await;
-        drop(gpu);
+        demo::telemetry::flush();
         return 0;
     }
     let result = match loadgen::run(&server.base_url(), &server.model_id, &args.load).await {
@@ -185,6 +179,13 @@ async fn run(args: Args) -> i32 {
         }
         Err(e) => eprintln!("demo: cannot write the report: {e}"),
     }
-    drop(gpu);
+    if let Some(g) = server.gpu.as_ref().and_then(|h| h.latest()) {
+        println!(
+            "gpu sampler: {:?} ({} GPU(s) read)",
+            g.gpu_availability,
+            g.gpus.len()
+        );
+    }
+    demo::telemetry::flush();
     0
 }

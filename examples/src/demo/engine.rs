@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::model::{Model, Sequence};
 use super::monitor::SeqMonitor;
 use super::tokenizer::StreamDecoder;
+use tokenmeter::quality::QualityMonitor;
 
 /// Sampling parameters.
 #[derive(Debug, Clone, Copy)]
@@ -152,13 +153,18 @@ enum StepOutcome {
 }
 
 /// Starts the engine thread.
-pub fn spawn(model: Model, meter: Meter, cfg: EngineConfig) -> EngineHandle {
+pub fn spawn(
+    model: Model,
+    meter: Meter,
+    quality: Option<QualityMonitor>,
+    cfg: EngineConfig,
+) -> EngineHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(EngineStats::default());
     let st = stats.clone();
     let spawned = std::thread::Builder::new()
         .name("demo-engine".into())
-        .spawn(move || run(model, meter, cfg, rx, st));
+        .spawn(move || run(model, meter, quality, cfg, rx, st));
     if let Err(e) = spawned {
         // The receiver was moved into the failed closure and dropped: submits fail cleanly.
         eprintln!("demo: could not start the engine thread: {e}");
@@ -169,6 +175,7 @@ pub fn spawn(model: Model, meter: Meter, cfg: EngineConfig) -> EngineHandle {
 fn run(
     model: Model,
     meter: Meter,
+    quality: Option<QualityMonitor>,
     cfg: EngineConfig,
     mut rx: mpsc::UnboundedReceiver<GenRequest>,
     stats: Arc<EngineStats>,
@@ -215,7 +222,7 @@ fn run(
                     seq: Sequence::new(&model),
                     rng: StdRng::seed_from_u64(seed),
                     decoder: StreamDecoder::default(),
-                    monitor: SeqMonitor::new(),
+                    monitor: SeqMonitor::new(quality.as_ref()),
                     generated: 0,
                     last: 0,
                     scheduled: now,
@@ -243,8 +250,8 @@ fn run(
                     if let Some(g) = a.req.guard.as_mut() {
                         a.monitor.scan_logits(g, &logits);
                     }
-                    let (id, logprob, entropy) = sample(&logits, &a.req.sampling, &mut a.rng);
-                    a.monitor.on_sample(logprob, entropy);
+                    let (id, logprob) = sample(&logits, &a.req.sampling, &mut a.rng);
+                    a.monitor.on_sample(logprob, &logits);
                     StepOutcome::Token(id)
                 }
                 Err(e) => StepOutcome::Error(e.to_string()),
@@ -297,7 +304,7 @@ fn step_done(
             a.first.get_or_insert(now);
             a.last_at = Some(now);
             let text = a.decoder.push(tok, id);
-            a.monitor.on_text(&text);
+            a.monitor.on_token(id, tok.token_bytes(id));
             if a.req.events.send(Event::Token { text }).is_err() {
                 // Noticed at the next step as well; end it now.
                 if let Some(g) = a.req.guard.as_mut() {
@@ -306,10 +313,6 @@ fn step_done(
                 return false;
             }
             if a.generated >= a.req.max_tokens || a.seq.pos() + 1 >= ctx {
-                let tail = a.decoder.finish();
-                if !tail.is_empty() {
-                    a.monitor.on_text(&tail);
-                }
                 end(a, now, Finish::Length, "length");
                 return false;
             }
@@ -358,9 +361,8 @@ fn end(a: &mut Active, now: Instant, reason: Finish, reason_str: &'static str) {
     });
 }
 
-/// Samples a token; returns (id, its log-probability under the sampling distribution's
-/// temperature-1 softmax, the entropy of that softmax in nats).
-fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> (u32, f32, f32) {
+/// Samples a token; returns (id, its log-probability under the temperature-1 softmax).
+fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> (u32, f32) {
     // Softmax at temperature 1 for the stats (non-finite logits are skipped).
     let max = logits
         .iter()
@@ -374,13 +376,6 @@ fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> (u32, f32, f32) {
         }
     }
     let logz = max as f64 + z.ln();
-    let mut entropy = 0f64;
-    for &x in logits {
-        if x.is_finite() {
-            let lp = x as f64 - logz;
-            entropy -= lp.exp() * lp;
-        }
-    }
     let argmax = logits
         .iter()
         .enumerate()
@@ -430,5 +425,5 @@ fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> (u32, f32, f32) {
         .get(id)
         .map(|&x| x as f64 - logz)
         .unwrap_or(f64::NEG_INFINITY);
-    (id as u32, lp as f32, entropy as f32)
+    (id as u32, lp as f32)
 }

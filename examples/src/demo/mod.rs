@@ -44,6 +44,10 @@ pub struct ServerOptions {
     pub slo_tpot: Duration,
     /// The snapshot's sliding window (the demo sets it to cover the whole run).
     pub window: Duration,
+    /// OTLP endpoint for metrics and traces (first server in the process decides).
+    pub otlp: Option<String>,
+    /// Start the GPU/host sampler.
+    pub gpu_sampler: bool,
 }
 
 impl Default for ServerOptions {
@@ -57,12 +61,13 @@ impl Default for ServerOptions {
             slo_ttft: Duration::from_secs(2),
             slo_tpot: Duration::from_millis(250),
             window: Duration::from_secs(120),
+            otlp: None,
+            gpu_sampler: false,
         }
     }
 }
 
 /// A running server.
-#[derive(Debug)]
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -74,7 +79,19 @@ pub struct RunningServer {
     pub random: bool,
     /// Model load time.
     pub load_time: Duration,
+    /// The GPU/host sampler, when started.
+    pub gpu: Option<tokenmeter::gpu::SamplerHandle>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("addr", &self.addr)
+            .field("model_id", &self.model_id)
+            .field("random", &self.random)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunningServer {
@@ -115,7 +132,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         .slo(Slo::new().ttft(opts.slo_ttft).tpot(opts.slo_tpot))
         .window(opts.window.max(Duration::from_secs(1)))
         .build();
-    let render = telemetry::prometheus(&meter)?;
+    let render = telemetry::install(&meter, opts.otlp.as_deref())?;
     let load = meter.model_load();
     let started = std::time::Instant::now();
     let model = match &opts.model_path {
@@ -138,9 +155,15 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         started.elapsed()
     };
     let random = matches!(model.source, model::ModelSource::Random(_));
+    let quality = if opts.meter_on {
+        Some(monitor::quality_monitor(&meter)?)
+    } else {
+        None
+    };
     let engine = engine::spawn(
         model.clone(),
         meter.clone(),
+        quality,
         engine::EngineConfig {
             max_batch: opts.max_batch.max(1),
         },
@@ -153,7 +176,13 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
             eprintln!("demo: server stopped: {e}");
         }
     });
+    let gpu = if opts.gpu_sampler && opts.meter_on {
+        telemetry::gpu_sampler(&meter)
+    } else {
+        None
+    };
     Ok(RunningServer {
+        gpu,
         addr,
         meter,
         model_id,

@@ -173,8 +173,9 @@ impl Model {
 /// + ChatML specials + a few merges.
 fn random_gguf(seed: u64) -> Result<Vec<u8>, BoxError> {
     use gguf_file::Value as V;
+    use rand::{Rng, SeedableRng};
     let dev = Device::Cpu;
-    dev.set_seed(seed)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (n_embd, n_head, n_kv, n_layer, n_ff) = (64usize, 4usize, 2usize, 2usize, 128usize);
     let head_dim = n_embd / n_head;
     // Vocabulary: specials, then the 256 byte-level characters, then a few merges.
@@ -228,8 +229,12 @@ fn random_gguf(seed: u64) -> Result<Vec<u8>, BoxError> {
     ];
     // GGUF dims are stored reversed: a (rows=out, cols=in) matrix is written as candle shape
     // (out, in), which matches how quantized_llama reads it.
-    let rand = |shape: (usize, usize)| -> Result<QTensor, BoxError> {
-        let t = Tensor::randn(0f32, 0.08, shape, &dev)?;
+    // Uniform in [-0.14, 0.14]: standard deviation 0.08, like a scaled normal init.
+    let mut rand = |shape: (usize, usize)| -> Result<QTensor, BoxError> {
+        let data: Vec<f32> = (0..shape.0 * shape.1)
+            .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * 0.14)
+            .collect();
+        let t = Tensor::from_vec(data, shape, &dev)?;
         Ok(QTensor::quantize(&t, GgmlDType::F32)?)
     };
     let ones = |n: usize| -> Result<QTensor, BoxError> {

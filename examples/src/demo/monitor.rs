@@ -1,98 +1,78 @@
-//! Per-sequence quality monitoring: the one place where the demo calls into tokenmeter's
-//! quality features (NaN/Inf scan of each step's logits, log-probability statistics, refusal and
-//! repetition monitors over the streamed text).
+//! Per-sequence quality monitoring: the one place where the demo calls tokenmeter's quality
+//! features (`tokenmeter::quality`): the NaN/Inf scan of each step's logits
+//! ([`LogitsExt::logits`]), log-probability statistics and the streaming refusal / repetition
+//! monitors of [`RequestQuality`], recorded when the request ends.
 
-use tokenmeter_core::RequestGuard;
+use tokenmeter::quality::text::DEFAULT_REFUSAL_PHRASES;
+use tokenmeter::quality::{LogitsExt, QualityConfig, QualityMonitor, RequestQuality};
+use tokenmeter_core::{Meter, RequestGuard};
 
-/// Quality state of one sequence.
-#[derive(Debug, Default)]
-pub struct SeqMonitor {
-    logprob_sum: f64,
-    entropy_sum: f64,
-    samples: u64,
-    low_confidence: u64,
-    text: String,
+/// Builds the server's quality monitor (default refusal phrases, seq-rep-4).
+///
+/// # Errors
+/// When the monitor's configuration cannot be compiled.
+pub fn quality_monitor(meter: &Meter) -> Result<QualityMonitor, super::model::BoxError> {
+    Ok(QualityMonitor::new(meter, QualityConfig::default())?)
 }
 
-/// Phrases that mark a refusal (checked on the first 200 characters, case-insensitive).
-const REFUSALS: &[&str] = &[
-    "i'm sorry",
-    "i am sorry",
-    "i cannot",
-    "i can't",
-    "as an ai",
-    "i'm not able to",
-    "i am unable",
-];
-
-/// Whether `text` starts like a refusal (the same rule the load generator applies client-side).
+/// Whether `text` contains one of the quality crate's default refusal phrases (the rule the load
+/// generator applies client-side, case-insensitive, on the first 4 KiB).
 pub fn looks_like_refusal(text: &str) -> bool {
-    let head: String = text.chars().take(200).collect::<String>().to_lowercase();
-    REFUSALS.iter().any(|p| head.contains(p))
+    let head: String = text
+        .chars()
+        .take(4096)
+        .collect::<String>()
+        .to_lowercase()
+        .replace('\u{2019}', "'");
+    DEFAULT_REFUSAL_PHRASES
+        .iter()
+        .any(|p| head.contains(&p.to_lowercase()))
+}
+
+/// Quality state of one sequence (None when the server runs without a meter).
+pub struct SeqMonitor {
+    q: Option<RequestQuality>,
+}
+
+impl std::fmt::Debug for SeqMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeqMonitor")
+            .field("on", &self.q.is_some())
+            .finish()
+    }
 }
 
 impl SeqMonitor {
-    /// A fresh monitor.
-    pub fn new() -> Self {
-        Self::default()
+    /// A monitor for one request.
+    pub fn new(monitor: Option<&QualityMonitor>) -> Self {
+        Self {
+            q: monitor.map(QualityMonitor::request),
+        }
     }
 
     /// NaN/+Inf/-Inf scan of one step's logits row, added to the request's counts.
     pub fn scan_logits(&mut self, guard: &mut RequestGuard, logits: &[f32]) {
-        let mut c = tokenmeter_core::NonFinite::default();
-        for &x in logits {
-            if x.is_nan() {
-                c.nan += 1;
-            } else if x == f32::INFINITY {
-                c.pos_inf += 1;
-            } else if x == f32::NEG_INFINITY {
-                c.neg_inf += 1;
-            }
-        }
-        if c.total() > 0 {
-            guard.record_non_finite(c);
+        guard.logits(logits);
+    }
+
+    /// The sampled token's log-probability; the entropy comes from the step's logits.
+    pub fn on_sample(&mut self, logprob: f32, logits: &[f32]) {
+        if let Some(q) = self.q.as_mut() {
+            q.logprob_logits(logprob, logits);
         }
     }
 
-    /// The sampled token's log-probability and the step's entropy (nats).
-    pub fn on_sample(&mut self, logprob: f32, entropy: f32) {
-        if logprob.is_finite() {
-            self.logprob_sum += logprob as f64;
-            self.samples += 1;
-            if logprob < (0.1f64).ln() as f32 {
-                self.low_confidence += 1;
-            }
-        }
-        if entropy.is_finite() {
-            self.entropy_sum += entropy as f64;
+    /// One output token and its raw bytes (refusal phrases match across token boundaries).
+    pub fn on_token(&mut self, id: u32, bytes: &[u8]) {
+        if let Some(q) = self.q.as_mut() {
+            q.piece(id, bytes);
         }
     }
 
-    /// Text streamed to the client.
-    pub fn on_text(&mut self, text: &str) {
-        if self.text.len() < 4096 {
-            self.text.push_str(text);
+    /// Records the request's quality metrics and span fields; call before `guard.finish`.
+    pub fn finish(&mut self, guard: &RequestGuard) {
+        if let Some(q) = self.q.as_mut() {
+            q.finish(guard);
         }
-    }
-
-    /// Whether the output so far looks like a refusal.
-    pub fn refusal(&self) -> bool {
-        looks_like_refusal(&self.text)
-    }
-
-    /// Records the request's quality fields on its span before it ends.
-    pub fn finish(&mut self, guard: &mut RequestGuard) {
-        let span = guard.span();
-        if self.samples > 0 {
-            let n = self.samples as f64;
-            span.record("tokenmeter.perplexity", (-self.logprob_sum / n).exp());
-            span.record("tokenmeter.mean_entropy", self.entropy_sum / n);
-            span.record(
-                "tokenmeter.low_confidence_share",
-                self.low_confidence as f64 / n,
-            );
-        }
-        span.record("tokenmeter.refusal", self.refusal());
-        span.record("tokenmeter.output_chars", self.text.chars().count() as u64);
     }
 }

@@ -1,59 +1,66 @@
-//! Exporter setup: the Prometheus exposition served on the demo's own `/metrics`.
+//! Exporter setup through `tokenmeter::export`: the Prometheus exposition served on the demo's
+//! own `/metrics`, optional OTLP metrics and traces, and the GPU/host sampler.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokenmeter::export::{ExportGuard, Exporters, Prometheus};
+use tokenmeter::gpu::{Sampler, SamplerHandle};
 use tokenmeter_core::Meter;
-use tokenmeter_core::catalog;
 
 use super::model::BoxError;
 use super::server::MetricsRender;
 
-static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+static EXPORTERS: OnceLock<Result<Mutex<ExportGuard>, String>> = OnceLock::new();
 
-/// Installs the process-wide Prometheus recorder once (with every catalog histogram given its
-/// bucket bounds, so nothing renders as a summary) and returns its renderer. Later servers in the
-/// same process (tests) share it; their series differ by the model label.
+/// Installs the process-wide exporters once: Prometheus without a listener of its own (the demo
+/// serves `render()` on `/metrics`; every catalog histogram gets its buckets), and OTLP metrics
+/// and traces to `otlp` when given. Later servers in the same process (tests) share them; their
+/// series differ by the model label. Returns the `/metrics` renderer.
 ///
 /// # Errors
-/// When another global `metrics` recorder was installed first.
-pub fn prometheus(meter: &Meter) -> Result<MetricsRender, BoxError> {
-    let h = HANDLE.get_or_init(|| {
-        let mut b = PrometheusBuilder::new();
-        for def in catalog::all() {
-            if let Some(bounds) = meter.buckets(def)
-                && !bounds.is_empty()
-            {
-                b = match b.set_buckets_for_metric(
-                    Matcher::Full(meter.metric_name(def).to_string()),
-                    bounds,
-                ) {
-                    Ok(b) => b,
-                    Err(e) => return Err(e.to_string()),
-                };
-            }
+/// When another global `metrics` recorder was installed first, or OTLP cannot be configured.
+pub fn install(meter: &Meter, otlp: Option<&str>) -> Result<MetricsRender, BoxError> {
+    let guard = EXPORTERS.get_or_init(|| {
+        let mut ex = Exporters::new()
+            .prometheus(Prometheus::new().without_listener().meter(meter))
+            .install_tracing(otlp.is_some());
+        if let Some(url) = otlp {
+            ex = ex.otlp(
+                tokenmeter::export::otlp::Otlp::new()
+                    .endpoint(url)
+                    .meter(meter),
+            );
         }
-        b.install_recorder().map_err(|e| e.to_string())
+        ex.install().map(Mutex::new).map_err(|e| e.to_string())
     });
-    match h {
-        Ok(h) => {
-            let h = h.clone();
-            Ok(Arc::new(move || h.render()))
-        }
-        Err(e) => Err(format!("prometheus recorder: {e}").into()),
+    let guard = guard.as_ref().map_err(|e| format!("exporters: {e}"))?;
+    let render = guard
+        .lock()
+        .map_err(|_| "exporters: lock poisoned")?
+        .prometheus()
+        .map(|p| p.renderer())
+        .ok_or("exporters: no Prometheus exporter")?;
+    Ok(Arc::new(move || render.render()))
+}
+
+/// Flushes OTLP (bounded by its export timeout); call before the process exits.
+pub fn flush() {
+    if let Some(Ok(g)) = EXPORTERS.get()
+        && let Ok(g) = g.lock()
+        && let Err(e) = g.flush()
+    {
+        eprintln!("demo: OTLP flush: {e}");
     }
 }
 
-/// Starts OTLP export of metrics and traces to `endpoint`.
-///
-/// # Errors
-/// Always, until tokenmeter's OTLP exporter is wired in here.
-pub fn otlp(endpoint: &str) -> Result<(), BoxError> {
-    Err(format!("OTLP export to {endpoint} is not available in this build").into())
-}
-
-/// Starts the GPU sampler when there is a GPU; returns a guard that stops it.
-pub fn gpu_sampler() -> Option<()> {
-    eprintln!("demo: no GPU sampler in this build (CPU only)");
-    None
+/// Starts the GPU (NVML) and host sampler for `meter`, once a second. Without a GPU it keeps
+/// sampling the host and reports why GPU metrics are absent.
+pub fn gpu_sampler(meter: &Meter) -> Option<SamplerHandle> {
+    match Sampler::builder(meter).start() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("demo: GPU/host sampler not started: {e}");
+            None
+        }
+    }
 }
