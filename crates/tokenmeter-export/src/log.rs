@@ -22,6 +22,10 @@ pub enum LogDestination {
 
 /// Builder of the JSON request-log layer.
 ///
+/// It passes only the core's INFO-level `tokenmeter::request` events (one per finished
+/// request); the DEBUG phase events on the request span (scheduled, first token) go to the
+/// trace, not the log.
+///
 /// Each finished request gives one JSON object per line with the fields `request_id`,
 /// `model`, `prompt_tokens`, `output_tokens`, `ttft_ms`, `tpot_ms`, `e2e_ms`, `queue_ms`,
 /// `finish_reason`, `error_type`, `nan`, `pos_inf`, `neg_inf`, plus `timestamp`, `level`,
@@ -76,7 +80,9 @@ impl RequestLog {
                 .with_target(true)
                 .with_writer(writer)
                 .with_filter(filter_fn(|meta| {
-                    meta.is_event() && meta.target() == REQUEST_TARGET
+                    meta.is_event()
+                        && meta.target() == REQUEST_TARGET
+                        && *meta.level() == tracing::Level::INFO
                 })),
         )
     }
@@ -112,6 +118,7 @@ mod tests {
             tracing_subscriber::registry().with(RequestLog::layer_with_writer(move || b2.clone()));
         tracing::subscriber::with_default(sub, || {
             tracing::info!(target: "other", "ignored");
+            tracing::debug!(target: REQUEST_TARGET, "gen_ai.first_token");
             tracing::info!(target: REQUEST_TARGET, request_id = "r1", output_tokens = 3u64, ttft_ms = 1.5, "request finished");
         });
         let out = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");

@@ -20,11 +20,13 @@ type BoxedRecorder = Box<dyn Recorder + Send + Sync + 'static>;
 /// layer and the JSON request log installed as the global `tracing` subscriber.
 ///
 /// ```no_run
-/// use tokenmeter_export::{Exporters, Prometheus, otlp::Otlp};
-/// let guard = Exporters::new()
+/// use tokenmeter_export::{Exporters, Prometheus, RequestLog};
+/// let exporters = Exporters::new()
 ///     .prometheus(Prometheus::new().listen("127.0.0.1:9464".parse().unwrap()))
-///     .otlp(Otlp::new().endpoint("http://127.0.0.1:4318"))
-///     .install()?;
+///     .request_log(RequestLog::new());
+/// // With the `otlp` feature:
+/// // let exporters = exporters.otlp(Otlp::new().endpoint("http://127.0.0.1:4318"));
+/// let guard = exporters.install()?;
 /// # drop(guard);
 /// # Ok::<(), tokenmeter_export::Error>(())
 /// ```

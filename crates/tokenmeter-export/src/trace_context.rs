@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 
 use crate::Error;
 
@@ -44,26 +44,31 @@ pub fn parse_traceparent(
 /// own request span, inside which the meter's request starts, or `guard.span()` right after
 /// `start()`).
 ///
+/// Returns `Ok(true)` when the span joined the trace, `Ok(false)` when no OpenTelemetry layer
+/// records the span (tracing export is off: nothing to join).
+///
 /// # Errors
 ///
-/// [`Error::TraceParent`] for an invalid header, or when the span cannot take a parent (no
-/// OpenTelemetry layer installed, span already started or disabled).
+/// [`Error::TraceParent`] for an invalid header, or when the span was already started.
 ///
 /// ```
 /// let span = tracing::info_span!("http.request");
-/// // Without an OpenTelemetry layer installed this reports an error, never panics.
-/// let r = tokenmeter_export::trace_context::join_traceparent(
-///     &span, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
-/// assert!(r.is_err());
+/// let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// // Without an OpenTelemetry layer there is nothing to join.
+/// assert_eq!(tokenmeter_export::trace_context::join_traceparent(&span, tp, None).unwrap(), false);
+/// assert!(tokenmeter_export::trace_context::join_traceparent(&span, "garbage", None).is_err());
 /// ```
 pub fn join_traceparent(
     span: &tracing::Span,
     traceparent: &str,
     tracestate: Option<&str>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let cx = parse_traceparent(traceparent, tracestate)?;
-    span.set_parent(cx)
-        .map_err(|e| Error::TraceParent(format!("cannot set parent: {e}")))
+    match span.set_parent(cx) {
+        Ok(()) => Ok(true),
+        Err(SetParentError::LayerNotFound | SetParentError::SpanDisabled) => Ok(false),
+        Err(e) => Err(Error::TraceParent(format!("cannot set parent: {e}"))),
+    }
 }
 
 /// The `traceparent` header value of `span` (to pass downstream), if it is recorded by an
