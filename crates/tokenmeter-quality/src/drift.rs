@@ -205,18 +205,39 @@ impl Baseline {
         Ok(())
     }
 
-    /// Adds another baseline's counts (e.g. from another replica).
+    /// Compares `live` (e.g. a server's [`DriftMonitor::window_baseline`]) with this
+    /// baseline, as the drift monitor does.
     ///
     /// # Errors
     ///
     /// When the two have different bins or bucket counts.
-    pub fn merge(&mut self, other: &Baseline) -> Result<(), String> {
+    pub fn compare(&self, live: &Baseline) -> Result<DriftReport, String> {
+        self.check_same_bins(live)?;
+        Ok(DriftReport {
+            window_requests: live.requests,
+            prompt_length: divergence(&self.prompt_length, &live.prompt_length),
+            output_length: divergence(&self.output_length, &live.output_length),
+            token_id: divergence(&self.token_buckets, &live.token_buckets),
+        })
+    }
+
+    fn check_same_bins(&self, other: &Baseline) -> Result<(), String> {
         if self.length_bounds != other.length_bounds
             || self.token_buckets.len() != other.token_buckets.len()
             || self.token_hash != other.token_hash
         {
             return Err("baselines have different bins".into());
         }
+        Ok(())
+    }
+
+    /// Adds another baseline's counts (e.g. from another replica).
+    ///
+    /// # Errors
+    ///
+    /// When the two have different bins or bucket counts.
+    pub fn merge(&mut self, other: &Baseline) -> Result<(), String> {
+        self.check_same_bins(other)?;
         let add = |a: &mut Vec<u64>, b: &[u64]| {
             a.iter_mut()
                 .zip(b)
@@ -725,5 +746,11 @@ mod tests {
         assert_eq!(a.requests, 1);
         let other = BaselineRecorder::with_bins(vec![1, 2], 8).baseline();
         assert!(a.merge(&other).is_err());
+        assert!(a.compare(&other).is_err());
+        let r = a.compare(&a.clone()).expect("same bins");
+        assert_eq!(
+            (r.window_requests, r.prompt_length.psi, r.token_id.psi),
+            (1, Some(0.0), None)
+        );
     }
 }
