@@ -262,6 +262,20 @@ fn check_pipeline(
             "{reason:?}"
         );
         assert!(attr(&s.attributes, "gen_ai.response.time_to_first_chunk").is_some());
+        // Phase events on the span: the first token (queue -> decode visible); the request-log
+        // event stays in the log.
+        let events: Vec<&str> = s.events.iter().map(|e| e.name.as_str()).collect();
+        assert!(events.contains(&"gen_ai.first_token"), "{events:?}");
+        assert!(!events.contains(&"request finished"), "{events:?}");
+        let first = s
+            .events
+            .iter()
+            .find(|e| e.name == "gen_ai.first_token")
+            .expect("event");
+        assert!(
+            first.time_unix_nano >= s.start_time_unix_nano
+                && first.time_unix_nano <= s.end_time_unix_nano
+        );
     }
     let failed = spans
         .iter()

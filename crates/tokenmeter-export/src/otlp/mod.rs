@@ -490,20 +490,28 @@ impl OtlpExporter {
 
     /// A `tracing` layer that ships spans (the request spans included) over OTLP; `None` when
     /// traces are off.
-    pub fn tracing_layer<S>(
-        &self,
-    ) -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
+    ///
+    /// The request span's own phase events (scheduled, first token) become span events; the
+    /// per-request log event (INFO, target `tokenmeter::request`) is left to the
+    /// [`RequestLog`](crate::RequestLog): its fields are already the span's attributes, and
+    /// skipping it keeps `finish()` cheap.
+    pub fn tracing_layer<S>(&self) -> Option<Box<dyn tracing_subscriber::Layer<S> + Send + Sync>>
     where
-        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
     {
+        use tracing_subscriber::Layer as _;
         let tracer = self.tracer_provider.as_ref()?.tracer("tokenmeter");
-        Some(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_threads(false)
-                .with_location(false)
-                .with_tracked_inactivity(false),
-        )
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                !(meta.is_event()
+                    && meta.target() == crate::REQUEST_TARGET
+                    && *meta.level() == tracing::Level::INFO)
+            }));
+        Some(Box::new(layer))
     }
 
     /// The tracer provider, to build other tracers from.

@@ -1,0 +1,112 @@
+//! Rendering `/metrics` for 10 models x 5 label sets of the full catalog: time and bytes,
+//! measured next to a floor in the same run (copying the same number of bytes), target <= 5 ms.
+
+// criterion_group! generates undocumented public functions.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use metrics::{Key, Label, Recorder};
+use tokenmeter_benches::ns_per_op;
+use tokenmeter_core::catalog::{self, MetricKind};
+use tokenmeter_core::{ErrorKind, Finish, Meter};
+use tokenmeter_export::{Prometheus, PrometheusExporter};
+
+/// A Prometheus exporter holding every catalog metric for 10 models x 5 label sets.
+fn populated(full: bool) -> (PrometheusExporter, usize) {
+    let mut prom = Prometheus::new()
+        .without_listener()
+        .build()
+        .expect("exporter");
+    let recorder = prom.take_recorder().expect("recorder");
+    let meta = metrics::Metadata::new("bench", metrics::Level::INFO, None);
+    let mut series = 0;
+    metrics::with_local_recorder(&recorder, || {
+        for model in 0..10 {
+            for set in 0..5 {
+                let meter = Meter::builder()
+                    .model(format!("model-{model}"))
+                    .constant_label("tenant", format!("tenant-{set}"))
+                    .build();
+                // Real traffic for the core metrics...
+                for i in 0..20 {
+                    let mut r = meter.request().prompt_tokens(100 + i).start();
+                    r.scheduled();
+                    for _ in 0..(10 + i) {
+                        r.token();
+                    }
+                    match i % 4 {
+                        0 => r.fail(ErrorKind::Timeout),
+                        1 => r.finish(Finish::Length),
+                        _ => r.finish(Finish::Stop),
+                    }
+                }
+                // ...and every catalog metric (GPU and quality included) with its labels.
+                for def in catalog::all()
+                    .filter(|d| full || catalog::core::DEFS.iter().any(|c| c.id == d.id))
+                {
+                    let mut labels = meter.constant_labels();
+                    labels.extend(
+                        def.labels
+                            .iter()
+                            .map(|k| Label::new(meter.label_key(k), "v")),
+                    );
+                    let key = Key::from_parts(meter.metric_name(def).to_owned(), labels);
+                    match def.kind {
+                        MetricKind::Counter => recorder.register_counter(&key, &meta).increment(3),
+                        MetricKind::Gauge => recorder.register_gauge(&key, &meta).set(0.5),
+                        MetricKind::Histogram => {
+                            let h = recorder.register_histogram(&key, &meta);
+                            for v in [0.001, 0.02, 0.3, 4.0, 50.0] {
+                                h.record(v);
+                            }
+                        }
+                    }
+                    series += 1;
+                }
+            }
+        }
+    });
+    prom.run_upkeep();
+    (prom, series)
+}
+
+fn ratios(prom: &PrometheusExporter, series: usize, what: &str) {
+    let text = prom.render();
+    let bytes = text.len();
+    assert!(!text.contains("quantile=\""), "no summaries");
+    let render = ns_per_op(1, || {
+        black_box(prom.render());
+    });
+    let floor = ns_per_op(1, || {
+        black_box(text.clone());
+    });
+    let ms = render / 1e6;
+    println!(
+        "RATIO /metrics render (10 models x 5 label sets, {what}: {series} series, {bytes} bytes, {} lines): {ms:.3} ms vs copying {bytes} bytes: {:.3} ms = {:.1}x (target <= 5 ms: {})",
+        text.lines().count(),
+        floor / 1e6,
+        render / floor,
+        if ms <= 5.0 { "met" } else { "NOT met" }
+    );
+}
+
+fn criterion_benches(c: &mut Criterion) {
+    let (core, core_series) = populated(false);
+    ratios(&core, core_series, "core catalog");
+    drop(core);
+    let (prom, series) = populated(true);
+    ratios(&prom, series, "full catalog");
+    c.bench_function("export/render 10x5 full catalog", |b| {
+        b.iter(|| black_box(prom.render()))
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    targets = criterion_benches
+}
+criterion_main!(benches);
