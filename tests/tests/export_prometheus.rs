@@ -360,12 +360,13 @@ fn cardinality_cap_holds_under_a_million_distinct_label_values() {
 fn a_taken_port_is_a_clear_error_not_a_panic() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
-    let err = Exporters::new()
+    let Err(err) = Exporters::new()
         .prometheus(Prometheus::new().listen(addr))
         .install_tracing(false)
         .build()
-        .err()
-        .expect("must fail");
+    else {
+        panic!("binding a taken port must fail");
+    };
     let msg = err.to_string();
     assert!(
         msg.contains(&addr.to_string()) && msg.contains("Prometheus"),
