@@ -2,6 +2,7 @@
 //! scorers and drift, recorded once when the request finishes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use aho_corasick::automaton::StateID;
@@ -221,6 +222,7 @@ struct Handles {
 }
 
 struct Shared {
+    totals: [AtomicU64; 4],
     meter: Meter,
     config: QualityConfig,
     phrases: PhraseSet,
@@ -365,6 +367,7 @@ impl QualityMonitor {
         };
         Ok(QualityMonitor {
             shared: Arc::new(Shared {
+                totals: Default::default(),
                 meter: meter.clone(),
                 config,
                 phrases,
@@ -442,6 +445,31 @@ impl QualityMonitor {
         }
     }
 
+    /// Cumulative outcomes of the requests finished through this monitor.
+    ///
+    /// ```
+    /// # use tokenmeter_quality::{QualityConfig, QualityMonitor};
+    /// # let meter = tokenmeter_core::Meter::default();
+    /// let quality = QualityMonitor::new(&meter, QualityConfig::default())?;
+    /// for text in ["Sure: 4.", "I cannot help with that."] {
+    ///     let req = meter.request().start();
+    ///     let mut q = quality.request();
+    ///     q.text(text);
+    ///     q.finish(&req);
+    /// }
+    /// assert_eq!(quality.totals().refusal_rate(), Some(0.5));
+    /// # Ok::<(), tokenmeter_quality::QualityError>(())
+    /// ```
+    pub fn totals(&self) -> QualityTotals {
+        let t = &self.shared.totals;
+        QualityTotals {
+            requests: t[0].load(Relaxed),
+            refusals: t[1].load(Relaxed),
+            empty: t[2].load(Relaxed),
+            degenerate: t[3].load(Relaxed),
+        }
+    }
+
     /// Records user feedback for a request after the fact (a thumbs value in -1..=1 or a
     /// 1-5 rating): the score goes to the feedback histogram, the request id only to a
     /// `tracing` event (target `tokenmeter::feedback`) that joins it with the request log.
@@ -479,6 +507,27 @@ impl QualityMonitor {
         let h = histogram(&s.meter, "quality_score", Some(("scorer", name.clone())));
         h.record(score);
         map.insert(name, h);
+    }
+}
+
+/// Cumulative per-request outcomes of one [`QualityMonitor`], for in-process use (the same
+/// numbers are exported as counters; a dashboard computes rates from those).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QualityTotals {
+    /// Requests finished through the monitor.
+    pub requests: u64,
+    /// Of which matched a refusal phrase.
+    pub refusals: u64,
+    /// Of which were empty.
+    pub empty: u64,
+    /// Of which were flagged as degenerate loops.
+    pub degenerate: u64,
+}
+
+impl QualityTotals {
+    /// Refusals / requests since the monitor was built; `None` before the first request.
+    pub fn refusal_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.refusals as f64 / self.requests as f64)
     }
 }
 
@@ -650,6 +699,12 @@ impl RequestQuality {
             return report;
         }
         self.finished = true;
+        for (i, yes) in [true, report.refusal, report.empty, report.degenerate]
+            .into_iter()
+            .enumerate()
+        {
+            shared.totals[i].fetch_add(u64::from(yes), Relaxed);
+        }
         let h = &shared.handles;
         h.requests.increment(1);
         h.refusals.increment(u64::from(report.refusal));

@@ -112,13 +112,14 @@ macro_rules! scanner {
     ($t:ty, $u:ty, $abs:expr, $inf:expr, $sign:expr,
      $exact:ident, $any_int:ident, $portable:ident, $avx2:ident, $avx2_any:expr) => {
         /// Level 0: the largest magnitude pattern in the row reaches the exponent mask exactly
-        /// when the row holds a non-finite value (`and` + unsigned `max` per vector; 128 lanes
-        /// of independent accumulators hide the latency).
+        /// when the row holds a non-finite value (`and` + unsigned `max` per vector, into four
+        /// vectors of independent accumulators).
         #[inline(always)]
         fn $any_int(row: &[$t]) -> bool {
             const ABS: $u = $abs;
             const INF: $u = $inf;
-            const L: usize = 128;
+            // Four vectors of independent accumulators (integer max has a 1-cycle latency).
+            const L: usize = 128 / core::mem::size_of::<$t>();
             let mut acc = [0 as $u; L];
             let mut lanes = row.chunks_exact(L);
             for c in &mut lanes {

@@ -124,6 +124,12 @@ fn a_request_is_recorded_once_with_exact_values() {
         // "sorry" and "cannot" are negative lexicon words; "not" before "go" flips nothing.
         assert_eq!(report.scores, vec![Some(-1.0)]);
 
+        let t = quality.totals();
+        assert_eq!(
+            (t.requests, t.refusals, t.empty, t.degenerate),
+            (1, 1, 0, 0)
+        );
+        assert_eq!(t.refusal_rate(), Some(1.0));
         let v = values(&snap);
         assert_eq!(counter(&v, &meter, "quality_requests", &[]), 1);
         assert_eq!(counter(&v, &meter, "quality_refusals", &[]), 1);
