@@ -191,7 +191,7 @@ impl Prometheus {
             let (h, stop) = (handle.clone(), shutdown.clone());
             threads.push(
                 std::thread::Builder::new()
-                    .name("tokenmeter-prometheus".into())
+                    .name(LISTENER_THREAD.into())
                     .spawn(move || serve(&listener, &h, &stop))
                     .map_err(Error::Io)?,
             );
@@ -295,27 +295,33 @@ impl PrometheusExporter {
 impl Drop for PrometheusExporter {
     fn drop(&mut self) {
         self.shutdown.store(true, Ordering::SeqCst);
-        if let Some(addr) = self.local_addr {
-            // Wake the accept loop; it sees the flag and exits.
-            let _ = TcpStream::connect_timeout(&wake_addr(addr), Duration::from_millis(200));
-        }
+        // Wake the accept loop; it sees the flag and exits. If the wake-up connection cannot
+        // be made, the accept thread is left blocked (detached) rather than hanging the drop.
+        let woke = self.local_addr.is_none_or(|addr| {
+            TcpStream::connect_timeout(&wake_addr(addr), Duration::from_millis(500)).is_ok()
+        });
         for t in self.threads.drain(..) {
-            if t.thread().name() == Some("tokenmeter-prometheus-upkeep") {
-                t.thread().unpark();
+            let is_listener = t.thread().name() == Some(LISTENER_THREAD);
+            t.thread().unpark();
+            if !is_listener || woke {
+                let _ = t.join();
             }
-            let _ = t.join();
         }
     }
 }
 
+const LISTENER_THREAD: &str = "tokenmeter-prometheus";
+
 fn wake_addr(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::new(
-            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            addr.port(),
-        )
-    } else {
-        addr
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
     }
 }
 
