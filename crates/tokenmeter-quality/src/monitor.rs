@@ -85,6 +85,7 @@ pub struct QualityConfig {
     keep_text_bytes: usize,
     drift: Option<Arc<DriftMonitor>>,
     name_cap: usize,
+    expected_tokens: usize,
 }
 
 impl Default for QualityConfig {
@@ -104,6 +105,7 @@ impl Default for QualityConfig {
             keep_text_bytes: 16 * 1024,
             drift: None,
             name_cap: 32,
+            expected_tokens: 1024,
         }
     }
 }
@@ -179,6 +181,13 @@ impl QualityConfig {
     /// request, only when a scorer is configured).
     pub fn keep_text_bytes(mut self, bytes: usize) -> Self {
         self.keep_text_bytes = bytes;
+        self
+    }
+    /// Outputs up to this many tokens (default 1024) never allocate while they are fed: the
+    /// repetition set is sized for them when the request starts (16 bytes per token). Longer
+    /// outputs grow it by doubling, O(log n) times per request.
+    pub fn expected_tokens(mut self, tokens: usize) -> Self {
+        self.expected_tokens = tokens;
         self
     }
     /// Feeds each finished request to a drift monitor.
@@ -389,7 +398,7 @@ impl QualityMonitor {
             state: s.phrases.start(),
             refusal: false,
             keyword_hits: vec![0; c.keywords.len()],
-            repetition: Repetition::new(c.repetition_n, c.loop_run),
+            repetition: Repetition::with_capacity(c.repetition_n, c.loop_run, c.expected_tokens),
             tokens: 0,
             text_seen: false,
             disallowed: 0,
@@ -561,8 +570,9 @@ pub struct QualityReport {
 }
 
 /// One request's quality monitors; from [`QualityMonitor::request`]. Feed it token ids, text
-/// pieces and logprobs as they are generated (each call is O(piece) with no allocation), then
-/// call [`finish`](Self::finish) once. Dropping it without `finish` records nothing.
+/// pieces and logprobs as they are generated (each call is O(piece) and allocates nothing up
+/// to [`QualityConfig::expected_tokens`] tokens), then call [`finish`](Self::finish) once.
+/// Dropping it without `finish` records nothing.
 pub struct RequestQuality {
     shared: Arc<Shared>,
     utf8: Utf8Stats,

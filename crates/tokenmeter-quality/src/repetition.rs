@@ -50,7 +50,16 @@ impl Repetition {
     /// Tracks n-grams of `n` ids (clamped to 1..=32); a run of `loop_run` consecutive repeated
     /// n-grams (at least 1) flags a degenerate loop.
     pub fn new(n: usize, loop_run: u64) -> Self {
+        Repetition::with_capacity(n, loop_run, 0)
+    }
+
+    /// Like [`new`](Self::new), with the n-gram set sized up front for `tokens` output tokens,
+    /// so that outputs up to that length never allocate while tokens are pushed.
+    pub fn with_capacity(n: usize, loop_run: u64, tokens: usize) -> Self {
         let n = n.clamp(1, MAX_N);
+        let slots = (tokens.saturating_mul(2) + 1)
+            .next_power_of_two()
+            .clamp(INITIAL_SLOTS, MAX_SLOTS);
         Repetition {
             n,
             loop_run: loop_run.max(1),
@@ -59,7 +68,7 @@ impl Repetition {
             tokens: 0,
             hash: 0,
             b_pow_n: B.wrapping_pow(n as u32),
-            slots: vec![0; INITIAL_SLOTS],
+            slots: vec![0; slots],
             len: 0,
             ngrams: 0,
             repeats: 0,
