@@ -459,3 +459,70 @@ fn stalled_collector_never_blocks_the_generation_loop_and_memory_stays_bounded()
         t.elapsed()
     );
 }
+
+#[test]
+fn vllm_preset_names_map_back_to_otel_names_with_the_presets_buckets() {
+    let rx = OtlpReceiver::start(Transport::Http, "127.0.0.1:0".parse().expect("addr"));
+    let mut exporter = Otlp::new()
+        .endpoint(rx.endpoint())
+        .protocol(Protocol::HttpProtobuf)
+        .interval(Duration::from_secs(3600))
+        .traces(false)
+        .build()
+        .expect("build");
+    assert!(
+        exporter
+            .tracing_layer::<tracing_subscriber::Registry>()
+            .is_none()
+    );
+    let recorder = exporter.take_recorder().expect("recorder");
+    let meter = metrics::with_local_recorder(&recorder, || {
+        let meter = Meter::builder()
+            .model("vllm-style")
+            .naming(tokenmeter_core::Naming::Vllm)
+            .build();
+        for _ in 0..4 {
+            let mut req = meter.request().prompt_tokens(3).start();
+            req.scheduled();
+            req.tokens(5);
+            req.finish(Finish::Length);
+        }
+        meter
+    });
+    exporter.flush().expect("flush");
+    let metrics = rx.metrics();
+    let ttft = last_metric(&metrics, "gen_ai.server.time_to_first_token");
+    let Some(Data::Histogram(h)) = ttft.data else {
+        panic!("not a histogram")
+    };
+    let p = &h.data_points[0];
+    let def = catalog::by_id("ttft").expect("ttft");
+    assert_eq!(
+        p.explicit_bounds,
+        def.vllm_buckets.expect("vllm bounds").to_vec()
+    );
+    assert_eq!(p.count, 4);
+    assert_eq!(
+        str_attr(&p.attributes, "gen_ai.request.model").as_deref(),
+        Some("vllm-style")
+    );
+    let ended = last_metric(&metrics, "tokenmeter.requests");
+    let Some(Data::Sum(sum)) = ended.data else {
+        panic!("not a sum")
+    };
+    // vLLM's `finished_reason` label goes back to our `finish_reason` attribute.
+    let point = sum
+        .data_points
+        .iter()
+        .find(|p| str_attr(&p.attributes, "finish_reason").as_deref() == Some("length"))
+        .expect("length point");
+    assert_eq!(
+        point.value,
+        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(4))
+    );
+    assert_eq!(meter.totals().output_tokens, 20);
+    assert!(
+        metrics.iter().all(|m| !m.name.contains(':')),
+        "no vLLM-style names over OTLP"
+    );
+}
