@@ -5,11 +5,16 @@
 use std::path::{Path, PathBuf};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn works(p: &Path) -> bool {
-    std::process::Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success())
+    std::process::Command::new(p)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Finds a binary (`prometheus` or `promtool`).
@@ -20,12 +25,16 @@ pub fn find(name: &str) -> Option<PathBuf> {
     {
         return Some(p);
     }
-    let cached = repo_root().join(".cache/test-deps/prometheus/usr/bin").join(name);
+    let cached = repo_root()
+        .join(".cache/test-deps/prometheus/usr/bin")
+        .join(name);
     if works(&cached) {
         return Some(cached);
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| works(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| works(p))
 }
 
 /// Finds a binary or, when it is missing: panics under `CI=true`, else prints a skip notice

@@ -9,10 +9,18 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -59,7 +67,9 @@ impl MetricsService for Svc {
             return Err(tonic::Status::unavailable("refusing (test)"));
         }
         lock(&self.0.metrics).push(request.into_inner());
-        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -73,7 +83,9 @@ impl TraceService for Svc {
             return Err(tonic::Status::unavailable("refusing (test)"));
         }
         lock(&self.0.traces).push(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -82,7 +94,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn check_content_type(state: &State, headers: &HeaderMap, path: &str) -> Result<(), StatusCode> {
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if ct != "application/x-protobuf" {
         lock(&state.malformed).push(format!("{path}: content-type {ct:?}"));
         return Err(StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -104,7 +119,13 @@ async fn http_metrics(
         StatusCode::BAD_REQUEST
     })?;
     lock(&state.metrics).push(req);
-    Ok(([("content-type", "application/x-protobuf")], ExportMetricsServiceResponse { partial_success: None }.encode_to_vec()))
+    Ok((
+        [("content-type", "application/x-protobuf")],
+        ExportMetricsServiceResponse {
+            partial_success: None,
+        }
+        .encode_to_vec(),
+    ))
 }
 
 async fn http_traces(
@@ -118,7 +139,13 @@ async fn http_traces(
         StatusCode::BAD_REQUEST
     })?;
     lock(&state.traces).push(req);
-    Ok(([("content-type", "application/x-protobuf")], ExportTraceServiceResponse { partial_success: None }.encode_to_vec()))
+    Ok((
+        [("content-type", "application/x-protobuf")],
+        ExportTraceServiceResponse {
+            partial_success: None,
+        }
+        .encode_to_vec(),
+    ))
 }
 
 impl OtlpReceiver {
@@ -151,7 +178,10 @@ impl OtlpReceiver {
                     let _ = tonic::transport::Server::builder()
                         .add_service(MetricsServiceServer::new(svc.clone()))
                         .add_service(TraceServiceServer::new(svc))
-                        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), signal)
+                        .serve_with_incoming_shutdown(
+                            tonic::transport::server::TcpIncoming::from(listener),
+                            signal,
+                        )
                         .await;
                 }
                 Transport::Http => {
@@ -159,11 +189,19 @@ impl OtlpReceiver {
                         .route("/v1/metrics", axum::routing::post(http_metrics))
                         .route("/v1/traces", axum::routing::post(http_traces))
                         .with_state(st);
-                    let _ = axum::serve(listener, app).with_graceful_shutdown(signal).await;
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(signal)
+                        .await;
                 }
             }
         });
-        OtlpReceiver { addr, transport, state, shutdown: Some(tx), rt: Some(rt) }
+        OtlpReceiver {
+            addr,
+            transport,
+            state,
+            shutdown: Some(tx),
+            rt: Some(rt),
+        }
     }
 
     /// The base URL to give the exporter (`http://127.0.0.1:PORT`).
@@ -255,7 +293,12 @@ impl Stalled {
                 }
             }
         });
-        Stalled { addr, held, stop, thread: Some(thread) }
+        Stalled {
+            addr,
+            held,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Connections accepted and held.

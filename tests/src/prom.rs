@@ -27,7 +27,12 @@ impl PromServer {
     /// # Panics
     ///
     /// When it cannot start or does not become ready within 60 s.
-    pub fn start(bin: &Path, target: SocketAddr, scrape_interval: &str, rule_files: &[PathBuf]) -> Self {
+    pub fn start(
+        bin: &Path,
+        target: SocketAddr,
+        scrape_interval: &str,
+        rule_files: &[PathBuf],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "tokenmeter-prom-{}-{}",
             std::process::id(),
@@ -35,11 +40,18 @@ impl PromServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let rules: Vec<String> = rule_files.iter().map(|p| format!("  - {}", p.display())).collect();
+        let rules: Vec<String> = rule_files
+            .iter()
+            .map(|p| format!("  - {}", p.display()))
+            .collect();
         let config = format!(
             "global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: {scrape_interval}\n\
              rule_files:\n{}\nscrape_configs:\n  - job_name: tokenmeter\n    static_configs:\n      - targets: ['{target}']\n",
-            if rules.is_empty() { "  []".to_owned() } else { rules.join("\n") }
+            if rules.is_empty() {
+                "  []".to_owned()
+            } else {
+                rules.join("\n")
+            }
         );
         let config = config.replace("rule_files:\n  []", "rule_files: []");
         std::fs::write(dir.join("prometheus.yml"), config).expect("write config");
@@ -47,8 +59,14 @@ impl PromServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
         let child = Command::new(bin)
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -73,8 +91,11 @@ impl PromServer {
     ///
     /// The error text when the query fails (bad PromQL, HTTP error).
     pub fn query(&self, expr: &str) -> Result<Value, String> {
-        let (status, body) =
-            http::get(self.addr, &format!("/api/v1/query?query={}", http::encode(expr))).map_err(|e| e.to_string())?;
+        let (status, body) = http::get(
+            self.addr,
+            &format!("/api/v1/query?query={}", http::encode(expr)),
+        )
+        .map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
         if status != 200 || v["status"] != "success" {
             return Err(format!("HTTP {status}: {body}"));
@@ -98,7 +119,9 @@ impl PromServer {
     ///
     /// After `deadline`, with the last value seen.
     pub fn wait_value(&self, expr: &str, deadline: Duration, pred: impl Fn(f64) -> bool) -> f64 {
-        wait_for(&format!("PromQL `{expr}`"), deadline, || self.scalar(expr).filter(|v| pred(*v)))
+        wait_for(&format!("PromQL `{expr}`"), deadline, || {
+            self.scalar(expr).filter(|v| pred(*v))
+        })
     }
 
     /// The server's log (for failure messages).
