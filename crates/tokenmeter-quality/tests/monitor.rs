@@ -530,3 +530,34 @@ fn span_fields_are_recorded() {
         Some("0.0")
     );
 }
+
+#[test]
+fn refusal_phrases_defaults_typographic_apostrophes_and_custom_lists() {
+    let meter = mock_meter();
+    let run = |quality: &QualityMonitor, pieces: &[&str]| {
+        let req = meter.request().start();
+        let mut q = quality.request();
+        for p in pieces {
+            q.text(p);
+        }
+        q.finish(&req).refusal
+    };
+    let default = QualityMonitor::new(&meter, QualityConfig::default()).expect("monitor");
+    assert!(run(&default, &["I can\u{2019}t ", "help with ", "that."]));
+    assert!(run(&default, &["AS AN AI LANGUAGE", " MODEL, ..."]));
+    assert!(!run(
+        &default,
+        &["Here is how to help with that: ", "first, ..."]
+    ));
+    let custom = QualityMonitor::new(&meter, QualityConfig::default().refusal_phrases(["nope"]))
+        .expect("monitor");
+    assert!(run(&custom, &["No", "PE"]));
+    assert!(!run(&custom, &["I cannot help with that."]));
+    let off = QualityMonitor::new(
+        &meter,
+        QualityConfig::default().refusal_phrases(Vec::<String>::new()),
+    )
+    .expect("monitor");
+    assert!(!run(&off, &["I cannot help with that."]));
+    assert_eq!(default.totals().refusals, 2);
+}

@@ -73,7 +73,11 @@ fn feeding_tokens_does_not_allocate() {
         q.logprob_top_k(-0.1, &top);
     }
     COUNTING.with(|c| c.set(false));
-    assert_eq!(ALLOCS.load(Relaxed), 0, "allocations while feeding 4000 tokens");
+    assert_eq!(
+        ALLOCS.load(Relaxed),
+        0,
+        "allocations while feeding 4000 tokens"
+    );
     let r = q.finish(&req);
     assert!(r.refusal && r.tokens == 4000);
 }
