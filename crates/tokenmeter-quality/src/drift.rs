@@ -338,14 +338,8 @@ impl Counts {
             // Different bucket counts: cannot remap hashed counts; ignored (documented).
         }
     }
-    fn apply(&mut self, other: &Counts, sign: i8) {
-        let f = |a: &mut u64, b: u64| {
-            *a = if sign > 0 {
-                a.saturating_add(b)
-            } else {
-                a.saturating_sub(b)
-            }
-        };
+    fn subtract(&mut self, other: &Counts) {
+        let f = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
         f(&mut self.requests, other.requests);
         f(&mut self.tokens, other.tokens);
         self.prompt
@@ -587,7 +581,7 @@ impl DriftMonitor {
             // Slide: the oldest segment leaves the window and is reused for new requests.
             w.current = (w.current + 1) % SEGMENTS;
             let old = &mut w.segments[w.current];
-            w.sum.apply(old, -1);
+            w.sum.subtract(old);
             old.clear();
         }
         let bounds = &self.baseline.length_bounds;
