@@ -13,6 +13,11 @@ use crate::meter::Meter;
 /// `tracing_subscriber::EnvFilter` (`tokenmeter=info`).
 pub(crate) const TARGET: &str = "tokenmeter::request";
 
+/// OpenTelemetry attributes are signed: `tracing-opentelemetry` exports a `u64` as a string.
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn request_span(
     meter: &Meter,
     request_id: &str,
@@ -35,7 +40,7 @@ pub(crate) fn request_span(
                 gen_ai.request.model = %inner.model,
                 gen_ai.response.model = %inner.model,
                 gen_ai.response.id = %request_id,
-                gen_ai.usage.input_tokens = prompt_tokens,
+                gen_ai.usage.input_tokens = as_i64(prompt_tokens),
                 gen_ai.usage.output_tokens = Empty,
                 gen_ai.response.finish_reasons = Empty,
                 gen_ai.response.time_to_first_chunk = Empty,
@@ -82,7 +87,7 @@ pub(crate) struct EndRecord<'a> {
 
 pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
     if !span.is_disabled() {
-        span.record("gen_ai.usage.output_tokens", r.output_tokens);
+        span.record("gen_ai.usage.output_tokens", as_i64(r.output_tokens));
         span.record("gen_ai.response.finish_reasons", r.finish_reason);
         if let Some(t) = r.ttft_s {
             span.record("gen_ai.response.time_to_first_chunk", t);
@@ -99,9 +104,9 @@ pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
         if let Some(t) = r.decode_s {
             span.record("tokenmeter.decode_time", t);
         }
-        span.record("tokenmeter.logits.nan", r.nan);
-        span.record("tokenmeter.logits.pos_inf", r.pos_inf);
-        span.record("tokenmeter.logits.neg_inf", r.neg_inf);
+        span.record("tokenmeter.logits.nan", as_i64(r.nan));
+        span.record("tokenmeter.logits.pos_inf", as_i64(r.pos_inf));
+        span.record("tokenmeter.logits.neg_inf", as_i64(r.neg_inf));
         if let Some(e) = r.error_type {
             span.record("error.type", e);
             span.record("otel.status_code", "ERROR");

@@ -165,6 +165,10 @@ pub static DEFS: &[MetricDef] = &[
         recorded: "At request start, for each capped value."),
     def!("misuse", "misuse", own: true, vllm: None,
         Counter, "{event}", labels: &["kind"], buckets: None, vllm_buckets: None,
-        "Ignored API misuse: kind = finish_twice, token_after_finish, clock_backwards, nan_duration.",
+        "Ignored API misuse: kind = finish_twice, token_after_end, clock_backwards, scheduled_after_end, non_finite_after_end, unknown_label.",
         recorded: "When the misuse happens."),
+    def!("export_dropped", "export.dropped", own: true, vllm: None,
+        Counter, "{item}", labels: &["signal", "reason"], buckets: None, vllm_buckets: None,
+        "Telemetry the exporters dropped instead of blocking (signal = metrics, traces; reason = queue_full, export_failed).",
+        recorded: "By the export threads, when a batch or span is dropped."),
 ];
