@@ -229,6 +229,8 @@ macro_rules! scanner {
 /// negatives; the exact pass decides the counts.
 macro_rules! fma_any {
     ($name:ident, $t:ty) => {
+        // Only the x86-64 AVX2+FMA build uses it (without hardware FMA, mul_add is a libm call).
+        #[cfg(target_arch = "x86_64")]
         #[inline(always)]
         fn $name(row: &[$t]) -> bool {
             const L: usize = 64;
