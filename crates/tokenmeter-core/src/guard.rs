@@ -23,6 +23,12 @@ use crate::window::{Ended, Outcome};
 /// does not depend on configuration).
 pub const MAX_ITL_BOUNDS: usize = 24;
 const ITL_SLOTS: usize = MAX_ITL_BOUNDS + 1;
+/// Most tokens one step may deliver; more is a caller bug (a cumulative count passed as a
+/// delta, say), clamped and counted as misuse `tokens_too_many`.
+pub const MAX_TOKENS_PER_STEP: u32 = 1 << 16;
+/// A bucket this full is flushed at once: exporters' `record_many` costs grow with the
+/// count, and a bounded count keeps each flush short.
+const FLUSH_AT_COUNT: u32 = 1 << 20;
 
 /// How a request ended without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -367,6 +373,11 @@ impl RequestGuard {
         if k == 0 {
             return;
         }
+        let k = if k > MAX_TOKENS_PER_STEP {
+            self.too_many_tokens()
+        } else {
+            k
+        };
         if self.n == 0 || self.phase == Phase::Ended {
             self.first_tokens(k, now);
             return;
@@ -389,14 +400,23 @@ impl RequestGuard {
             .partition_point(|&bound| bound < per_token);
         // `b <= bounds.len() <= MAX_ITL_BOUNDS`, so it is in range; `get_mut` keeps that
         // promise checked without a panic path.
+        let mut full = false;
         if let (Some(c), Some(s)) = (self.itl_counts.get_mut(b), self.itl_sums.get_mut(b)) {
-            *c = c.saturating_add(k);
+            *c += k; // at most FLUSH_AT_COUNT + MAX_TOKENS_PER_STEP: no overflow
             *s = s.saturating_add(gap);
+            full = *c >= FLUSH_AT_COUNT;
         }
         self.n = self.n.saturating_add(u64::from(k));
-        if now >= self.next_flush {
+        if now >= self.next_flush || full {
             self.flush(now);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn too_many_tokens(&self) -> u32 {
+        self.meter.misuse("tokens_too_many");
+        MAX_TOKENS_PER_STEP
     }
 
     #[cold]
@@ -490,16 +510,17 @@ impl RequestGuard {
         } else {
             Outcome::Succeeded
         };
-        self.end(outcome, reason.label(self.meter.naming()), None);
+        self.end(outcome, Some(reason), None);
     }
 
     /// Ends the request with an error. A second end is ignored and counted as misuse
     /// `finish_twice`.
     pub fn fail(&mut self, kind: ErrorKind) {
-        self.end(Outcome::Failed, "error", Some(kind.as_str()));
+        self.end(Outcome::Failed, None, Some(kind.as_str()));
     }
 
-    fn end(&mut self, outcome: Outcome, reason: &'static str, error: Option<&'static str>) {
+    /// Ends the request: `reason` is `None` for a failure, whose `error` names its type.
+    fn end(&mut self, outcome: Outcome, reason: Option<Finish>, error: Option<&'static str>) {
         if self.phase == Phase::Ended {
             self.meter.misuse("finish_twice");
             return;
@@ -532,24 +553,20 @@ impl RequestGuard {
         }
         h.request_input_tokens.record(self.prompt as f64);
         h.request_output_tokens.record(self.n as f64);
-        match (outcome, error) {
-            (Outcome::Failed, Some(kind)) => {
+        match reason {
+            Some(f) => {
+                h.e2e.record(secs(e2e));
+                h.ended[f.index()].increment(1);
+            }
+            None => {
+                // Failures are rare and their error types open-ended: resolved here, not at start.
                 let e2e_name = self.meter.resolved_by_id("e2e").name.clone();
                 let req_name = self.meter.resolved_by_id("requests").name.clone();
                 let mut l = h.labels.clone();
-                l.push(Label::new("error_type", kind));
+                l.push(Label::new("error_type", error.unwrap_or("unknown")));
                 metrics::histogram!(e2e_name, l.clone()).record(secs(e2e));
-                l.push(Label::new(self.meter.label_key("finish_reason"), reason));
+                l.push(Label::new(self.meter.label_key("finish_reason"), "error"));
                 metrics::counter!(req_name, l).increment(1);
-            }
-            _ => {
-                h.e2e.record(secs(e2e));
-                let f = Finish::ALL
-                    .iter()
-                    .find(|f| f.label(self.meter.naming()) == reason);
-                if let Some(f) = f {
-                    h.ended[f.index()].increment(1);
-                }
             }
         }
         let goodput = outcome == Outcome::Succeeded && self.meter.inner.slo.met(ttft, tpot);
@@ -598,7 +615,7 @@ impl RequestGuard {
             queue_s: queue.map(secs),
             prefill_s: prefill.map(secs),
             decode_s: decode.map(secs),
-            finish_reason: reason,
+            finish_reason: reason.map_or("error", Finish::as_str),
             error_type: error,
             nan: nf.nan,
             pos_inf: nf.pos_inf,
@@ -669,7 +686,7 @@ impl Drop for RequestGuard {
         if self.phase != Phase::Ended {
             if std::thread::panicking() {
                 // Recorded, never swallowed: the panic goes on unwinding.
-                self.end(Outcome::Failed, "error", Some("panic"));
+                self.end(Outcome::Failed, None, Some("panic"));
             } else {
                 self.finish(Finish::Cancelled);
             }

@@ -33,7 +33,9 @@ mod names;
 mod span;
 mod window;
 
-pub use guard::{ErrorKind, Finish, NonFinite, RequestBuilder, RequestGuard};
+pub use guard::{
+    ErrorKind, Finish, MAX_ITL_BOUNDS, MAX_TOKENS_PER_STEP, NonFinite, RequestBuilder, RequestGuard,
+};
 pub use meter::{ConfigError, LoadGuard, Meter, MeterBuilder, Slo, Totals};
 pub use names::{Naming, ResolvedMetric};
 pub use quanta::{Clock, Instant, Mock};

@@ -65,7 +65,8 @@ pub enum ConfigError {
     /// A bucket override named a metric id the catalog does not have, or one that is no histogram.
     #[error("bucket override for `{0}`: no histogram with that id in the catalog")]
     UnknownHistogram(String),
-    /// Bucket bounds must be finite, positive and strictly increasing.
+    /// Bucket bounds must be finite and strictly increasing (and not negative for durations
+    /// and token counts).
     #[error("bucket override for `{0}`: bounds must be finite and strictly increasing")]
     BadBuckets(String),
     /// The guard accumulates inter-token latency in a fixed array.
@@ -274,6 +275,14 @@ impl MeterBuilder {
     }
 
     fn build_unchecked(self) -> Meter {
+        let meter = self.assemble();
+        // Describe the catalog and set the info and start-time gauges for the recorder
+        // installed now; a recorder installed later gets them at the first request.
+        drop(meter.handles(Vec::new()));
+        meter
+    }
+
+    fn assemble(self) -> Meter {
         let clock = self.clock.unwrap_or_default();
         let naming = self.naming;
         let resolved: Vec<ResolvedMetric> = catalog::all()
@@ -348,12 +357,15 @@ impl MeterBuilder {
 }
 
 fn validate_buckets(id: &str, bounds: &[f64]) -> Result<(), ConfigError> {
-    let def = catalog::by_id(id).filter(|d| d.kind == catalog::MetricKind::Histogram);
-    if def.is_none() {
+    let Some(def) = catalog::by_id(id).filter(|d| d.kind == catalog::MetricKind::Histogram) else {
         return Err(ConfigError::UnknownHistogram(id.to_owned()));
-    }
+    };
+    // Durations and counts are never negative; scores and shares may be.
+    let non_negative = matches!(def.unit, "s" | "{token}");
     let ok = !bounds.is_empty()
-        && bounds.iter().all(|b| b.is_finite() && *b > 0.0)
+        && bounds
+            .iter()
+            .all(|b| b.is_finite() && (!non_negative || *b >= 0.0))
         && bounds.windows(2).all(|w| w[0] < w[1]);
     if !ok {
         return Err(ConfigError::BadBuckets(id.to_owned()));

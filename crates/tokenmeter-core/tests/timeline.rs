@@ -250,17 +250,48 @@ fn misuse_is_ignored_and_counted() {
 }
 
 #[test]
-fn huge_token_counts_saturate() {
+fn absurd_step_sizes_are_clamped_and_counted() {
+    use tokenmeter_core::MAX_TOKENS_PER_STEP;
     let (meter, mock) = mock_meter(Meter::builder());
-    let mut g = meter.request().start();
-    g.tokens(u32::MAX);
-    for _ in 0..3 {
-        mock.increment(MS);
+    let c = recorded(|| {
+        let mut g = meter.request().start();
         g.tokens(u32::MAX);
-    }
-    assert_eq!(g.output_tokens(), 4 * u64::from(u32::MAX));
-    g.finish(Finish::Stop);
-    assert_eq!(meter.totals().output_tokens, 4 * u64::from(u32::MAX));
+        for _ in 0..3 {
+            mock.increment(MS);
+            g.tokens(u32::MAX);
+        }
+        assert_eq!(g.output_tokens(), 4 * u64::from(MAX_TOKENS_PER_STEP));
+        g.finish(Finish::Stop);
+    });
+    let n = 4 * u64::from(MAX_TOKENS_PER_STEP);
+    assert_eq!(meter.totals().output_tokens, n);
+    assert_eq!(
+        c.counter("tokenmeter_misuse_total", &["kind=tokens_too_many"]),
+        4
+    );
+    assert_eq!(
+        c.hist(ITL, &[]).len() as u64,
+        n - 1,
+        "the ITL identity still holds"
+    );
+}
+
+#[test]
+fn a_full_bucket_is_flushed_early() {
+    let (meter, _mock) = mock_meter(Meter::builder());
+    let c = recorded(|| {
+        let mut g = meter.request().start();
+        // 2^20 zero gaps land in one bucket within one flush interval.
+        for _ in 0..(1u32 << 20) / 1024 + 1 {
+            g.tokens(1024);
+        }
+        assert!(
+            meter.totals().output_tokens > 0,
+            "flushed before the interval"
+        );
+        std::mem::forget(g);
+    });
+    assert!(c.counter("tokenmeter_output_tokens_total", &[]) >= 1 << 20);
 }
 
 #[test]

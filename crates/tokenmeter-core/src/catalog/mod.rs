@@ -129,7 +129,7 @@ pub fn prometheus_name(otel_name: &str, kind: MetricKind, unit: &str) -> String 
         _ => None,
     };
     if let Some(word) = suffix
-        && !out.ends_with(word)
+        && !(out == word || out.ends_with(&format!("_{word}")))
     {
         out.push('_');
         out.push_str(word);
