@@ -86,14 +86,22 @@ pub(crate) struct HandleCache {
     sets: HashMap<Vec<Label>, Arc<Handles>>,
 }
 
-fn current_recorder() -> usize {
+/// Identifies the `metrics` recorder current on this thread (the global one, a local one, or
+/// the no-op). A handle registered under one recorder is dead under another, so anything that
+/// caches handles compares this before reusing them (the core's handle cache does).
+///
+/// ```
+/// let before = tokenmeter_core::recorder_id();
+/// assert_eq!(before, tokenmeter_core::recorder_id());
+/// ```
+pub fn recorder_id() -> usize {
     metrics::with_recorder(|r: &dyn Recorder| r as *const dyn Recorder as *const () as usize)
 }
 
 impl Meter {
     /// The handles for a request carrying `request_labels` (already capped).
     pub(crate) fn handles(&self, request_labels: Vec<Label>) -> Arc<Handles> {
-        let recorder = current_recorder();
+        let recorder = recorder_id();
         let mut cache = lock(&self.inner.handles);
         if cache.recorder != recorder {
             cache.sets.clear();
@@ -116,7 +124,7 @@ impl Meter {
     /// the meter meets.
     fn emit_static(&self) {
         for r in self.metrics() {
-            let unit = metrics_unit(r.def.unit);
+            let unit = crate::catalog::metrics_unit(r.def.unit);
             let desc = r.def.description;
             let name = r.name.clone();
             match (r.def.kind, unit) {
@@ -151,13 +159,4 @@ impl Meter {
         )
         .set(self.inner.start_unix);
     }
-}
-
-fn metrics_unit(ucum: &str) -> Option<metrics::Unit> {
-    Some(match ucum {
-        "s" => metrics::Unit::Seconds,
-        "By" => metrics::Unit::Bytes,
-        "{token}" | "{request}" | "{value}" | "{event}" => metrics::Unit::Count,
-        _ => return None,
-    })
 }

@@ -36,6 +36,7 @@ mod window;
 pub use guard::{
     ErrorKind, Finish, MAX_ITL_BOUNDS, MAX_TOKENS_PER_STEP, NonFinite, RequestBuilder, RequestGuard,
 };
+pub use handles::recorder_id;
 pub use meter::{ConfigError, LoadGuard, Meter, MeterBuilder, Slo, Totals};
 pub use names::{Naming, ResolvedMetric};
 pub use quanta::{Clock, Instant, Mock};

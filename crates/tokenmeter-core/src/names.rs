@@ -36,11 +36,7 @@ pub(crate) fn resolve(
     prefix: &str,
     bucket_override: Option<&[f64]>,
 ) -> ResolvedMetric {
-    let otel_name = if def.own {
-        format!("{prefix}.{}", def.otel_name)
-    } else {
-        def.otel_name.to_owned()
-    };
+    let otel_name = def.full_otel_name(prefix);
     let vllm = naming == Naming::Vllm;
     let name = match def.vllm_name {
         Some(v) if vllm => v.to_owned(),

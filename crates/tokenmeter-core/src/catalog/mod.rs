@@ -71,6 +71,35 @@ pub struct MetricDef {
     pub recorded: &'static str,
 }
 
+impl MetricDef {
+    /// The full OpenTelemetry name under a prefix (own metrics get `prefix.`; convention
+    /// names are kept).
+    ///
+    /// ```
+    /// let d = tokenmeter_core::catalog::by_id("goodput").unwrap();
+    /// assert_eq!(d.full_otel_name("acme"), "acme.requests.goodput");
+    /// ```
+    pub fn full_otel_name(&self, prefix: &str) -> String {
+        if self.own {
+            format!("{prefix}.{}", self.otel_name)
+        } else {
+            self.otel_name.to_owned()
+        }
+    }
+}
+
+/// The `metrics` unit for a UCUM unit, where `metrics` has one (`{token}` and other
+/// annotations are counts; `1` and the rest have none).
+pub fn metrics_unit(ucum: &str) -> Option<metrics::Unit> {
+    Some(match ucum {
+        "s" => metrics::Unit::Seconds,
+        "ms" => metrics::Unit::Milliseconds,
+        "By" => metrics::Unit::Bytes,
+        u if u.starts_with('{') && u.ends_with('}') => metrics::Unit::Count,
+        _ => return None,
+    })
+}
+
 /// Every metric, core first, then GPU, then quality.
 pub fn all() -> impl Iterator<Item = &'static MetricDef> {
     core::DEFS.iter().chain(gpu::DEFS).chain(quality::DEFS)
@@ -195,11 +224,7 @@ pub fn render_markdown() -> String {
             continue;
         }
         for d in defs {
-            let otel = if d.own {
-                format!("tokenmeter.{}", d.otel_name)
-            } else {
-                d.otel_name.to_owned()
-            };
+            let otel = d.full_otel_name("tokenmeter");
             let prom = prometheus_name(&otel, d.kind, d.unit);
             let _ = writeln!(out, "### `{prom}`\n");
             let _ = writeln!(out, "{}\n", d.description);
