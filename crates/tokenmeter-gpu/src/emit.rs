@@ -1,9 +1,13 @@
 //! Lazily registered metric handles: a series is created on its first real value, so a metric
 //! the source cannot read never shows up as a zero.
+//!
+//! A handle belongs to the `metrics` recorder that was current when it was registered; each slot
+//! remembers that recorder ([`tokenmeter_core::recorder_id`]) and registers again when another
+//! one is current, so a sampler started before the exporter is installed still exports.
 
 use metrics::{Counter, Gauge, Label};
-use tokenmeter_core::Meter;
 use tokenmeter_core::catalog::{MetricDef, by_id};
+use tokenmeter_core::{Meter, recorder_id};
 
 /// Looks a catalog entry of `catalog/gpu.rs` up by id.
 pub(crate) fn def(id: &str) -> Option<&'static MetricDef> {
@@ -23,7 +27,8 @@ pub(crate) fn labels(meter: &Meter, extra: &[(&str, &str)]) -> Vec<Label> {
 pub(crate) struct GaugeSlot {
     name: Option<String>,
     labels: Vec<Label>,
-    gauge: Option<Gauge>,
+    /// The handle and the recorder it was registered under.
+    gauge: Option<(usize, Gauge)>,
 }
 
 impl GaugeSlot {
@@ -35,24 +40,26 @@ impl GaugeSlot {
         }
     }
 
+    /// The handle for the current recorder, registering it if there is none yet or if it was
+    /// registered under another recorder.
+    fn handle(&mut self) -> Option<&Gauge> {
+        let name = self.name.as_ref()?;
+        let recorder = recorder_id();
+        if self.gauge.as_ref().is_none_or(|(r, _)| *r != recorder) {
+            self.gauge = Some((recorder, metrics::gauge!(name.clone(), self.labels.clone())));
+        }
+        self.gauge.as_ref().map(|(_, g)| g)
+    }
+
     /// `Some(v)`: set (registering on first use). `None`: NaN if it was ever set, else nothing.
     pub(crate) fn set(&mut self, v: Option<f64>) {
-        match v {
-            Some(v) => {
-                if self.gauge.is_none()
-                    && let Some(name) = &self.name
-                {
-                    self.gauge = Some(metrics::gauge!(name.clone(), self.labels.clone()));
-                }
-                if let Some(g) = &self.gauge {
-                    g.set(v);
-                }
-            }
-            None => {
-                if let Some(g) = &self.gauge {
-                    g.set(f64::NAN);
-                }
-            }
+        let v = match v {
+            Some(v) => v,
+            None if self.gauge.is_some() => f64::NAN,
+            None => return,
+        };
+        if let Some(g) = self.handle() {
+            g.set(v);
         }
     }
 }
@@ -62,7 +69,9 @@ impl GaugeSlot {
 pub(crate) struct CounterSlot {
     name: Option<String>,
     labels: Vec<Label>,
-    counter: Option<Counter>,
+    /// The handle and the recorder it was registered under.
+    counter: Option<(usize, Counter)>,
+    /// What the current recorder's counter holds.
     emitted: u64,
 }
 
@@ -77,15 +86,23 @@ impl CounterSlot {
     }
 
     /// Advances the counter to `total` (registering on first use). A total below what was
-    /// emitted (a reset at the source) is ignored until it grows past it.
+    /// emitted (a reset at the source) is ignored until it grows past it. Under a recorder
+    /// other than the one the counter was registered under, it registers again and starts from
+    /// zero, so the new recorder also ends at `total`.
     pub(crate) fn advance_to(&mut self, total: u64) {
-        if self.counter.is_none()
-            && let Some(name) = &self.name
-        {
-            self.counter = Some(metrics::counter!(name.clone(), self.labels.clone()));
+        let Some(name) = &self.name else {
+            return;
+        };
+        let recorder = recorder_id();
+        if self.counter.as_ref().is_none_or(|(r, _)| *r != recorder) {
+            self.counter = Some((
+                recorder,
+                metrics::counter!(name.clone(), self.labels.clone()),
+            ));
+            self.emitted = 0;
         }
         if total > self.emitted {
-            if let Some(c) = &self.counter {
+            if let Some((_, c)) = &self.counter {
                 c.increment(total - self.emitted);
             }
             self.emitted = total;

@@ -920,3 +920,51 @@ fn host_sample_has_process_figures() {
     assert!(second.process_cpu_utilization.is_some());
     assert!(second.system_cpu_utilization.is_some());
 }
+
+#[test]
+fn a_recorder_installed_after_the_first_sample_still_gets_every_series() {
+    // The first samples go to one recorder (think: the no-op one, before the exporter is
+    // installed); the sampler must register its handles again under the next recorder.
+    let (first, second) = (DebuggingRecorder::new(), DebuggingRecorder::new());
+    let (mut ex1, mut ex2) = (Exported::new(&first), Exported::new(&second));
+    let (meter, mock) = meter();
+    let fake = FakeGpuSource::new().with_gpu("A", FakeGpuSource::typical_reading());
+    let control = fake.clone();
+    let mut s = Sampler::builder(&meter).source(fake).host(false).build();
+    metrics::with_local_recorder(&first, || {
+        s.sample_once(); // counter 1000 J: baseline
+        control.set_energy_counter(0, 1100.0);
+        mock.increment(Duration::from_secs(1));
+        s.sample_once(); // +100 J
+    });
+    ex1.read();
+    assert_eq!(
+        ex1.counter("hw_energy_joules_total", &[("hw_id", "0")]),
+        Some(100)
+    );
+    let util = [("hw_id", "0"), ("hw_gpu_task", "general")];
+    assert_eq!(ex1.gauge("hw_gpu_utilization_ratio", &util), Some(0.5));
+
+    control.update(0, |r| r.utilization = Ok(0.75));
+    control.set_energy_counter(0, 1150.0);
+    mock.increment(Duration::from_secs(1));
+    metrics::with_local_recorder(&second, || s.sample_once()); // +50 J
+    ex2.read();
+    ex1.read();
+    // The second recorder has the gauges and the whole energy total, not only the last step.
+    assert_eq!(ex2.gauge("hw_gpu_utilization_ratio", &util), Some(0.75));
+    assert_eq!(
+        ex2.counter("hw_energy_joules_total", &[("hw_id", "0")]),
+        Some(150)
+    );
+    assert_eq!(
+        ex2.gauge("hw_temperature_celsius", &[("hw_id", "0")]),
+        Some(60.0)
+    );
+    // The first one saw nothing of the third sample (its counter did not move; the debugging
+    // recorder hands gauges out once, so only the counter can be read again).
+    assert_eq!(
+        ex1.counter("hw_energy_joules_total", &[("hw_id", "0")]),
+        Some(100)
+    );
+}
