@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use metrics::{Gauge, Label};
-use tokenmeter_core::Meter;
 use tokenmeter_core::catalog;
+use tokenmeter_core::{Meter, recorder_id};
 
 /// The baseline file format version this crate writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -496,6 +496,38 @@ struct Window {
     segments: Vec<Counts>,
     current: usize,
     sum: Counts,
+    /// Registered on the first export (no series reads a reassuring zero before it).
+    gauges: Option<Gauges>,
+}
+
+/// The drift gauges, registered under one `metrics` recorder.
+struct Gauges {
+    /// The recorder they were registered under ([`recorder_id`]).
+    recorder: usize,
+    psi: [Gauge; 3],
+    jsd: [Gauge; 3],
+    window: Gauge,
+}
+
+impl Gauges {
+    fn resolve(meter: &Meter) -> Gauges {
+        let gauge = |id: &str, feature: Option<&'static str>| -> Gauge {
+            let Some(def) = catalog::by_id(id) else {
+                return Gauge::noop();
+            };
+            let mut labels: Vec<Label> = meter.constant_labels();
+            if let Some(f) = feature {
+                labels.push(Label::new(meter.label_key("feature"), f));
+            }
+            metrics::gauge!(meter.metric_name(def).to_owned(), labels)
+        };
+        Gauges {
+            recorder: recorder_id(),
+            psi: FEATURES.map(|f| gauge("quality_drift_psi", Some(f))),
+            jsd: FEATURES.map(|f| gauge("quality_drift_jsd", Some(f))),
+            window: gauge("quality_drift_window", None),
+        }
+    }
 }
 
 /// Compares a sliding window of live requests with a [`Baseline`]; shared by all requests
@@ -508,9 +540,7 @@ pub struct DriftMonitor {
     baseline: Baseline,
     segment_len: u64,
     window: Mutex<Window>,
-    psi: [Gauge; 3],
-    jsd: [Gauge; 3],
-    window_gauge: Gauge,
+    meter: Meter,
 }
 
 impl std::fmt::Debug for DriftMonitor {
@@ -524,32 +554,23 @@ impl std::fmt::Debug for DriftMonitor {
 const FEATURES: [&str; 3] = ["prompt_length", "output_length", "token_id"];
 
 impl DriftMonitor {
-    /// A monitor comparing the last `window_requests` requests (at least 4) with `baseline`;
-    /// gauges are resolved now, on `meter`'s names and constant labels.
+    /// A monitor comparing the last `window_requests` requests (at least 4) with `baseline`.
+    /// Its gauges, on `meter`'s names and constant labels, are registered at the first export
+    /// and again at an export under another `metrics` recorder (so the monitor may be built
+    /// before the exporter is installed).
     pub fn new(meter: &Meter, baseline: Baseline, window_requests: u64) -> Self {
         let bins = baseline.length_bounds.len() + 1;
         let buckets = baseline.token_buckets.len();
         let segment_len = (window_requests / SEGMENTS as u64).max(1);
-        let gauge = |id: &str, feature: Option<&'static str>| -> Gauge {
-            let Some(def) = catalog::by_id(id) else {
-                return Gauge::noop();
-            };
-            let mut labels: Vec<Label> = meter.constant_labels();
-            if let Some(f) = feature {
-                labels.push(Label::new(meter.label_key("feature"), f));
-            }
-            metrics::gauge!(meter.metric_name(def).to_owned(), labels)
-        };
         DriftMonitor {
             segment_len,
             window: Mutex::new(Window {
                 segments: (0..SEGMENTS).map(|_| Counts::new(bins, buckets)).collect(),
                 current: 0,
                 sum: Counts::new(bins, buckets),
+                gauges: None,
             }),
-            psi: FEATURES.map(|f| gauge("quality_drift_psi", Some(f))),
-            jsd: FEATURES.map(|f| gauge("quality_drift_jsd", Some(f))),
-            window_gauge: gauge("quality_drift_window", None),
+            meter: meter.clone(),
             baseline,
         }
     }
@@ -593,7 +614,7 @@ impl DriftMonitor {
         }
         if w.segments[w.current].requests == self.segment_len {
             let report = self.report(&w.sum);
-            self.export(&report);
+            self.export(&mut w.gauges, &report);
         }
     }
 
@@ -607,22 +628,28 @@ impl DriftMonitor {
         }
     }
 
-    fn export(&self, r: &DriftReport) {
-        self.window_gauge.set(r.window_requests as f64);
+    fn export(&self, g: &mut Option<Gauges>, r: &DriftReport) {
+        let recorder = recorder_id();
+        let g = match g {
+            Some(g) if g.recorder == recorder => g,
+            _ => g.insert(Gauges::resolve(&self.meter)),
+        };
+        g.window.set(r.window_requests as f64);
         for (i, d) in [r.prompt_length, r.output_length, r.token_id]
             .into_iter()
             .enumerate()
         {
             // No data is NaN, not a reassuring zero.
-            self.psi[i].set(d.psi.unwrap_or(f64::NAN));
-            self.jsd[i].set(d.jsd.unwrap_or(f64::NAN));
+            g.psi[i].set(d.psi.unwrap_or(f64::NAN));
+            g.jsd[i].set(d.jsd.unwrap_or(f64::NAN));
         }
     }
 
     /// Compares the current window with the baseline now and exports the gauges.
     pub fn evaluate(&self) -> DriftReport {
-        let report = self.report(&self.lock().sum);
-        self.export(&report);
+        let mut w = self.lock();
+        let report = self.report(&w.sum);
+        self.export(&mut w.gauges, &report);
         report
     }
 

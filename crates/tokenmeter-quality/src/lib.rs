@@ -41,6 +41,7 @@
 
 pub mod drift;
 mod guard_ext;
+mod labels;
 mod logprobs;
 mod monitor;
 pub mod nonfinite;

@@ -1,15 +1,15 @@
 //! The per-request quality monitor: streaming text monitors, repetition, logprob statistics,
 //! scorers and drift, recorded once when the request finishes.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use aho_corasick::automaton::StateID;
 use metrics::{Counter, Histogram, Label};
-use tokenmeter_core::{Meter, RequestGuard, catalog};
+use tokenmeter_core::{Meter, RequestGuard, catalog, recorder_id};
 
 use crate::drift::{DriftMonitor, TokenHistogram};
+use crate::labels::CappedLabel;
 use crate::logprobs::{LogprobStats, LogprobSummary};
 use crate::repetition::Repetition;
 use crate::scorer::Scorer;
@@ -162,17 +162,22 @@ impl QualityConfig {
         self.keywords = words.into_iter().map(Into::into).collect();
         self
     }
-    /// At most `cap` keywords get their own label value; the rest count under `other`.
+    /// At most `cap` distinct keywords get their own label value; the rest count under
+    /// `other` (and once each in the core's `label_overflow{label="keyword"}`).
     pub fn keyword_cap(mut self, cap: usize) -> Self {
         self.keyword_cap = cap;
         self
     }
-    /// At most `cap` distinct safety-filter and scorer names get their own label value.
+    /// At most `cap` distinct safety-filter names, and as many scorer names, get their own
+    /// label value; the rest count under `other` (and once each in the core's
+    /// `label_overflow{label="filter"|"scorer"}`).
     pub fn name_cap(mut self, cap: usize) -> Self {
         self.name_cap = cap;
         self
     }
-    /// Adds a scorer run on each finished output (on up to `keep_text_bytes` of it).
+    /// Adds a scorer run on each finished output (on up to `keep_text_bytes` of it), on the
+    /// thread that calls [`RequestQuality::finish`]. A slow scorer (a model) belongs off that
+    /// thread: run it on a worker and report with [`QualityMonitor::record_score`].
     pub fn scorer(mut self, scorer: Arc<dyn Scorer>) -> Self {
         self.scorers.push(scorer);
         self
@@ -211,7 +216,10 @@ enum Pattern {
     Keyword(usize),
 }
 
+/// Every handle the monitor records through, registered under one `metrics` recorder.
 struct Handles {
+    /// The recorder they were registered under ([`recorder_id`]).
+    recorder: usize,
     perplexity: Histogram,
     entropy: Histogram,
     low_confidence: Histogram,
@@ -227,7 +235,58 @@ struct Handles {
     /// One per configured keyword (the ones past the cap share the `other` handle).
     keywords: Vec<Counter>,
     feedback: Histogram,
+    /// One per configured scorer (through the same cap as [`QualityMonitor::record_score`]).
     scorers: Vec<Histogram>,
+}
+
+impl Handles {
+    /// Registers every handle under the current recorder.
+    fn resolve(
+        meter: &Meter,
+        config: &QualityConfig,
+        scores: &Mutex<CappedLabel<Histogram>>,
+    ) -> Handles {
+        let mut keyword = CappedLabel::new(config.keyword_cap);
+        let keywords = config
+            .keywords
+            .iter()
+            .map(|k| {
+                keyword
+                    .get(
+                        k,
+                        |v| counter(meter, "quality_keywords", Some(("keyword", v.to_owned()))),
+                        || overflow(meter, "keyword"),
+                    )
+                    .clone()
+            })
+            .collect();
+        let scorers = {
+            let mut scores = lock(scores);
+            config
+                .scorers
+                .iter()
+                .map(|s| scorer_histogram(meter, &mut scores, s.name()).clone())
+                .collect()
+        };
+        Handles {
+            recorder: recorder_id(),
+            perplexity: histogram(meter, "quality_perplexity", None),
+            entropy: histogram(meter, "quality_entropy", None),
+            low_confidence: histogram(meter, "quality_low_confidence", None),
+            requests: counter(meter, "quality_requests", None),
+            refusals: counter(meter, "quality_refusals", None),
+            repetition: histogram(meter, "quality_repetition", None),
+            degenerate: counter(meter, "quality_degenerate", None),
+            output_chars: histogram(meter, "quality_output_chars", None),
+            empty: counter(meter, "quality_empty", None),
+            replacement: counter(meter, "quality_replacement_chars", None),
+            control: counter(meter, "quality_control_chars", None),
+            disallowed: counter(meter, "quality_disallowed_tokens", None),
+            keywords,
+            feedback: histogram(meter, "quality_feedback", None),
+            scorers,
+        }
+    }
 }
 
 struct Shared {
@@ -236,13 +295,35 @@ struct Shared {
     config: QualityConfig,
     phrases: PhraseSet,
     patterns: Vec<Pattern>,
-    handles: Handles,
-    safety: Mutex<HashMap<String, Counter>>,
-    scores: Mutex<HashMap<String, Histogram>>,
+    /// The handles for the recorder they were last resolved under.
+    handles: Mutex<Arc<Handles>>,
+    safety: Mutex<CappedLabel<Counter>>,
+    scores: Mutex<CappedLabel<Histogram>>,
+}
+
+impl Shared {
+    /// The handles for the current recorder, resolved again when it is not the one they were
+    /// registered under (a monitor built before the exporter was installed). Once per request.
+    fn handles(&self) -> Arc<Handles> {
+        let recorder = recorder_id();
+        let mut h = lock(&self.handles);
+        if h.recorder != recorder {
+            *h = Arc::new(Handles::resolve(&self.meter, &self.config, &self.scores));
+        }
+        Arc::clone(&h)
+    }
+}
+
+/// Locks a mutex that holds only handles and plain counters: a panic elsewhere while it was
+/// held cannot have broken an invariant, so a poisoned lock is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Builds per-request [`RequestQuality`] monitors and records what they saw; shared by all
-/// requests (cheap to clone). Every metric handle is resolved here, once.
+/// requests (cheap to clone). Every metric handle is resolved here, and again (once) when
+/// another `metrics` recorder is current, so the monitor may be built before the exporter is
+/// installed.
 ///
 /// ```
 /// use tokenmeter_core::{Finish, Meter};
@@ -308,9 +389,22 @@ fn overflow(meter: &Meter, label: &str) {
     .increment(1);
 }
 
+/// The `quality_score` histogram for a scorer name, through the scorer-name cap.
+fn scorer_histogram<'a>(
+    meter: &Meter,
+    scores: &'a mut CappedLabel<Histogram>,
+    name: &str,
+) -> &'a Histogram {
+    scores.get(
+        name,
+        |v| histogram(meter, "quality_score", Some(("scorer", v.to_owned()))),
+        || overflow(meter, "scorer"),
+    )
+}
+
 impl QualityMonitor {
     /// Compiles the phrase matcher and resolves every handle on `meter`'s names and constant
-    /// labels (through the `metrics` recorder installed now).
+    /// labels (through the `metrics` recorder current now; again under a later one).
     ///
     /// # Errors
     ///
@@ -328,72 +422,30 @@ impl QualityMonitor {
         }
         let phrases = PhraseSet::new(&texts)?;
 
-        let other = counter(
-            meter,
-            "quality_keywords",
-            Some(("keyword", "other".to_owned())),
-        );
-        let keywords = config
-            .keywords
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                if i < config.keyword_cap {
-                    counter(meter, "quality_keywords", Some(("keyword", k.clone())))
-                } else {
-                    overflow(meter, "keyword");
-                    other.clone()
-                }
-            })
-            .collect();
-        let scorers = config
-            .scorers
-            .iter()
-            .map(|s| {
-                histogram(
-                    meter,
-                    "quality_score",
-                    Some(("scorer", s.name().to_owned())),
-                )
-            })
-            .collect();
-        let handles = Handles {
-            perplexity: histogram(meter, "quality_perplexity", None),
-            entropy: histogram(meter, "quality_entropy", None),
-            low_confidence: histogram(meter, "quality_low_confidence", None),
-            requests: counter(meter, "quality_requests", None),
-            refusals: counter(meter, "quality_refusals", None),
-            repetition: histogram(meter, "quality_repetition", None),
-            degenerate: counter(meter, "quality_degenerate", None),
-            output_chars: histogram(meter, "quality_output_chars", None),
-            empty: counter(meter, "quality_empty", None),
-            replacement: counter(meter, "quality_replacement_chars", None),
-            control: counter(meter, "quality_control_chars", None),
-            disallowed: counter(meter, "quality_disallowed_tokens", None),
-            keywords,
-            feedback: histogram(meter, "quality_feedback", None),
-            scorers,
-        };
+        let scores = Mutex::new(CappedLabel::new(config.name_cap));
+        let handles = Handles::resolve(meter, &config, &scores);
         Ok(QualityMonitor {
             shared: Arc::new(Shared {
                 totals: Default::default(),
                 meter: meter.clone(),
+                safety: Mutex::new(CappedLabel::new(config.name_cap)),
                 config,
                 phrases,
                 patterns,
-                handles,
-                safety: Mutex::new(HashMap::new()),
-                scores: Mutex::new(HashMap::new()),
+                handles: Mutex::new(Arc::new(handles)),
+                scores,
             }),
         })
     }
 
-    /// A fresh per-request monitor (allocates its buffers now, never per token).
+    /// A fresh per-request monitor (allocates its buffers and takes the metric handles now,
+    /// never per token).
     pub fn request(&self) -> RequestQuality {
         let s = &self.shared;
         let c = &s.config;
         RequestQuality {
             shared: Arc::clone(s),
+            handles: s.handles(),
             utf8: Utf8Stats::default(),
             state: s.phrases.start(),
             refusal: false,
@@ -412,46 +464,28 @@ impl QualityMonitor {
             } else {
                 Vec::with_capacity(c.keep_text_bytes)
             },
-            finished: false,
+            finished: None,
         }
     }
 
     /// Counts a safety-filter trigger (input or output moderation, a blocked tool call...)
-    /// under the filter's name; names past the cap count under `other`.
+    /// under the filter's name; past [`QualityConfig::name_cap`] distinct names, the rest
+    /// count under `other`.
     pub fn safety_filter_triggered(&self, filter: &str) {
         let s = &self.shared;
-        let mut map = s
-            .safety
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = map.get(filter) {
-            c.increment(1);
-            return;
-        }
-        let (key, c) = if map.len() < s.config.name_cap {
-            (
-                filter.to_owned(),
-                counter(
-                    &s.meter,
-                    "quality_safety_triggers",
-                    Some(("filter", filter.to_owned())),
-                ),
+        lock(&s.safety)
+            .get(
+                filter,
+                |v| {
+                    counter(
+                        &s.meter,
+                        "quality_safety_triggers",
+                        Some(("filter", v.to_owned())),
+                    )
+                },
+                || overflow(&s.meter, "filter"),
             )
-        } else {
-            overflow(&s.meter, "filter");
-            (
-                "other".to_owned(),
-                counter(
-                    &s.meter,
-                    "quality_safety_triggers",
-                    Some(("filter", "other".into())),
-                ),
-            )
-        };
-        c.increment(1);
-        if key != "other" || !map.contains_key("other") {
-            map.insert(key, c);
-        }
+            .increment(1);
     }
 
     /// Cumulative outcomes of the requests finished through this monitor.
@@ -487,35 +521,20 @@ impl QualityMonitor {
         if !score.is_finite() {
             return;
         }
-        self.shared.handles.feedback.record(score);
+        self.shared.handles().feedback.record(score);
         tracing::info!(target: "tokenmeter::feedback", request_id, score, "user feedback");
     }
 
     /// Records a score computed outside the monitor (e.g. a classifier run off the
-    /// generation thread) under a scorer name; names past the cap count under `other`.
-    /// Non-finite scores are ignored.
+    /// generation thread: the place for any scorer too slow for [`RequestQuality::finish`])
+    /// under a scorer name; past [`QualityConfig::name_cap`] distinct names (configured
+    /// scorers included), the rest count under `other`. Non-finite scores are ignored.
     pub fn record_score(&self, scorer: &str, score: f64) {
         if !score.is_finite() {
             return;
         }
         let s = &self.shared;
-        let mut map = s
-            .scores
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(h) = map.get(scorer) {
-            h.record(score);
-            return;
-        }
-        let name = if map.len() < s.config.name_cap {
-            scorer.to_owned()
-        } else {
-            overflow(&s.meter, "scorer");
-            "other".to_owned()
-        };
-        let h = histogram(&s.meter, "quality_score", Some(("scorer", name.clone())));
-        h.record(score);
-        map.insert(name, h);
+        scorer_histogram(&s.meter, &mut lock(&s.scores), scorer).record(score);
     }
 }
 
@@ -549,7 +568,9 @@ pub struct QualityReport {
     pub chars: CharCounts,
     /// Whether text was handed in at all.
     pub text_seen: bool,
-    /// No non-whitespace character (or no token, when no text was handed in).
+    /// No non-whitespace character; when no text was handed in, no output token (from
+    /// [`RequestQuality::finish`]: as counted by the request guard, or the ids handed in if
+    /// more).
     pub empty: bool,
     /// A refusal phrase matched.
     pub refusal: bool,
@@ -575,6 +596,8 @@ pub struct QualityReport {
 /// Dropping it without `finish` records nothing.
 pub struct RequestQuality {
     shared: Arc<Shared>,
+    /// Taken at start; checked against the current recorder at finish, never per token.
+    handles: Arc<Handles>,
     utf8: Utf8Stats,
     state: StateID,
     refusal: bool,
@@ -586,7 +609,8 @@ pub struct RequestQuality {
     logprobs: LogprobStats,
     token_hist: Option<TokenHistogram>,
     text: Vec<u8>,
-    finished: bool,
+    /// The report of the first `finish`.
+    finished: Option<QualityReport>,
 }
 
 impl std::fmt::Debug for RequestQuality {
@@ -667,14 +691,20 @@ impl RequestQuality {
         self.logprobs.observe_logits(logprob, logits);
     }
 
-    /// What the monitors saw so far (scorers are not run here).
+    /// What the monitors saw so far (scorers are not run here; without text, `empty` goes by
+    /// the token ids handed in).
     pub fn report(&self) -> QualityReport {
+        self.report_with(self.tokens)
+    }
+
+    /// The report, with `output_tokens` deciding `empty` when no text was handed in.
+    fn report_with(&self, output_tokens: u64) -> QualityReport {
         let mut utf8 = self.utf8;
         let chars = utf8.finish();
         let empty = if self.text_seen {
             chars.non_whitespace == 0
         } else {
-            self.tokens == 0
+            output_tokens == 0
         };
         QualityReport {
             tokens: self.tokens,
@@ -693,10 +723,19 @@ impl RequestQuality {
     }
 
     /// Ends the request's monitoring: runs the scorers, records every metric once, records the
-    /// span fields on the guard's span, and feeds the drift monitor. Call it before
-    /// `guard.finish(..)`. A second call records nothing and returns the same report.
+    /// span fields on the guard's span, and feeds the drift monitor (output length: the
+    /// guard's [`output_tokens`](RequestGuard::output_tokens), or the ids handed in here if
+    /// more). Call it before `guard.finish(..)`. A second call records and runs nothing and
+    /// returns the first call's report.
+    ///
+    /// The configured scorers run here, on the caller's thread; a slow one (a model) belongs
+    /// on a worker that reports through [`QualityMonitor::record_score`].
     pub fn finish(&mut self, guard: &RequestGuard) -> QualityReport {
-        let mut report = self.report();
+        if let Some(report) = &self.finished {
+            return report.clone();
+        }
+        let output_tokens = guard.output_tokens().max(self.tokens);
+        let mut report = self.report_with(output_tokens);
         let shared = Arc::clone(&self.shared);
         let c = &shared.config;
         let text = String::from_utf8_lossy(&self.text);
@@ -705,17 +744,16 @@ impl RequestQuality {
             .iter()
             .map(|s| s.score(&text).filter(|v| v.is_finite()))
             .collect();
-        if self.finished {
-            return report;
+        if self.handles.recorder != recorder_id() {
+            self.handles = shared.handles();
         }
-        self.finished = true;
         for (i, yes) in [true, report.refusal, report.empty, report.degenerate]
             .into_iter()
             .enumerate()
         {
             shared.totals[i].fetch_add(u64::from(yes), Relaxed);
         }
-        let h = &shared.handles;
+        let h = &*self.handles;
         h.requests.increment(1);
         h.refusals.increment(u64::from(report.refusal));
         h.degenerate.increment(u64::from(report.degenerate));
@@ -757,8 +795,13 @@ impl RequestQuality {
             }
         }
         if let Some(d) = &c.drift {
-            d.record(guard.prompt_tokens(), self.tokens, self.token_hist.as_ref());
+            d.record(
+                guard.prompt_tokens(),
+                output_tokens,
+                self.token_hist.as_ref(),
+            );
         }
+        self.finished = Some(report.clone());
         report
     }
 
@@ -777,6 +820,9 @@ impl RequestQuality {
             h.clear();
         }
         self.text.clear();
-        self.finished = false;
+        self.finished = None;
+        if self.handles.recorder != recorder_id() {
+            self.handles = self.shared.handles();
+        }
     }
 }

@@ -561,3 +561,237 @@ fn refusal_phrases_defaults_typographic_apostrophes_and_custom_lists() {
     assert!(!run(&off, &["I cannot help with that."]));
     assert_eq!(default.totals().refusals, 2);
 }
+
+#[test]
+fn output_length_comes_from_the_guard_when_only_text_is_fed() {
+    let meter = mock_meter();
+    let mut rec = BaselineRecorder::new();
+    rec.observe_request(4, 3);
+    let drift = Arc::new(DriftMonitor::new(&meter, rec.baseline(), 4));
+    let quality = QualityMonitor::new(&meter, QualityConfig::default().drift(Arc::clone(&drift)))
+        .expect("monitor");
+
+    // Text only, no ids: the guard's three tokens are the output length.
+    let mut req = meter.request().prompt_tokens(4).start();
+    let mut q = quality.request();
+    for piece in ["Par", "is", "."] {
+        req.token();
+        q.text(piece);
+    }
+    let r = q.finish(&req);
+    req.finish(Finish::Stop);
+    assert_eq!((r.tokens, r.empty), (0, false));
+
+    // Neither text nor ids (logprobs only): not empty, the guard saw two tokens.
+    let mut req = meter.request().prompt_tokens(4).start();
+    let mut q = quality.request();
+    for _ in 0..2 {
+        req.token();
+        q.logprob(-0.1);
+    }
+    let r = q.finish(&req);
+    req.finish(Finish::Stop);
+    assert!(!r.empty);
+    assert_eq!(quality.totals().empty, 0);
+
+    let live = drift.window_baseline();
+    let mut want = BaselineRecorder::new();
+    want.observe_request(4, 3);
+    want.observe_request(4, 2);
+    assert_eq!(live.output_length, want.baseline().output_length);
+    assert_eq!(live.prompt_length, want.baseline().prompt_length);
+}
+
+/// Counts its calls.
+struct Counting(std::sync::atomic::AtomicU64);
+
+impl tokenmeter_quality::Scorer for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    fn score(&self, _: &str) -> Option<f64> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(0.5)
+    }
+}
+
+#[test]
+fn a_second_finish_runs_no_scorer_and_returns_the_first_report() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let meter = mock_meter();
+        let scorer = Arc::new(Counting(0.into()));
+        let quality = QualityMonitor::new(
+            &meter,
+            QualityConfig::default().scorer(Arc::clone(&scorer) as _),
+        )
+        .expect("monitor");
+        let mut req = meter.request().start();
+        let mut q = quality.request();
+        req.token();
+        q.piece(1, "I cannot.");
+        let first = q.finish(&req);
+        q.piece(2, " Sure!"); // after finish: not part of the report
+        let second = q.finish(&req);
+        req.finish(Finish::Stop);
+        assert_eq!(first, second);
+        assert_eq!(first.scores, vec![Some(0.5)]);
+        assert_eq!(scorer.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let v = values(&snap);
+        assert_eq!(counter(&v, &meter, "quality_requests", &[]), 1);
+        assert_eq!(
+            hist(&v, &meter, "quality_score", &[("scorer", "counting")]),
+            vec![0.5]
+        );
+        // After reset the monitor finishes (and scores) again.
+        q.reset();
+        let req = meter.request().start();
+        q.finish(&req);
+        assert_eq!(scorer.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+    });
+}
+
+#[test]
+fn overflow_is_counted_once_per_distinct_name() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let meter = mock_meter();
+        let quality = QualityMonitor::new(
+            &meter,
+            QualityConfig::default()
+                .name_cap(2)
+                .keywords(["a", "b", "c", "c", "d"])
+                .keyword_cap(2),
+        )
+        .expect("monitor");
+        for f in ["pii", "jailbreak", "x", "x", "y", "x", "pii"] {
+            quality.safety_filter_triggered(f);
+        }
+        // A scorer named `other` below the cap is an ordinary name; past the cap, each new
+        // name counts once however often it is recorded.
+        for (name, score) in [
+            ("other", 0.1),
+            ("toxicity", 0.2),
+            ("x", 0.3),
+            ("x", 0.4),
+            ("y", 0.5),
+            ("toxicity", 0.6),
+            ("other", 0.7),
+        ] {
+            quality.record_score(name, score);
+        }
+        let v = values(&snap);
+        let safety = |f| counter(&v, &meter, "quality_safety_triggers", &[("filter", f)]);
+        assert_eq!(
+            (safety("pii"), safety("jailbreak"), safety("other")),
+            (2, 1, 4)
+        );
+        let overflow = |l| counter(&v, &meter, "label_overflow", &[("label", l)]);
+        assert_eq!(overflow("filter"), 2);
+        assert_eq!(overflow("scorer"), 2);
+        assert_eq!(overflow("keyword"), 2); // c (twice in the list) and d
+        assert_eq!(
+            hist(&v, &meter, "quality_score", &[("scorer", "toxicity")]),
+            vec![0.2, 0.6]
+        );
+        assert_eq!(
+            hist(&v, &meter, "quality_score", &[("scorer", "other")]),
+            vec![0.1, 0.3, 0.4, 0.5, 0.7]
+        );
+    });
+}
+
+#[test]
+fn a_monitor_built_under_one_recorder_records_to_the_next() {
+    let (first, second) = (DebuggingRecorder::new(), DebuggingRecorder::new());
+    let (snap1, snap2) = (first.snapshotter(), second.snapshotter());
+    let meter = mock_meter();
+    let mut rec = BaselineRecorder::new();
+    for _ in 0..4 {
+        rec.observe_request(5, 1);
+    }
+    let (quality, drift) = metrics::with_local_recorder(&first, || {
+        let drift = Arc::new(DriftMonitor::new(&meter, rec.baseline(), 4));
+        let config = QualityConfig::default()
+            .keywords(["paris", "london"])
+            .keyword_cap(1)
+            .scorer(Arc::new(LexiconSentiment::default()))
+            .drift(Arc::clone(&drift));
+        let quality = QualityMonitor::new(&meter, config).expect("monitor");
+        quality.safety_filter_triggered("pii");
+        (quality, drift)
+    });
+    let one = |q: &QualityMonitor| {
+        let mut req = meter.request().prompt_tokens(5).start();
+        let mut r = q.request();
+        req.token();
+        r.piece(1, "paris, london: great");
+        r.finish(&req);
+        req.finish(Finish::Stop);
+    };
+    metrics::with_local_recorder(&second, || {
+        for _ in 0..4 {
+            one(&quality);
+        }
+        quality.safety_filter_triggered("pii");
+        quality.record_score("toxicity", 0.25);
+        quality.record_feedback("r1", 1.0);
+    });
+    let v2 = values(&snap2);
+    assert_eq!(counter(&v2, &meter, "quality_requests", &[]), 4);
+    assert_eq!(
+        counter(&v2, &meter, "quality_keywords", &[("keyword", "paris")]),
+        4
+    );
+    assert_eq!(
+        counter(&v2, &meter, "quality_keywords", &[("keyword", "other")]),
+        4
+    );
+    assert_eq!(
+        counter(&v2, &meter, "label_overflow", &[("label", "keyword")]),
+        1
+    );
+    assert_eq!(
+        hist(
+            &v2,
+            &meter,
+            "quality_score",
+            &[("scorer", "lexicon_sentiment")]
+        ),
+        vec![1.0; 4]
+    );
+    assert_eq!(
+        counter(&v2, &meter, "quality_safety_triggers", &[("filter", "pii")]),
+        1
+    );
+    assert_eq!(
+        hist(&v2, &meter, "quality_score", &[("scorer", "toxicity")]),
+        vec![0.25]
+    );
+    assert_eq!(hist(&v2, &meter, "quality_feedback", &[]), vec![1.0]);
+    assert_eq!(gauge(&v2, &meter, "quality_drift_window", &[]), Some(4.0));
+    assert_eq!(
+        gauge(
+            &v2,
+            &meter,
+            "quality_drift_psi",
+            &[("feature", "prompt_length")]
+        ),
+        Some(0.0)
+    );
+    // The first recorder kept only what happened under it.
+    let v1 = values(&snap1);
+    assert_eq!(counter(&v1, &meter, "quality_requests", &[]), 0);
+    assert_eq!(
+        counter(&v1, &meter, "quality_safety_triggers", &[("filter", "pii")]),
+        1
+    );
+    assert_eq!(
+        counter(&v1, &meter, "label_overflow", &[("label", "keyword")]),
+        1
+    );
+    assert_eq!(gauge(&v1, &meter, "quality_drift_window", &[]), None);
+    assert_eq!(drift.evaluate().window_requests, 4);
+}
