@@ -16,7 +16,8 @@ use rand::{Rng, SeedableRng};
 use tokenmeter_core::{ErrorKind, Finish, Instant, Meter, RequestGuard};
 use tokio::sync::mpsc;
 
-use super::model::{Model, Sequence};
+use super::llama::KvCache;
+use super::model::Model;
 use super::monitor::SeqMonitor;
 use super::tokenizer::StreamDecoder;
 use tokenmeter::quality::QualityMonitor;
@@ -133,7 +134,7 @@ impl EngineHandle {
 
 struct Active {
     req: GenRequest,
-    seq: Sequence,
+    cache: KvCache,
     rng: StdRng,
     decoder: StreamDecoder,
     monitor: SeqMonitor,
@@ -219,7 +220,7 @@ fn run(
                 }
                 let seed = req.sampling.seed;
                 active.push(Active {
-                    seq: Sequence::new(&model),
+                    cache: model.llama.cache(),
                     rng: StdRng::seed_from_u64(seed),
                     decoder: StreamDecoder::default(),
                     monitor: SeqMonitor::new(quality.as_ref()),
@@ -234,19 +235,51 @@ fn run(
             }
         }
         stats.running.store(active.len() as u64, Ordering::Relaxed);
-        // Compute: one forward per sequence.
-        for a in active.iter_mut() {
+        // Compute: prefill each newly admitted sequence, then one batched decode pass for all
+        // the others (their matmuls share each weight read).
+        let mut logits: Vec<Option<Result<Vec<f32>, String>>> = Vec::with_capacity(active.len());
+        let mut decode: Vec<usize> = Vec::new();
+        for (i, a) in active.iter_mut().enumerate() {
             if a.req.events.is_closed() {
-                a.outcome = StepOutcome::Gone;
-                continue;
-            }
-            let input: Vec<u32> = if a.seq.pos() == 0 {
-                a.req.prompt.clone()
+                logits.push(None);
+            } else if a.cache.pos() == 0 {
+                logits.push(Some(
+                    model
+                        .llama
+                        .prefill(&a.req.prompt, &mut a.cache)
+                        .map_err(|e| e.to_string()),
+                ));
             } else {
-                vec![a.last]
-            };
-            a.outcome = match a.seq.forward(&input) {
-                Ok(logits) => {
+                logits.push(None);
+                decode.push(i);
+            }
+        }
+        if !decode.is_empty() {
+            let tokens: Vec<u32> = decode.iter().map(|&i| active[i].last).collect();
+            let mut caches: Vec<&mut KvCache> = active
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| decode.binary_search(i).is_ok())
+                .map(|(_, a)| &mut a.cache)
+                .collect();
+            match model.llama.decode(&tokens, &mut caches) {
+                Ok(rows) => {
+                    for (&i, row) in decode.iter().zip(rows) {
+                        logits[i] = Some(Ok(row));
+                    }
+                }
+                Err(e) => {
+                    for &i in &decode {
+                        logits[i] = Some(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        for (a, l) in active.iter_mut().zip(logits) {
+            a.outcome = match l {
+                None => StepOutcome::Gone,
+                Some(Err(e)) => StepOutcome::Error(e),
+                Some(Ok(logits)) => {
                     if let Some(g) = a.req.guard.as_mut() {
                         a.monitor.scan_logits(g, &logits);
                     }
@@ -254,7 +287,6 @@ fn run(
                     a.monitor.on_sample(logprob, &logits);
                     StepOutcome::Token(id)
                 }
-                Err(e) => StepOutcome::Error(e.to_string()),
             };
         }
         // One clock read for the whole step.
@@ -312,7 +344,7 @@ fn step_done(
                 }
                 return false;
             }
-            if a.generated >= a.req.max_tokens || a.seq.pos() + 1 >= ctx {
+            if a.generated >= a.req.max_tokens || a.cache.pos() + 1 >= ctx {
                 end(a, now, Finish::Length, "length");
                 return false;
             }

@@ -271,6 +271,19 @@ impl LoadResult {
         }
     }
 
+    /// Output tokens per second inside the load window [0, duration] only: the tail after the
+    /// deadline (requests still finishing) is left out, so runs of equal duration compare fairly.
+    pub fn tokens_per_second_in_window(&self) -> f64 {
+        let d = self.opts.duration.as_secs_f64();
+        let n = self
+            .records
+            .iter()
+            .flat_map(|r| r.token_times.iter())
+            .filter(|&&t| t <= d)
+            .count();
+        if d > 0.0 { n as f64 / d } else { 0.0 }
+    }
+
     /// Requests that completed without error.
     pub fn ok(&self) -> impl Iterator<Item = &ClientRecord> {
         self.records
@@ -403,6 +416,9 @@ pub fn fmt_s(v: Option<f64>) -> String {
     }
 }
 
+/// Samples of one metric: (labels, value) per series.
+pub type Series = Vec<(BTreeMap<String, String>, f64)>;
+
 /// What the server says about the run: its snapshot and the counters in `/metrics`.
 #[derive(Debug, Clone)]
 pub struct ServerView {
@@ -411,7 +427,7 @@ pub struct ServerView {
     /// The snapshot as served (JSON).
     pub snapshot_json: Value,
     /// `/metrics` samples of this model: name -> (labels -> value).
-    pub samples: BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>,
+    pub samples: BTreeMap<String, Series>,
 }
 
 impl ServerView {
@@ -460,11 +476,8 @@ impl ServerView {
 
 /// Parses a Prometheus text exposition into name -> [(labels, value)], keeping only samples with
 /// some label equal to `model` when given (series without labels are kept too).
-pub fn parse_exposition(
-    text: &str,
-    model: Option<&str>,
-) -> BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>> {
-    let mut out: BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>> = BTreeMap::new();
+pub fn parse_exposition(text: &str, model: Option<&str>) -> BTreeMap<String, Series> {
+    let mut out: BTreeMap<String, Series> = BTreeMap::new();
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
@@ -605,7 +618,7 @@ pub async fn overhead(
         for meter_on in order {
             let s = if meter_on { &on } else { &off };
             let out = run(&s.base_url(), &s.model_id, &load).await?;
-            let tps = out.tokens_per_second();
+            let tps = out.tokens_per_second_in_window();
             eprintln!(
                 "demo: overhead round {} meter {}: {tps:.2} tokens/s",
                 r + 1,

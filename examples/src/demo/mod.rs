@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod engine;
+pub mod llama;
 pub mod loadgen;
 pub mod model;
 pub mod monitor;

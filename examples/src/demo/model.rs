@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
 
 use super::chat::ChatTemplate;
+use super::llama::Llama;
 use super::tokenizer::{Tokenizer, TokenizerSpec};
 
 /// The largest context the demo serves: candle's quantized llama precomputes RoPE tables for
@@ -24,12 +24,12 @@ pub enum ModelSource {
     Random(String),
 }
 
-/// A loaded model: shared weights (cloned per sequence; tensors are `Arc`s, so a clone copies
-/// handles, not weights), tokenizer and chat template.
+/// A loaded model: shared immutable weights (each sequence owns only its KV cache), tokenizer
+/// and chat template. Cloning copies `Arc`s.
 #[derive(Clone)]
 pub struct Model {
-    /// The weights with an empty KV cache; each sequence clones them.
-    pub weights: ModelWeights,
+    /// The weights.
+    pub llama: Arc<Llama>,
     /// The tokenizer built from the GGUF metadata.
     pub tokenizer: Arc<Tokenizer>,
     /// The chat template from the GGUF metadata.
@@ -133,9 +133,9 @@ impl Model {
             .map(|c| c as usize)
             .unwrap_or(2048)
             .min(MAX_CONTEXT);
-        let weights = ModelWeights::from_gguf(ct, reader, &Device::Cpu)?;
+        let llama = Llama::from_gguf(&ct, reader)?;
         Ok(Self {
-            weights,
+            llama: Arc::new(llama),
             tokenizer: Arc::new(tokenizer),
             template: Arc::new(template),
             id: id.to_string(),
@@ -171,7 +171,7 @@ impl Model {
 
 /// Builds a tiny llama GGUF in memory: 2 layers, width 64, 4 heads / 2 KV heads, vocab 256 bytes
 /// + ChatML specials + a few merges.
-fn random_gguf(seed: u64) -> Result<Vec<u8>, BoxError> {
+pub(crate) fn random_gguf(seed: u64) -> Result<Vec<u8>, BoxError> {
     use gguf_file::Value as V;
     use rand::{Rng, SeedableRng};
     let dev = Device::Cpu;
@@ -270,48 +270,6 @@ fn random_gguf(seed: u64) -> Result<Vec<u8>, BoxError> {
     let mut buf = Cursor::new(Vec::new());
     gguf_file::write(&mut buf, &md_refs, &t_refs)?;
     Ok(buf.into_inner())
-}
-
-/// One sequence's model state: its own KV cache on a clone of the shared weights.
-pub struct Sequence {
-    weights: ModelWeights,
-    /// Tokens fed so far (the KV cache covers them).
-    pos: usize,
-}
-
-impl std::fmt::Debug for Sequence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sequence")
-            .field("pos", &self.pos)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Sequence {
-    /// A fresh sequence on `model`'s weights.
-    pub fn new(model: &Model) -> Self {
-        Self {
-            weights: model.weights.clone(),
-            pos: 0,
-        }
-    }
-
-    /// Feeds `tokens` (the whole prompt on the first call, one token afterwards) and returns the
-    /// logits for the next token.
-    ///
-    /// # Errors
-    /// On candle errors (e.g. past the context length).
-    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BoxError> {
-        let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
-        let logits = self.weights.forward(&input, self.pos)?;
-        self.pos += tokens.len();
-        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-    }
-
-    /// Tokens in the KV cache.
-    pub fn pos(&self) -> usize {
-        self.pos
-    }
 }
 
 /// The default location of the cached real model (relative to the workspace root).

@@ -83,7 +83,13 @@ pub fn table(r: &LoadResult, view: &ServerView, meter: &Meter) -> String {
     let client_tokens: u64 = r.records.iter().map(|x| x.tokens).sum();
     let server_tokens =
         counter(meter, view, "output_tokens", &[]).unwrap_or(s.totals.output_tokens as f64);
-    let _ = writeln!(out, "{:<22} {:>32} | {:>32}", "", "client", "server");
+    let _ = writeln!(
+        out,
+        "{:<22} {:>32} | {:>32}",
+        "",
+        "client",
+        format!("server (SLO {})", slo_text(&meter.slo()))
+    );
     let _ = writeln!(
         out,
         "{:<22} {:>32} | {:>32}",
@@ -110,7 +116,7 @@ pub fn table(r: &LoadResult, view: &ServerView, meter: &Meter) -> String {
     let _ = writeln!(
         out,
         "{:<22} {:>32} | {:>32}",
-        format!("goodput (SLO {})", slo_text(&slo)),
+        "goodput (met SLO)",
         format!("{good}/{}", ok.len()),
         format!("{}/{}", s.goodput_requests, s.requests_succeeded)
     );

@@ -142,7 +142,7 @@ impl Tokenizer {
                 by_text.entry(tok.as_str()).or_insert(id as u32);
             }
         }
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         let mut byte_ids = [None; 256];
         for (b, c) in b2u.iter().enumerate() {
             let mut buf = [0u8; 4];
