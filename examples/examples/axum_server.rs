@@ -115,10 +115,13 @@ async fn once(addr: SocketAddr) -> std::io::Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Prometheus without its own listener: /metrics is served by this router.
+    let meter = Meter::builder().model("stand-in-8tok").build();
+    // Prometheus without its own listener: /metrics is served by this router. `.meter()`
+    // tells the exporters the meter's prefix and bucket overrides (needed when it has any).
     let mut exporters = Exporters::new()
         .prometheus(Prometheus::new().without_listener())
-        .request_log(RequestLog::new());
+        .request_log(RequestLog::new())
+        .meter(&meter);
     if Otlp::endpoint_in_env() {
         exporters = exporters.otlp(Otlp::new().service_name("axum-llm-server"));
     }
@@ -127,7 +130,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .prometheus()
         .map(|p| p.renderer())
         .ok_or("prometheus exporter missing")?;
-    let meter = Meter::builder().model("stand-in-8tok").build();
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/completions", post(completions))

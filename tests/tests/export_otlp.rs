@@ -526,3 +526,56 @@ fn vllm_preset_names_map_back_to_otel_names_with_the_presets_buckets() {
         "no vLLM-style names over OTLP"
     );
 }
+
+/// Two meters with the same labels (and the core resolving handles again) register the same
+/// gauge key twice: both registrations must move one series, not two that overwrite each other.
+#[test]
+fn gauges_registered_twice_share_one_value() {
+    let rx = OtlpReceiver::start(Transport::Http, "127.0.0.1:0".parse().expect("addr"));
+    let mut exporter = Otlp::new()
+        .endpoint(rx.endpoint())
+        .protocol(Protocol::HttpProtobuf)
+        .interval(Duration::from_secs(3600))
+        .traces(false)
+        .build()
+        .expect("build");
+    let recorder = exporter.take_recorder().expect("recorder");
+    let held = metrics::with_local_recorder(&recorder, || {
+        let a = Meter::builder().model("shared-gauge").build();
+        let b = Meter::builder().model("shared-gauge").build();
+        let mut held = Vec::new();
+        for meter in [&a, &a, &b] {
+            let mut req = meter.request().prompt_tokens(1).start();
+            req.scheduled();
+            held.push(req);
+        }
+        // One more waiting, on the second meter.
+        held.push(b.request().prompt_tokens(1).start());
+        held
+    });
+    exporter.flush().expect("flush");
+    let metrics = rx.metrics();
+    let gauge_value = |name: &str| {
+        let m = last_metric(&metrics, name);
+        let Some(Data::Gauge(g)) = m.data else {
+            panic!("{name} is not a gauge: {m:?}")
+        };
+        let points: Vec<_> = g
+            .data_points
+            .iter()
+            .filter(|p| {
+                str_attr(&p.attributes, "gen_ai.request.model").as_deref() == Some("shared-gauge")
+            })
+            .collect();
+        assert_eq!(points.len(), 1, "{name}: {points:?}");
+        match points[0].value {
+            Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(
+                v,
+            )) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(gauge_value("tokenmeter.requests.running"), 3.0);
+    assert_eq!(gauge_value("tokenmeter.requests.waiting"), 1.0);
+    drop(held);
+}

@@ -11,9 +11,15 @@
 //!   `tracing-opentelemetry` layer for the request spans, exported over gRPC or HTTP/protobuf,
 //!   off-thread and bounded: a dead or stalled collector never blocks the generation loop,
 //!   and what is dropped is counted.
-//! - [`RequestLog`]: one JSON line per finished request.
+//! - [`RequestLog`]: one JSON line per finished request, through a bounded non-blocking
+//!   writer (a stalled stdout drops and counts lines, never blocks `finish()`).
 //! - [`Exporters`] composes them (with any recorder of yours) through `metrics-util`'s fanout;
 //!   [`init`] is the one-call setup that reads the environment.
+//!
+//! **A meter with a custom prefix or bucket overrides must be passed in**: [`init`] knows only
+//! the default prefix and the catalog's buckets, so use [`init_for`]`(&meter)` or
+//! [`Exporters::meter`] for a meter built with `.prefix(..)` or `.buckets(..)`; otherwise its
+//! histograms get fallback bounds in Prometheus and its names are not mapped back over OTLP.
 //!
 //! ```no_run
 //! // Prometheus on 127.0.0.1:9464; OTLP too when OTEL_EXPORTER_OTLP_ENDPOINT is set.
@@ -47,7 +53,7 @@ pub mod prometheus;
 #[cfg(feature = "otlp")]
 pub mod trace_context;
 
-pub use log::{LogDestination, REQUEST_TARGET, RequestLog};
+pub use log::{DEFAULT_BUFFER_LINES, LogDestination, REQUEST_TARGET, RequestLog, RequestLogWriter};
 pub use names::DEFAULT_PREFIX;
 #[cfg(feature = "prometheus")]
 pub use prometheus::{Prometheus, PrometheusExporter, PrometheusRender};
@@ -95,4 +101,4 @@ pub enum Error {
 }
 
 mod setup;
-pub use setup::{ExportGuard, Exporters, init};
+pub use setup::{ExportGuard, Exporters, init, init_for};

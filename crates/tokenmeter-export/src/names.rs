@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use tokenmeter_core::Meter;
 use tokenmeter_core::catalog::{self, MetricDef};
 
-/// The default prefix of our own metrics (the core's default).
+/// The default prefix of our own metrics: the core's default (`MeterBuilder::prefix`), which
+/// the core exposes only through a built meter; a test pins the two together.
 pub const DEFAULT_PREFIX: &str = "tokenmeter";
 
 /// What an exporter knows about one emitted name.
@@ -55,7 +56,7 @@ impl NameMap {
         all_prefixes.extend(prefixes.iter().cloned());
         for prefix in &all_prefixes {
             for def in catalog::all() {
-                let otel = full_otel_name(def, prefix);
+                let otel = def.full_otel_name(prefix);
                 let prom = catalog::prometheus_name(&otel, def.kind, def.unit);
                 map.insert(prom, otel.clone(), def, def.buckets.map(<[f64]>::to_vec));
                 if let Some(v) = def.vllm_name {
@@ -125,15 +126,6 @@ impl NameMap {
     }
 }
 
-/// The full OTel name of a catalog metric under `prefix`.
-pub(crate) fn full_otel_name(def: &MetricDef, prefix: &str) -> String {
-    if def.own {
-        format!("{prefix}.{}", def.otel_name)
-    } else {
-        def.otel_name.to_owned()
-    }
-}
-
 /// The OTel name for an emitted name that is not in the catalog: OTel names allow
 /// `[A-Za-z][A-Za-z0-9_./-]*`, so other characters (`:` in vLLM-style names) become `_`.
 pub(crate) fn sanitize_otel_name(name: &str) -> String {
@@ -187,6 +179,15 @@ mod tests {
             "gen_ai.request.model"
         );
         assert_eq!(map.otel_label("custom"), "custom");
+    }
+
+    #[test]
+    fn default_prefix_is_the_cores() {
+        let meter = Meter::builder().build();
+        for r in meter.metrics().iter().filter(|r| r.def.own) {
+            assert_eq!(r.otel_name, r.def.full_otel_name(DEFAULT_PREFIX));
+        }
+        assert!(meter.metrics().iter().any(|r| r.def.own));
     }
 
     #[test]

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use metrics::{Recorder, SharedString, Unit};
+use metrics::{Recorder, SharedString};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use metrics_util::MetricKindMask;
 use tokenmeter_core::Meter;
-use tokenmeter_core::catalog::MetricKind;
+use tokenmeter_core::catalog::{self, MetricKind};
 
 use crate::Error;
 use crate::names::NameMap;
@@ -145,7 +145,7 @@ impl Prometheus {
     /// be spawned.
     pub fn build(self) -> Result<PrometheusExporter, Error> {
         let names = NameMap::new(&self.prefixes, &self.meters);
-        let fallback: &[f64] = tokenmeter_core::catalog::core::GENAI_DURATION_BUCKETS;
+        let fallback: &[f64] = catalog::core::GENAI_DURATION_BUCKETS;
         let mut builder = PrometheusBuilder::new()
             .upkeep_timeout(self.upkeep)
             .set_buckets(fallback)
@@ -171,7 +171,7 @@ impl Prometheus {
         let recorder = builder.build_recorder();
         for (name, info) in names.iter() {
             let key = metrics::KeyName::from(name.clone());
-            let unit = unit_of(info.def.unit);
+            let unit = catalog::metrics_unit(info.def.unit);
             let desc = SharedString::const_str(info.def.description);
             match info.def.kind {
                 MetricKind::Counter => recorder.describe_counter(key, unit, desc),
@@ -225,16 +225,6 @@ impl Prometheus {
             metrics::set_global_recorder(recorder).map_err(|_| Error::RecorderAlreadySet)?;
         }
         Ok(exporter)
-    }
-}
-
-pub(crate) fn unit_of(ucum: &str) -> Option<Unit> {
-    match ucum {
-        "s" => Some(Unit::Seconds),
-        "ms" => Some(Unit::Milliseconds),
-        "By" => Some(Unit::Bytes),
-        "1" => Some(Unit::Count),
-        _ => None,
     }
 }
 

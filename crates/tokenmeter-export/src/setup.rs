@@ -6,6 +6,9 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::Registry;
 use tracing_subscriber::layer::SubscriberExt;
 
+use tokenmeter_core::Meter;
+
+use crate::log::RequestLogWriter;
 use crate::{Error, LogDestination, RequestLog};
 
 #[cfg(feature = "otlp")]
@@ -19,9 +22,15 @@ type BoxedRecorder = Box<dyn Recorder + Send + Sync + 'static>;
 /// plus any recorders of yours, installed as the global `metrics` recorder; the OTLP trace
 /// layer and the JSON request log installed as the global `tracing` subscriber.
 ///
+/// Pass every [`Meter`] built with a custom `.prefix(..)` or `.buckets(..)` override to
+/// [`meter`](Self::meter): the exporters learn names and bucket bounds from it (without it, a
+/// custom prefix's histograms get fallback buckets in Prometheus and generic names over OTLP).
+///
 /// ```no_run
 /// use tokenmeter_export::{Exporters, Prometheus, RequestLog};
+/// let meter = tokenmeter_core::Meter::builder().model("m").prefix("acme").build();
 /// let exporters = Exporters::new()
+///     .meter(&meter)
 ///     .prometheus(Prometheus::new().listen("127.0.0.1:9464".parse().unwrap()))
 ///     .request_log(RequestLog::new());
 /// // With the `otlp` feature:
@@ -39,6 +48,7 @@ pub struct Exporters {
     otlp: Option<Otlp>,
     request_log: Option<RequestLog>,
     recorders: Vec<BoxedRecorder>,
+    meters: Vec<Meter>,
     tracing: bool,
 }
 
@@ -46,6 +56,7 @@ impl std::fmt::Debug for Exporters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exporters")
             .field("recorders", &self.recorders.len())
+            .field("meters", &self.meters.len())
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +130,16 @@ impl Exporters {
         self
     }
 
+    /// Tells every exporter (added before or after this call) about a meter: its prefix and
+    /// naming preset (so its names map back to the catalog), its bucket overrides (so
+    /// Prometheus and OTLP use the meter's bounds), and its drop self-metric name. Needed for
+    /// meters built with `.prefix(..)` or `.buckets(..)`; harmless for the others. Call once
+    /// per meter.
+    pub fn meter(mut self, meter: &Meter) -> Self {
+        self.meters.push(meter.clone());
+        self
+    }
+
     /// Adds a recorder of yours to the fanout (it sees every metric the others see).
     pub fn recorder<R: Recorder + Send + Sync + 'static>(mut self, recorder: R) -> Self {
         self.recorders.push(Box::new(recorder));
@@ -140,9 +161,11 @@ impl Exporters {
     pub fn build(self) -> Result<(ExportGuard, Option<metrics_util::layers::Fanout>), Error> {
         let mut fanout = FanoutBuilder::default();
         let mut any = false;
+        let meters = self.meters;
         #[cfg(feature = "prometheus")]
         let prometheus = match self.prometheus {
             Some(p) => {
+                let p = meters.iter().fold(p, Prometheus::meter);
                 let mut built = p.build()?;
                 if let Some(r) = built.take_recorder() {
                     fanout = fanout.add_recorder(r);
@@ -155,6 +178,7 @@ impl Exporters {
         #[cfg(feature = "otlp")]
         let otlp = match self.otlp {
             Some(o) => {
+                let o = meters.iter().fold(o, Otlp::meter);
                 let mut built = o.build()?;
                 if let Some(r) = built.take_recorder() {
                     fanout = fanout.add_recorder(r);
@@ -168,12 +192,22 @@ impl Exporters {
             fanout = fanout.add_recorder(r);
             any = true;
         }
+        let request_log = match self.request_log {
+            Some(log) => {
+                let log = match meters.first() {
+                    Some(m) => log.meter(m),
+                    None => log,
+                };
+                Some(log.build()?)
+            }
+            None => None,
+        };
         let guard = ExportGuard {
             #[cfg(feature = "prometheus")]
             prometheus,
             #[cfg(feature = "otlp")]
             otlp,
-            request_log: self.request_log,
+            request_log,
             tracing_installed: false,
         };
         Ok((guard, any.then(|| fanout.build())))
@@ -207,15 +241,16 @@ impl Exporters {
     }
 }
 
-/// Keeps the exporters running; dropping it flushes OTLP (bounded by the export timeout) and
-/// stops the Prometheus listener.
+/// Keeps the exporters running; dropping it flushes OTLP (bounded by the export timeout),
+/// writes out the queued request-log lines (bounded, about a second) and stops the
+/// Prometheus listener.
 #[must_use = "dropping the guard stops the exporters"]
 pub struct ExportGuard {
     #[cfg(feature = "prometheus")]
     prometheus: Option<PrometheusExporter>,
     #[cfg(feature = "otlp")]
     otlp: Option<OtlpExporter>,
-    request_log: Option<RequestLog>,
+    request_log: Option<RequestLogWriter>,
     tracing_installed: bool,
 }
 
@@ -240,6 +275,11 @@ impl ExportGuard {
         self.otlp.as_ref()
     }
 
+    /// The request log, if enabled (e.g. for [`RequestLogWriter::dropped_lines`]).
+    pub fn request_log(&self) -> Option<&RequestLogWriter> {
+        self.request_log.as_ref()
+    }
+
     /// Whether [`Exporters::install`] set the global tracing subscriber.
     pub fn tracing_installed(&self) -> bool {
         self.tracing_installed
@@ -257,7 +297,7 @@ impl ExportGuard {
         {
             layers.push(Box::new(l));
         }
-        if let Some(log) = self.request_log {
+        if let Some(log) = &self.request_log {
             layers.push(log.layer());
         }
         layers
@@ -281,9 +321,95 @@ impl ExportGuard {
 /// when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, the JSON request log on stdout. See
 /// [`Exporters::from_env`] for the variables. Keep the guard alive for the process's life.
 ///
+/// `init()` knows only the default prefix and the catalog's buckets. For a meter built with
+/// `.prefix(..)` or `.buckets(..)`, use [`init_for`] (or [`Exporters::meter`]): otherwise its
+/// histograms get fallback buckets in Prometheus and its names are not mapped back to OTel
+/// names over OTLP.
+///
 /// # Errors
 ///
 /// As [`Exporters::install`], plus [`Error::Config`] for bad `TOKENMETER_*` values.
 pub fn init() -> Result<ExportGuard, Error> {
     Exporters::from_env()?.install()
+}
+
+/// [`init`] for a meter with a custom prefix or bucket overrides: the same environment, with
+/// the meter's names, bucket bounds and drop self-metric name.
+///
+/// ```no_run
+/// let meter = tokenmeter_core::Meter::builder()
+///     .model("m")
+///     .prefix("acme")
+///     .buckets("itl", &[0.001, 0.01, 0.1])
+///     .build();
+/// let _exporters = tokenmeter_export::init_for(&meter)?;
+/// # Ok::<(), tokenmeter_export::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`init`].
+pub fn init_for(meter: &Meter) -> Result<ExportGuard, Error> {
+    Exporters::from_env()?.meter(meter).install()
+}
+
+#[cfg(all(test, feature = "prometheus"))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokenmeter_core::{Clock, Finish};
+
+    /// One request: TTFT 30 ms, then three more tokens 10 ms apart.
+    fn run(ex: Exporters, meter: &Meter, mock: &tokenmeter_core::Mock) -> String {
+        let (guard, fanout) = ex.install_tracing(false).build().expect("build");
+        let fanout = fanout.expect("fanout");
+        metrics::with_local_recorder(&fanout, || {
+            let mut req = meter.request().prompt_tokens(4).start();
+            mock.increment(Duration::from_millis(30));
+            req.token();
+            for _ in 0..3 {
+                mock.increment(Duration::from_millis(10));
+                req.token();
+            }
+            req.finish(Finish::Stop);
+        });
+        guard.prometheus().expect("prometheus").render()
+    }
+
+    fn sample(body: &str, name: &str, le: &str) -> Option<u64> {
+        let le = format!("le=\"{le}\"");
+        body.lines()
+            .find(|l| l.starts_with(&format!("{name}_bucket{{")) && l.contains(&le))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn exporters_meter_brings_the_meters_prefix_and_bucket_overrides() {
+        let (clock, mock) = Clock::mock();
+        let meter = Meter::builder()
+            .model("m")
+            .prefix("acme")
+            .buckets("itl", &[0.004, 0.04])
+            .buckets("ttft", &[0.123])
+            .clock(clock)
+            .build();
+        let itl = meter.metric_name(tokenmeter_core::catalog::by_id("itl").expect("itl"));
+        assert_eq!(itl, "acme_inter_token_latency_seconds");
+        let ttft = meter.metric_name(tokenmeter_core::catalog::by_id("ttft").expect("ttft"));
+        let prom = || Prometheus::new().without_listener();
+
+        let body = run(
+            Exporters::new().prometheus(prom()).meter(&meter),
+            &meter,
+            &mock,
+        );
+        assert_eq!(sample(&body, itl, "0.004"), Some(0), "{body}");
+        assert_eq!(sample(&body, itl, "0.04"), Some(3), "{body}");
+        assert_eq!(sample(&body, ttft, "0.123"), Some(1), "{body}");
+
+        // Without the meter, the custom prefix's histogram falls back to other bounds.
+        let body = run(Exporters::new().prometheus(prom()), &meter, &mock);
+        assert_eq!(sample(&body, itl, "0.004"), None, "{body}");
+        assert_eq!(sample(&body, ttft, "0.123"), None, "{body}");
+    }
 }

@@ -7,10 +7,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use tokenmeter_core::catalog;
+use tokenmeter_core::Meter;
+use tokenmeter_core::catalog::{self, MetricDef};
 
-/// The OTel name (relative to the prefix) of the drop self-metric.
-pub const DROPPED_OTEL_NAME: &str = "export.dropped";
+/// The catalog id of the drop self-metric.
+const DROPPED_ID: &str = "export_dropped";
 
 /// Counters of what the OTLP exporters sent and dropped, shared with the export threads.
 ///
@@ -101,20 +102,30 @@ impl ExportStats {
 
 /// Publishes the drop self-metric through the `metrics` facade. Called from export threads.
 pub(crate) fn publish(metric_name: &str, signal: &'static str, reason: &'static str, n: u64) {
-    if n > 0 {
+    if n > 0 && !metric_name.is_empty() {
         metrics::counter!(metric_name.to_owned(), "signal" => signal, "reason" => reason)
             .increment(n);
     }
 }
 
+/// The catalog entry of the drop self-metric.
+pub(crate) fn dropped_def() -> Option<&'static MetricDef> {
+    catalog::by_id(DROPPED_ID)
+}
+
 /// The exposition name of the drop self-metric under `prefix`
-/// (`tokenmeter_export_dropped_total` by default).
+/// (`tokenmeter_export_dropped_total` under [`DEFAULT_PREFIX`](crate::DEFAULT_PREFIX)),
+/// derived from its catalog entry (`export_dropped`). Empty only if the catalog lacked that
+/// entry (the catalog's tests rule it out); nothing is published under an empty name.
 pub fn dropped_metric_name(prefix: &str) -> String {
-    let (kind, unit) = catalog::by_id("export_dropped")
-        .map_or((catalog::MetricKind::Counter, "{item}"), |d| {
-            (d.kind, d.unit)
-        });
-    catalog::prometheus_name(&format!("{prefix}.{DROPPED_OTEL_NAME}"), kind, unit)
+    dropped_def().map_or_else(String::new, |d| {
+        catalog::prometheus_name(&d.full_otel_name(prefix), d.kind, d.unit)
+    })
+}
+
+/// The exposition name of the drop self-metric as `meter` emits it (its prefix).
+pub(crate) fn dropped_metric_name_for(meter: &Meter) -> String {
+    dropped_def().map_or_else(String::new, |d| meter.metric_name(d).to_owned())
 }
 
 #[cfg(test)]
@@ -128,6 +139,17 @@ mod tests {
             "tokenmeter_export_dropped_total"
         );
         assert_eq!(dropped_metric_name("acme"), "acme_export_dropped_total");
+    }
+
+    #[test]
+    fn drop_metric_name_follows_the_meter() {
+        let meter = Meter::builder().prefix("acme").build();
+        assert_eq!(dropped_metric_name_for(&meter), "acme_export_dropped_total");
+        let default = Meter::builder().build();
+        assert_eq!(
+            dropped_metric_name_for(&default),
+            dropped_metric_name(crate::DEFAULT_PREFIX)
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{
     Aggregation, Instrument, InstrumentKind, PeriodicReader, SdkMeterProvider, Stream,
@@ -22,7 +22,9 @@ pub use recorder::OtlpRecorder;
 
 use crate::Error;
 use crate::names::NameMap;
-use crate::stats::{ExportStats, ExportStatsSnapshot, dropped_metric_name};
+use crate::stats::{
+    ExportStats, ExportStatsSnapshot, dropped_metric_name, dropped_metric_name_for,
+};
 use pipeline::{BoundedSpanProcessor, GuardedMetricExporter, SpanQueue};
 
 /// The OTLP transport.
@@ -81,7 +83,7 @@ pub enum HistogramAggregation {
 /// |---|---|---|
 /// | [`endpoint`](Self::endpoint) | `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_{METRICS,TRACES}_ENDPOINT` | `http://localhost:4318` (HTTP), `http://localhost:4317` (gRPC) |
 /// | [`protocol`](Self::protocol) | `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_{METRICS,TRACES}_PROTOCOL` | `http/protobuf` |
-/// | [`timeout`](Self::timeout) | `OTEL_EXPORTER_OTLP_TIMEOUT` (ms) | 10 s |
+/// | [`timeout`](Self::timeout) | `OTEL_EXPORTER_OTLP_{METRICS,TRACES}_TIMEOUT`, then `OTEL_EXPORTER_OTLP_TIMEOUT` (ms) | 10 s |
 /// | [`header`](Self::header) | `OTEL_EXPORTER_OTLP_HEADERS` | none |
 /// | [`temporality`](Self::temporality) | `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` | cumulative |
 /// | [`interval`](Self::interval) | `OTEL_METRIC_EXPORT_INTERVAL` (ms) | 60 s |
@@ -145,13 +147,72 @@ impl Default for Otlp {
     }
 }
 
-fn env_timeout() -> Option<Duration> {
-    std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .map(Duration::from_millis)
+/// The export timeout in effect for one signal, resolved as `opentelemetry-otlp` resolves it:
+/// the explicit [`Otlp::timeout`], else the per-signal variable (`signal_var`), else
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else 10 s. Used to bound our own waits; the
+/// exporter itself is only given a timeout when one was set explicitly, so that the per-signal
+/// variables keep working.
+fn effective_timeout(
+    explicit: Option<Duration>,
+    signal_var: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Duration {
+    let ms = |var: &str| {
+        env(var)
+            .and_then(|v| v.trim().parse().ok())
+            .map(Duration::from_millis)
+    };
+    explicit
+        .or_else(|| ms(signal_var))
+        .or_else(|| ms("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        .unwrap_or(DEFAULT_TIMEOUT)
+}
+
+/// The specification's default export timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one signal's exporter is built with (the transport options shared by both signals).
+struct ExporterConfig<'a> {
+    protocol: Protocol,
+    endpoint: Option<String>,
+    /// Only an explicit [`Otlp::timeout`]; `None` leaves the exporter to the environment.
+    timeout: Option<Duration>,
+    headers: &'a [(String, String)],
+}
+
+impl ExporterConfig<'_> {
+    fn common<B: WithExportConfig>(&self, mut b: B) -> B {
+        b = b.with_protocol(self.protocol.otlp());
+        if let Some(t) = self.timeout {
+            b = b.with_timeout(t);
+        }
+        if let Some(e) = &self.endpoint {
+            b = b.with_endpoint(e.clone());
+        }
+        b
+    }
+
+    fn http<B: WithExportConfig + WithHttpConfig>(&self, b: B) -> B {
+        let b = self.common(b);
+        if self.headers.is_empty() {
+            b
+        } else {
+            b.with_headers(self.headers.iter().cloned().collect())
+        }
+    }
+}
+
+/// Builds a metric or span exporter (`$builder` is `MetricExporter::builder()` or
+/// `SpanExporter::builder()`) over the configured transport: one place for both signals; a
+/// macro because the two builders share no trait that `build()` belongs to.
+macro_rules! build_exporter {
+    ($builder:expr, $config:expr) => {{
+        let config: &ExporterConfig<'_> = $config;
+        match config.protocol {
+            Protocol::Grpc => config.common($builder.with_tonic()).build(),
+            Protocol::HttpProtobuf => config.http($builder.with_http()).build(),
+        }
+    }};
 }
 
 impl Otlp {
@@ -187,8 +248,10 @@ impl Otlp {
         self
     }
 
-    /// Hard limit on one export (connect + send + response). A collector that accepts and never
-    /// reads costs at most this much of the export thread's time per batch, never the caller's.
+    /// Hard limit on one export (connect + send + response), for both signals. A collector that
+    /// accepts and never reads costs at most this much of the export thread's time per batch,
+    /// never the caller's. Unset, each signal takes `OTEL_EXPORTER_OTLP_{METRICS,TRACES}_TIMEOUT`,
+    /// then `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), then 10 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -264,7 +327,8 @@ impl Otlp {
         self
     }
 
-    /// Uses this meter's names and bucket overrides.
+    /// Uses this meter's names and bucket overrides, and counts drops under its prefix (the
+    /// first meter's, when several are given).
     pub fn meter(mut self, meter: &Meter) -> Self {
         self.meters.push(meter.clone());
         self
@@ -281,6 +345,25 @@ impl Otlp {
                 .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
         )
         .build()
+    }
+
+    fn exporter_config(&self, path: &str, protocol: Protocol) -> ExporterConfig<'_> {
+        ExporterConfig {
+            protocol,
+            endpoint: self.signal_endpoint(path, protocol),
+            timeout: self.timeout,
+            headers: &self.headers,
+        }
+    }
+
+    /// The drop self-metric's name: the first meter's, else under the first prefix, else under
+    /// the default prefix.
+    fn drop_metric(&self) -> String {
+        match (self.meters.first(), self.prefixes.first()) {
+            (Some(m), _) => dropped_metric_name_for(m),
+            (None, Some(p)) => dropped_metric_name(p),
+            (None, None) => dropped_metric_name(crate::DEFAULT_PREFIX),
+        }
     }
 
     fn signal_endpoint(&self, path: &str, protocol: Protocol) -> Option<String> {
@@ -313,11 +396,12 @@ impl Otlp {
             .map_err(Error::Io)?;
         let _enter = rt.enter();
         let stats = Arc::new(ExportStats::default());
-        let drop_metric = dropped_metric_name(crate::names::DEFAULT_PREFIX);
-        let timeout = self
-            .timeout
-            .or_else(env_timeout)
-            .unwrap_or(Duration::from_secs(10));
+        let drop_metric = self.drop_metric();
+        let env = |var: &str| std::env::var(var).ok();
+        let metrics_timeout =
+            effective_timeout(self.timeout, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", env);
+        let traces_timeout =
+            effective_timeout(self.timeout, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", env);
         let resource = self.resource();
 
         let mut meter_provider = None;
@@ -328,36 +412,12 @@ impl Otlp {
             if let Some(t) = self.temporality {
                 b = b.with_temporality(t);
             }
-            let exporter = match protocol {
-                Protocol::Grpc => {
-                    let mut b = b
-                        .with_tonic()
-                        .with_protocol(protocol.otlp())
-                        .with_timeout(timeout);
-                    if let Some(e) = self.signal_endpoint("/v1/metrics", protocol) {
-                        b = b.with_endpoint(e);
-                    }
-                    b.build()
-                }
-                Protocol::HttpProtobuf => {
-                    let mut b = b
-                        .with_http()
-                        .with_protocol(protocol.otlp())
-                        .with_timeout(timeout);
-                    if let Some(e) = self.signal_endpoint("/v1/metrics", protocol) {
-                        b = b.with_endpoint(e);
-                    }
-                    if !self.headers.is_empty() {
-                        b = b.with_headers(self.headers.iter().cloned().collect());
-                    }
-                    b.build()
-                }
-            }
-            .map_err(|e| Error::Otlp(format!("metric exporter: {e}")))?;
+            let exporter = build_exporter!(b, &self.exporter_config("/v1/metrics", protocol))
+                .map_err(|e| Error::Otlp(format!("metric exporter: {e}")))?;
             let guarded = GuardedMetricExporter {
                 inner: exporter,
                 rt: rt.handle().clone(),
-                timeout: timeout + Duration::from_millis(100),
+                timeout: metrics_timeout + Duration::from_millis(100),
                 stats: stats.clone(),
                 drop_metric: drop_metric.clone(),
             };
@@ -401,32 +461,8 @@ impl Otlp {
         if self.traces {
             let protocol = Protocol::resolve(self.protocol, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL");
             let b = opentelemetry_otlp::SpanExporter::builder();
-            let mut exporter = match protocol {
-                Protocol::Grpc => {
-                    let mut b = b
-                        .with_tonic()
-                        .with_protocol(protocol.otlp())
-                        .with_timeout(timeout);
-                    if let Some(e) = self.signal_endpoint("/v1/traces", protocol) {
-                        b = b.with_endpoint(e);
-                    }
-                    b.build()
-                }
-                Protocol::HttpProtobuf => {
-                    let mut b = b
-                        .with_http()
-                        .with_protocol(protocol.otlp())
-                        .with_timeout(timeout);
-                    if let Some(e) = self.signal_endpoint("/v1/traces", protocol) {
-                        b = b.with_endpoint(e);
-                    }
-                    if !self.headers.is_empty() {
-                        b = b.with_headers(self.headers.iter().cloned().collect());
-                    }
-                    b.build()
-                }
-            }
-            .map_err(|e| Error::Otlp(format!("span exporter: {e}")))?;
+            let mut exporter = build_exporter!(b, &self.exporter_config("/v1/traces", protocol))
+                .map_err(|e| Error::Otlp(format!("span exporter: {e}")))?;
             exporter.set_resource(&resource);
             let processor = BoundedSpanProcessor::new(
                 exporter,
@@ -435,7 +471,7 @@ impl Otlp {
                     capacity: self.span_queue,
                     max_batch: self.span_batch,
                     interval: self.span_interval,
-                    timeout: timeout + Duration::from_millis(100),
+                    timeout: traces_timeout + Duration::from_millis(100),
                 },
                 stats.clone(),
                 drop_metric,
@@ -454,7 +490,7 @@ impl Otlp {
             meter_provider,
             tracer_provider,
             stats,
-            timeout,
+            timeout: metrics_timeout.max(traces_timeout),
             rt: Some(rt),
         })
     }
@@ -567,5 +603,70 @@ impl Drop for OtlpExporter {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn timeout_resolves_explicit_then_signal_then_general_then_default() {
+        const M: &str = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT";
+        let both = [(M, "3000"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")];
+        assert_eq!(
+            effective_timeout(Some(Duration::from_millis(700)), M, env(&both)),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            effective_timeout(None, M, env(&both)),
+            Duration::from_millis(3000)
+        );
+        let general = [("OTEL_EXPORTER_OTLP_TIMEOUT", " 2000 ")];
+        assert_eq!(
+            effective_timeout(None, M, env(&general)),
+            Duration::from_millis(2000)
+        );
+        let bad = [(M, "soon")];
+        assert_eq!(effective_timeout(None, M, env(&bad)), DEFAULT_TIMEOUT);
+        assert_eq!(effective_timeout(None, M, env(&[])), DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn exporter_gets_a_timeout_only_when_set_explicitly() {
+        let unset = Otlp::new();
+        assert_eq!(
+            unset
+                .exporter_config("/v1/metrics", Protocol::HttpProtobuf)
+                .timeout,
+            None
+        );
+        let set = Otlp::new().timeout(Duration::from_secs(2));
+        assert_eq!(
+            set.exporter_config("/v1/traces", Protocol::Grpc).timeout,
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn drop_metric_follows_meter_then_prefix() {
+        assert_eq!(Otlp::new().drop_metric(), "tokenmeter_export_dropped_total");
+        assert_eq!(
+            Otlp::new().prefix("acme").drop_metric(),
+            "acme_export_dropped_total"
+        );
+        let meter = tokenmeter_core::Meter::builder().prefix("zeta").build();
+        assert_eq!(
+            Otlp::new().prefix("acme").meter(&meter).drop_metric(),
+            "zeta_export_dropped_total"
+        );
     }
 }

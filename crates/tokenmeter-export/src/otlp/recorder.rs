@@ -22,6 +22,11 @@ use crate::names::{NameMap, sanitize_otel_name};
 /// keys (`model_name` and `gen_ai_request_model` → `gen_ai.request.model`). Other names are
 /// exported as they are, with `:` replaced. Each handle is bound to its attribute set once,
 /// at registration, so recording does no attribute lookup.
+///
+/// Counters and gauges keep state per series (a gauge's current value for
+/// `increment`/`decrement`, a counter's last `absolute` value), so registering the same key
+/// again (the core resolving handles past its cache, two meters with the same labels) hands
+/// back the same series object rather than a fresh one starting at 0.
 #[derive(Clone)]
 pub struct OtlpRecorder {
     shared: Arc<Shared>,
@@ -38,6 +43,13 @@ struct Shared {
     names: NameMap,
     instruments: Mutex<HashMap<(MetricKind, String), Instrument>>,
     descriptions: Mutex<HashMap<String, (Option<Unit>, SharedString)>>,
+    /// One series object per key, shared by every registration of that key.
+    counters: Mutex<HashMap<Key, Arc<OtlpCounter>>>,
+    gauges: Mutex<HashMap<Key, Arc<OtlpGauge>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Clone)]
@@ -55,25 +67,19 @@ impl OtlpRecorder {
                 names,
                 instruments: Mutex::new(HashMap::new()),
                 descriptions: Mutex::new(HashMap::new()),
+                counters: Mutex::new(HashMap::new()),
+                gauges: Mutex::new(HashMap::new()),
             }),
         }
     }
 
     fn instrument(&self, kind: MetricKind, name: &str) -> Instrument {
         let s = &self.shared;
-        let mut map = s
-            .instruments
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = lock(&s.instruments);
         if let Some(i) = map.get(&(kind, name.to_owned())) {
             return i.clone();
         }
-        let described = s
-            .descriptions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .cloned();
+        let described = lock(&s.descriptions).get(name).cloned();
         let (otel_name, unit, description, buckets) = match s.names.get(name) {
             Some(info) => (
                 info.otel_name.clone(),
@@ -134,11 +140,7 @@ impl OtlpRecorder {
     }
 
     fn describe(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.shared
-            .descriptions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key.as_str().to_owned(), (unit, description));
+        lock(&self.shared.descriptions).insert(key.as_str().to_owned(), (unit, description));
     }
 }
 
@@ -169,23 +171,35 @@ impl Recorder for OtlpRecorder {
     }
 
     fn register_counter(&self, key: &Key, _metadata: &Metadata<'_>) -> Counter {
+        let mut counters = lock(&self.shared.counters);
+        if let Some(c) = counters.get(key) {
+            return Counter::from_arc(Arc::clone(c));
+        }
         let Instrument::Counter(c) = self.instrument(MetricKind::Counter, key.name()) else {
             return Counter::noop();
         };
-        Counter::from_arc(Arc::new(OtlpCounter {
+        let series = Arc::new(OtlpCounter {
             bound: c.bind(&self.attributes(key)),
             last: AtomicU64::new(0),
-        }))
+        });
+        counters.insert(key.clone(), Arc::clone(&series));
+        Counter::from_arc(series)
     }
 
     fn register_gauge(&self, key: &Key, _metadata: &Metadata<'_>) -> Gauge {
+        let mut gauges = lock(&self.shared.gauges);
+        if let Some(g) = gauges.get(key) {
+            return Gauge::from_arc(Arc::clone(g));
+        }
         let Instrument::Gauge(g) = self.instrument(MetricKind::Gauge, key.name()) else {
             return Gauge::noop();
         };
-        Gauge::from_arc(Arc::new(OtlpGauge {
+        let series = Arc::new(OtlpGauge {
             bound: g.bind(&self.attributes(key)),
             value: AtomicU64::new(0),
-        }))
+        });
+        gauges.insert(key.clone(), Arc::clone(&series));
+        Gauge::from_arc(series)
     }
 
     fn register_histogram(&self, key: &Key, _metadata: &Metadata<'_>) -> Histogram {
@@ -270,5 +284,61 @@ impl HistogramFn for OtlpHistogram {
         for _ in 0..count {
             self.bound.record(value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::metrics::MeterProvider as _;
+
+    fn value(r: &OtlpRecorder, key: &Key) -> f64 {
+        let gauges = lock(&r.shared.gauges);
+        f64::from_bits(
+            gauges
+                .get(key)
+                .expect("gauge")
+                .value
+                .load(Ordering::Acquire),
+        )
+    }
+
+    #[test]
+    fn re_registering_a_key_shares_the_series() {
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+        let r = OtlpRecorder::new(provider.meter("t"), NameMap::new(&[], &[]));
+        let meta = Metadata::new("t", metrics::Level::INFO, None);
+        let key = Key::from_parts(
+            "tokenmeter_requests_running",
+            vec![metrics::Label::new("model", "a")],
+        );
+        let first = r.register_gauge(&key, &meta);
+        let second = r.register_gauge(&key, &meta);
+        first.increment(2.0);
+        second.increment(3.0);
+        first.decrement(1.0);
+        assert_eq!(value(&r, &key), 4.0);
+        // Another label set is another series.
+        let other = Key::from_parts(
+            "tokenmeter_requests_running",
+            vec![metrics::Label::new("model", "b")],
+        );
+        r.register_gauge(&other, &meta).increment(1.0);
+        assert_eq!(value(&r, &other), 1.0);
+        assert_eq!(value(&r, &key), 4.0);
+
+        let counter_key = Key::from_name("tokenmeter_output_tokens_total");
+        r.register_counter(&counter_key, &meta).absolute(5);
+        r.register_counter(&counter_key, &meta).absolute(7);
+        let counters = lock(&r.shared.counters);
+        assert_eq!(counters.len(), 1);
+        assert_eq!(
+            counters
+                .get(&counter_key)
+                .expect("counter")
+                .last
+                .load(Ordering::Acquire),
+            7
+        );
     }
 }
