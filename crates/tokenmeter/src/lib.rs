@@ -15,6 +15,10 @@ pub use tokenmeter_export as export;
 /// environment, the JSON request log. See [`export::init`](tokenmeter_export::init).
 #[cfg(any(feature = "prometheus", feature = "otlp"))]
 pub use tokenmeter_export::init;
+/// [`init`] for a meter with a custom prefix or bucket overrides, so the exporters use its
+/// names and bounds. See [`export::init_for`](tokenmeter_export::init_for).
+#[cfg(any(feature = "prometheus", feature = "otlp"))]
+pub use tokenmeter_export::init_for;
 
 /// GPU (NVML) and host sampler, energy and cost per token.
 #[cfg(feature = "gpu")]

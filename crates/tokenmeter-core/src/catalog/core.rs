@@ -169,6 +169,6 @@ pub static DEFS: &[MetricDef] = &[
         recorded: "When the misuse happens."),
     def!("export_dropped", "export.dropped", own: true, vllm: None,
         Counter, "{item}", labels: &["signal", "reason"], buckets: None, vllm_buckets: None,
-        "Telemetry the exporters dropped instead of blocking (signal = metrics, traces; reason = queue_full, export_failed).",
+        "Telemetry the exporters dropped instead of blocking (signal = metrics, traces, logs; reason = queue_full, export_failed).",
         recorded: "By the export threads, when a batch or span is dropped."),
 ];
