@@ -44,9 +44,11 @@ struct Args {
 fn parse_args() -> Args {
     let mut a = Args {
         server: ServerOptions {
-            model_path: Some(PathBuf::from(
-                ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            )),
+            model_path: Some(
+                demo::model::find_cached_model()
+                    .unwrap_or_else(|| PathBuf::from(demo::model::DEFAULT_MODEL_PATH)),
+            ),
+            gpu_sampler: true,
             ..ServerOptions::default()
         },
         serve_only: false,

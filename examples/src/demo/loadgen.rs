@@ -542,34 +542,57 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 }
 
 /// Result of the overhead measurement.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Overhead {
-    /// Tokens/s of each meter-on run.
+    /// Output tokens/s inside the window of each meter-on run.
     pub on: Vec<f64>,
-    /// Tokens/s of each meter-off run.
+    /// Output tokens/s inside the window of each meter-off run.
     pub off: Vec<f64>,
+    /// Process CPU seconds per output token of each meter-on run (None where /proc is missing).
+    pub on_cpu: Vec<Option<f64>>,
+    /// Process CPU seconds per output token of each meter-off run.
+    pub off_cpu: Vec<Option<f64>>,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 impl Overhead {
-    /// mean(on) / mean(off).
+    /// mean(on tokens/s) / mean(off tokens/s).
     pub fn ratio(&self) -> f64 {
-        let m = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        m(&self.on) / m(&self.off)
+        mean(&self.on) / mean(&self.off)
+    }
+
+    /// mean(on CPU per token) / mean(off CPU per token), when measured.
+    pub fn cpu_ratio(&self) -> Option<f64> {
+        let on: Option<Vec<f64>> = self.on_cpu.iter().copied().collect();
+        let off: Option<Vec<f64>> = self.off_cpu.iter().copied().collect();
+        Some(mean(&on?) / mean(&off?))
     }
 }
 
 impl std::fmt::Display for Overhead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "overhead: meter on vs no meter, interleaved runs")?;
         writeln!(
             f,
-            "overhead: meter on vs no meter, interleaved runs (tokens/s)"
+            "  (tokens/s: output tokens inside each run's window; CPU: process CPU ms per output token)"
         )?;
-        for (i, (a, b)) in self.on.iter().zip(&self.off).enumerate() {
+        let ms = |v: Option<f64>| {
+            v.map(|x| format!("{:.3}", x * 1e3))
+                .unwrap_or_else(|| "-".into())
+        };
+        for i in 0..self.on.len().min(self.off.len()) {
             writeln!(
                 f,
-                "  round {}: on {a:.2}  off {b:.2}  ratio {:.4}",
+                "  round {}: tokens/s on {:.2} off {:.2} ratio {:.4} | CPU ms/token on {} off {}",
                 i + 1,
-                a / b
+                self.on[i],
+                self.off[i],
+                self.on[i] / self.off[i],
+                ms(self.on_cpu.get(i).copied().flatten()),
+                ms(self.off_cpu.get(i).copied().flatten()),
             )?;
         }
         write!(
@@ -577,8 +600,28 @@ impl std::fmt::Display for Overhead {
             "  throughput ratio on/off = {:.4} ({:+.2}%)",
             self.ratio(),
             (self.ratio() - 1.0) * 100.0
-        )
+        )?;
+        if let Some(c) = self.cpu_ratio() {
+            write!(
+                f,
+                "\n  CPU per token ratio on/off = {c:.4} ({:+.2}%)",
+                (c - 1.0) * 100.0
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// This process's user + system CPU time, seconds (Linux `/proc/self/stat`, clock ticks of
+/// 10 ms); None elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// Runs the same load `rounds` times against a metered server and a server with no guard,
@@ -605,10 +648,7 @@ pub async fn overhead(
     let mut load = load.clone();
     load.live = false;
     load.temperature = 0.0;
-    let mut res = Overhead {
-        on: Vec::new(),
-        off: Vec::new(),
-    };
+    let mut res = Overhead::default();
     for r in 0..rounds {
         let order: [bool; 2] = if r % 2 == 0 {
             [true, false]
@@ -617,7 +657,13 @@ pub async fn overhead(
         };
         for meter_on in order {
             let s = if meter_on { &on } else { &off };
+            let cpu0 = process_cpu_seconds();
             let out = run(&s.base_url(), &s.model_id, &load).await?;
+            let tokens: u64 = out.records.iter().map(|r| r.tokens).sum();
+            let cpu = match (cpu0, process_cpu_seconds()) {
+                (Some(a), Some(b)) if tokens > 0 => Some((b - a) / tokens as f64),
+                _ => None,
+            };
             let tps = out.tokens_per_second_in_window();
             eprintln!(
                 "demo: overhead round {} meter {}: {tps:.2} tokens/s",
@@ -625,9 +671,11 @@ pub async fn overhead(
                 if meter_on { "on" } else { "off" }
             );
             if meter_on {
-                res.on.push(tps)
+                res.on.push(tps);
+                res.on_cpu.push(cpu);
             } else {
-                res.off.push(tps)
+                res.off.push(tps);
+                res.off_cpu.push(cpu);
             }
         }
     }
