@@ -91,11 +91,17 @@ pub struct GenRequest {
 pub struct EngineConfig {
     /// Most sequences decoded together.
     pub max_batch: usize,
+    /// Most new sequences prefilled per step while others are decoding (prefill stalls every
+    /// running sequence's next token; admitting a few at a time keeps their TPOT even).
+    pub prefill_per_step: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_batch: 8 }
+        Self {
+            max_batch: 8,
+            prefill_per_step: 1,
+        }
     }
 }
 
@@ -203,7 +209,11 @@ fn run(
         // Admission: one clock read for every request admitted in this step.
         if active.len() < cfg.max_batch && !waiting.is_empty() {
             let now = meter.now();
-            while active.len() < cfg.max_batch {
+            let mut admitted = 0;
+            let decoding = !active.is_empty();
+            while active.len() < cfg.max_batch
+                && !(decoding && admitted >= cfg.prefill_per_step.max(1))
+            {
                 let Some(mut req) = waiting.pop_front() else {
                     break;
                 };
@@ -219,6 +229,7 @@ fn run(
                     g.scheduled_at_instant(now);
                 }
                 let seed = req.sampling.seed;
+                admitted += 1;
                 active.push(Active {
                     cache: model.llama.cache(),
                     rng: StdRng::seed_from_u64(seed),

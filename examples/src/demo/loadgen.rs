@@ -2,6 +2,8 @@
 //! measure TTFT, TPOT and E2E on their side, and compare with what the server reports.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,6 +95,9 @@ fn prompt(mix: PromptMix, i: usize) -> String {
         SHORT[(i / 2) % SHORT.len()].to_string()
     }
 }
+
+/// Token chunks received by every client in this process (the live view's rate).
+static TOKEN_CHUNKS: AtomicU64 = AtomicU64::new(0);
 
 /// One request as the client saw it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -201,6 +206,7 @@ pub async fn stream_chat(
                     match choice.get("finish_reason").and_then(Value::as_str) {
                         None => {
                             rec.tokens += 1;
+                            TOKEN_CHUNKS.fetch_add(1, Ordering::Relaxed);
                             first.get_or_insert(now);
                             last = Some(now);
                             rec.token_times.push(since(now));
@@ -349,11 +355,23 @@ pub async fn run(base: &str, model: &str, opts: &LoadOptions) -> Result<LoadResu
     let ticker = bar.clone().map(|bar| {
         let records = records.clone();
         tokio::spawn(async move {
+            // (seconds, token chunks so far), the last 5 s of them: a live rate that includes
+            // requests still streaming.
+            let mut history: VecDeque<(f64, u64)> = VecDeque::new();
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let el = origin.elapsed().as_secs_f64();
+                let n = TOKEN_CHUNKS.load(Ordering::Relaxed);
+                history.push_back((el, n));
+                while history.front().is_some_and(|(t, _)| *t < el - 5.0) {
+                    history.pop_front();
+                }
+                let rate = match history.front() {
+                    Some((t0, n0)) if el > *t0 => (n - n0) as f64 / (el - t0),
+                    _ => 0.0,
+                };
                 bar.set_position(el.min(bar.length().unwrap_or(0) as f64) as u64);
-                bar.set_message(live_line(&records, el));
+                bar.set_message(live_line(&records, rate));
             }
         })
     });
@@ -387,22 +405,16 @@ fn live_bar(opts: &LoadOptions) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn live_line(records: &Mutex<Vec<ClientRecord>>, elapsed: f64) -> String {
+fn live_line(records: &Mutex<Vec<ClientRecord>>, rate: f64) -> String {
     let Ok(v) = records.lock() else {
         return String::new();
     };
     let done = v.len();
-    let recent: usize = v
-        .iter()
-        .flat_map(|r| r.token_times.iter())
-        .filter(|&&t| t >= elapsed - 5.0)
-        .count();
     let mut ttft: Vec<f64> = v.iter().filter_map(|r| r.ttft).collect();
     let mut tpot: Vec<f64> = v.iter().filter_map(|r| r.tpot).collect();
     let errors = v.iter().filter(|r| r.error.is_some()).count();
     format!(
-        "requests {done} (errors {errors})  {:.1} tok/s  p99 TTFT {}  p99 TPOT {}",
-        recent as f64 / elapsed.clamp(0.001, 5.0),
+        "requests {done} (errors {errors})  {rate:.1} tok/s  p99 TTFT {}  p99 TPOT {}",
         fmt_s(percentile(&mut ttft, 99.0)),
         fmt_s(percentile(&mut tpot, 99.0)),
     )

@@ -167,6 +167,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         quality,
         engine::EngineConfig {
             max_batch: opts.max_batch.max(1),
+            ..engine::EngineConfig::default()
         },
     );
     let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], opts.port))).await?;
