@@ -13,7 +13,9 @@
 //!   --prompt-mix MIX      short | long | mixed (default mixed)
 //!   --max-batch N         sequences the engine decodes together (default 8)
 //!   --report-dir DIR      where the report goes (default target/demo-report)
-//!   --otlp URL            also export metrics and traces over OTLP to URL
+//!   --otlp URL            also export metrics and traces over OTLP to URL (HTTP/protobuf,
+//!                         or OTEL_EXPORTER_OTLP_PROTOCOL)
+//!   --otlp-grpc           use gRPC for --otlp
 //!   --overhead ROUNDS     measure meter on vs off: ROUNDS interleaved pairs of runs
 //!   --no-meter            serve without any guard (the overhead baseline)
 //!   --quiet               no live view
@@ -28,7 +30,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: demo [--model PATH] [--port N] [--serve-only] [--concurrency N] [--duration S] \
          [--max-tokens N] [--prompt-mix short|long|mixed] [--max-batch N] [--report-dir DIR] \
-         [--otlp URL] [--overhead ROUNDS] [--no-meter] [--quiet]"
+         [--otlp URL] [--otlp-grpc] [--overhead ROUNDS] [--no-meter] [--quiet]"
     );
     std::process::exit(2)
 }
@@ -84,6 +86,7 @@ fn parse_args() -> Args {
             "--max-batch" => a.server.max_batch = num::<usize>(val()).max(1),
             "--report-dir" => a.report_dir = PathBuf::from(val()),
             "--otlp" => a.server.otlp = Some(val()),
+            "--otlp-grpc" => a.server.otlp_grpc = true,
             "--overhead" => a.overhead_rounds = num::<usize>(val()).max(1),
             "--no-meter" => a.server.meter_on = false,
             "--quiet" => a.load.live = false,

@@ -47,6 +47,8 @@ pub struct ServerOptions {
     pub window: Duration,
     /// OTLP endpoint for metrics and traces (first server in the process decides).
     pub otlp: Option<String>,
+    /// Send OTLP over gRPC instead of HTTP/protobuf.
+    pub otlp_grpc: bool,
     /// Start the GPU/host sampler.
     pub gpu_sampler: bool,
 }
@@ -63,6 +65,7 @@ impl Default for ServerOptions {
             slo_tpot: Duration::from_millis(250),
             window: Duration::from_secs(120),
             otlp: None,
+            otlp_grpc: false,
             gpu_sampler: false,
         }
     }
@@ -133,7 +136,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         .slo(Slo::new().ttft(opts.slo_ttft).tpot(opts.slo_tpot))
         .window(opts.window.max(Duration::from_secs(1)))
         .build();
-    let render = telemetry::install(&meter, opts.otlp.as_deref())?;
+    let render = telemetry::install(&meter, opts.otlp.as_deref(), opts.otlp_grpc)?;
     let load = meter.model_load();
     let started = std::time::Instant::now();
     let model = match &opts.model_path {

@@ -14,12 +14,13 @@ static EXPORTERS: OnceLock<Result<Mutex<ExportGuard>, String>> = OnceLock::new()
 
 /// Installs the process-wide exporters once: Prometheus without a listener of its own (the demo
 /// serves `render()` on `/metrics`; every catalog histogram gets its buckets), and OTLP metrics
-/// and traces to `otlp` when given. Later servers in the same process (tests) share them; their
+/// and traces to `otlp` when given (gRPC with `grpc`, else `OTEL_EXPORTER_OTLP_PROTOCOL` or
+/// HTTP/protobuf). Later servers in the same process (tests) share them; their
 /// series differ by the model label. Returns the `/metrics` renderer.
 ///
 /// # Errors
 /// When another global `metrics` recorder was installed first, or OTLP cannot be configured.
-pub fn install(meter: &Meter, otlp: Option<&str>) -> Result<MetricsRender, BoxError> {
+pub fn install(meter: &Meter, otlp: Option<&str>, grpc: bool) -> Result<MetricsRender, BoxError> {
     let guard = EXPORTERS.get_or_init(|| {
         let mut ex = Exporters::new()
             .prometheus(Prometheus::new().without_listener().meter(meter))
@@ -43,12 +44,21 @@ pub fn install(meter: &Meter, otlp: Option<&str>) -> Result<MetricsRender, BoxEr
     Ok(Arc::new(move || render.render()))
 }
 
-/// Flushes OTLP (bounded by its export timeout); call before the process exits.
+/// Exports pending OTLP data now (bounded by the export timeout).
+///
+/// # Errors
+/// When an export failed (e.g. no collector listens).
+pub fn try_flush() -> Result<(), BoxError> {
+    if let Some(Ok(g)) = EXPORTERS.get() {
+        let g = g.lock().map_err(|_| "exporters: lock poisoned")?;
+        g.flush()?;
+    }
+    Ok(())
+}
+
+/// [`try_flush`], reporting a failure on stderr; call before the process exits.
 pub fn flush() {
-    if let Some(Ok(g)) = EXPORTERS.get()
-        && let Ok(g) = g.lock()
-        && let Err(e) = g.flush()
-    {
+    if let Err(e) = try_flush() {
         eprintln!("demo: OTLP flush: {e}");
     }
 }
