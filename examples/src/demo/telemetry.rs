@@ -26,11 +26,14 @@ pub fn install(meter: &Meter, otlp: Option<&str>, grpc: bool) -> Result<MetricsR
             .prometheus(Prometheus::new().without_listener().meter(meter))
             .install_tracing(otlp.is_some());
         if let Some(url) = otlp {
-            ex = ex.otlp(
-                tokenmeter::export::otlp::Otlp::new()
-                    .endpoint(url)
-                    .meter(meter),
-            );
+            let mut o = tokenmeter::export::otlp::Otlp::new()
+                .endpoint(url)
+                .service_name("tokenmeter-demo")
+                .meter(meter);
+            if grpc {
+                o = o.protocol(tokenmeter::export::otlp::Protocol::Grpc);
+            }
+            ex = ex.otlp(o);
         }
         ex.install().map(Mutex::new).map_err(|e| e.to_string())
     });
