@@ -237,6 +237,32 @@ async fn demo_client_disconnect_is_a_cancelled_request_and_the_server_keeps_serv
     assert_eq!(view.sum(&requests, &[]), 2.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_non_streaming_client_that_leaves_is_cancelled_too() {
+    let s = server("demo-e2e-cancel-nonstream", 4).await;
+    let base = s.base_url();
+    let body = json!({
+        "model": s.model_id,
+        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 900,
+        "temperature": 0,
+    });
+    let task = tokio::spawn({
+        let (c, url) = (client(), format!("{base}/v1/chat/completions"));
+        async move { c.post(url).json(&body).send().await }
+    });
+    // Once the engine runs it (the response only comes at the end), the client goes away.
+    wait_snapshot(&s, |v| v.running == 1).await;
+    task.abort();
+    let snap = wait_snapshot(&s, |v| v.totals.requests_ended == 1).await;
+    assert_eq!(snap.requests_cancelled, 1);
+    assert!(
+        snap.totals.output_tokens < 900,
+        "{}",
+        snap.totals.output_tokens
+    );
+}
+
 async fn post_raw(c: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Value) {
     let r = c
         .post(url)
