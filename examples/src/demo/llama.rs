@@ -219,24 +219,18 @@ impl Llama {
         let scale = 1.0 / (hd as f64).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
-            let q = layer
-                .wq
-                .forward(&h)?
-                .reshape((b, t, nh, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = layer
-                .wk
-                .forward(&h)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = layer
-                .wv
-                .forward(&h)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
+            // (B, T, n * hd) -> (B, n, T, hd)
+            let heads = |w: &QMatMul, n: usize| -> candle_core::Result<Tensor> {
+                w.forward(&h)?
+                    .reshape((b, t, n, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (q, k, v) = (
+                heads(&layer.wq, nh)?,
+                heads(&layer.wk, nkv)?,
+                heads(&layer.wv, nkv)?,
+            );
             let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
             let mut outs = Vec::with_capacity(b);

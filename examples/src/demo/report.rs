@@ -252,26 +252,17 @@ pub fn write(
     std::fs::create_dir_all(dir)?;
     let ok: Vec<_> = r.ok().collect();
     let mut paths = Vec::new();
-    let p = dir.join("ttft.svg");
-    histogram_svg(
-        &p,
-        "TTFT distribution (client side)",
-        &ok.iter()
-            .filter_map(|x| x.ttft)
-            .map(|s| s * 1e3)
-            .collect::<Vec<_>>(),
-    )?;
-    paths.push(p);
-    let p = dir.join("tpot.svg");
-    histogram_svg(
-        &p,
-        "TPOT distribution (client side)",
-        &ok.iter()
-            .filter_map(|x| x.tpot)
-            .map(|s| s * 1e3)
-            .collect::<Vec<_>>(),
-    )?;
-    paths.push(p);
+    type Pick = fn(&super::loadgen::ClientRecord) -> Option<f64>;
+    let dists: [(&str, &str, Pick); 2] = [
+        ("ttft.svg", "TTFT distribution (client side)", |x| x.ttft),
+        ("tpot.svg", "TPOT distribution (client side)", |x| x.tpot),
+    ];
+    for (file, title, pick) in dists {
+        let p = dir.join(file);
+        let ms: Vec<f64> = ok.iter().filter_map(|x| pick(x)).map(|s| s * 1e3).collect();
+        histogram_svg(&p, title, &ms)?;
+        paths.push(p);
+    }
     let p = dir.join("tokens_per_second.svg");
     throughput_svg(&p, r)?;
     paths.push(p);
