@@ -1,6 +1,7 @@
 //! Generation from the real SmolLM2-135M-Instruct (Q4_1 GGUF) through the demo server. Runs when
 //! the model is cached (`scripts/demo --fetch-only`, which scripts/test calls first); otherwise it
-//! says so and passes.
+//! says so and passes, except under CI (`CI=true`), where scripts/test has fetched it and a
+//! missing model is a failure.
 
 use serde_json::{Value, json};
 use tokenmeter_examples::demo::model::find_cached_model;
@@ -9,6 +10,10 @@ use tokenmeter_examples::demo::{ServerOptions, start_server};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_real_smollm2_knows_the_capital_of_france() {
     let Some(path) = find_cached_model() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "SmolLM2 GGUF not cached under CI: scripts/demo --fetch-only should have fetched it"
+        );
         eprintln!("skipped: SmolLM2 GGUF not cached; run scripts/demo --fetch-only");
         return;
     };
