@@ -17,7 +17,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,7 +178,7 @@ fn main() -> Result<(), Error> {
         let url = start_demo_server()?;
         println!("demo: a simulated server serves its live window at {url}");
         args.from.push(url);
-        if args.out == PathBuf::from("baseline.json") {
+        if args.out == Path::new("baseline.json") {
             args.out = std::env::temp_dir().join("tokenmeter-demo-baseline.json");
         }
     }
