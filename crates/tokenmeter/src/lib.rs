@@ -12,11 +12,11 @@ pub use tokenmeter_core::*;
 #[cfg(any(feature = "prometheus", feature = "otlp"))]
 pub use tokenmeter_export as export;
 /// One-call setup: Prometheus on 127.0.0.1:9464, OTLP when an endpoint is set in the
-/// environment, the JSON request log. See [`export::init`](tokenmeter_export::init).
+/// environment, the JSON request log. See [`export::init`].
 #[cfg(any(feature = "prometheus", feature = "otlp"))]
 pub use tokenmeter_export::init;
 /// [`init`] for a meter with a custom prefix or bucket overrides, so the exporters use its
-/// names and bounds. See [`export::init_for`](tokenmeter_export::init_for).
+/// names and bounds. See [`export::init_for`].
 #[cfg(any(feature = "prometheus", feature = "otlp"))]
 pub use tokenmeter_export::init_for;
 
