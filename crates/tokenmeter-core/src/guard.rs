@@ -22,7 +22,7 @@ use crate::window::{Ended, Outcome};
 /// Most ITL bucket bounds the guard can accumulate (it keeps a fixed array, so a guard's size
 /// does not depend on configuration).
 pub const MAX_ITL_BOUNDS: usize = 24;
-const ITL_SLOTS: usize = MAX_ITL_BOUNDS + 1;
+pub(crate) const ITL_SLOTS: usize = MAX_ITL_BOUNDS + 1;
 /// Most tokens one step may deliver; more is a caller bug (a cumulative count passed as a
 /// delta, say), clamped and counted as misuse `tokens_too_many`.
 pub const MAX_TOKENS_PER_STEP: u32 = 1 << 16;
@@ -243,14 +243,19 @@ impl RequestBuilder {
             non_finite: NonFinite::default(),
             phase: Phase::Waiting,
             scheduled: false,
+            last_bucket: 0,
         }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Started, not scheduled, no token yet.
     Waiting,
+    /// Scheduled, no token yet.
     Running,
+    /// At least one token: the per-token fast path.
+    Decoding,
     Ended,
 }
 
@@ -285,6 +290,8 @@ pub struct RequestGuard {
     n: u64,
     phase: Phase,
     scheduled: bool,
+    /// The ITL bucket of the previous token, tried first.
+    last_bucket: u8,
     /// Per ITL bucket (the last slot is +Inf): observations and their sum in nanoseconds.
     itl_counts: [u32; ITL_SLOTS],
     itl_sums: [u64; ITL_SLOTS],
@@ -378,7 +385,7 @@ impl RequestGuard {
         } else {
             k
         };
-        if self.n == 0 || self.phase == Phase::Ended {
+        if self.phase != Phase::Decoding {
             self.first_tokens(k, now);
             return;
         }
@@ -393,17 +400,26 @@ impl RequestGuard {
             }
         };
         let per_token = if k == 1 { gap } else { gap / u64::from(k) };
-        let b = self
-            .meter
-            .inner
-            .itl_bounds_ns
-            .partition_point(|&bound| bound < per_token);
-        // `b <= bounds.len() <= MAX_ITL_BOUNDS`, so it is in range; `get_mut` keeps that
-        // promise checked without a panic path.
+        let inner = &*self.meter.inner;
+        // Decode gaps are steady, so the previous token's bucket usually fits again.
+        let mut b = usize::from(self.last_bucket);
+        let fits = inner
+            .itl_ranges
+            .get(b)
+            .is_some_and(|&(lo, hi)| lo <= per_token && per_token <= hi);
+        if !fits {
+            b = inner
+                .itl_bounds_ns
+                .partition_point(|&bound| bound < per_token);
+            self.last_bucket = b as u8; // b <= MAX_ITL_BOUNDS < 256
+        }
+        // `b <= MAX_ITL_BOUNDS`, so it is in range; `get_mut` keeps that promise checked
+        // without a panic path.
         let mut full = false;
         if let (Some(c), Some(s)) = (self.itl_counts.get_mut(b), self.itl_sums.get_mut(b)) {
             *c += k; // at most FLUSH_AT_COUNT + MAX_TOKENS_PER_STEP: no overflow
-            *s = s.saturating_add(gap);
+            // A bucket's sum never exceeds the time since the request's first token.
+            *s = s.wrapping_add(gap);
             full = *c >= FLUSH_AT_COUNT;
         }
         self.n = self.n.saturating_add(u64::from(k));
@@ -427,9 +443,10 @@ impl RequestGuard {
             return;
         }
         let now = self.not_before(now, self.arrival);
-        if !self.scheduled {
+        if self.phase == Phase::Waiting {
             self.enter_running();
         }
+        self.phase = Phase::Decoding;
         self.first = now;
         self.last = now;
         self.n = u64::from(k);
@@ -588,7 +605,7 @@ impl RequestGuard {
                 t.waiting.fetch_sub(1, Relaxed);
                 h.waiting.decrement(1.0);
             }
-            Phase::Running => {
+            Phase::Running | Phase::Decoding => {
                 t.running.fetch_sub(1, Relaxed);
                 h.running.decrement(1.0);
             }

@@ -9,7 +9,7 @@ use metrics::Label;
 use quanta::{Clock, Instant};
 
 use crate::catalog::{self, MetricDef};
-use crate::guard::{MAX_ITL_BOUNDS, RequestBuilder};
+use crate::guard::{ITL_SLOTS, MAX_ITL_BOUNDS, RequestBuilder};
 use crate::handles::HandleCache;
 use crate::names::{self, Naming, ResolvedMetric};
 use crate::window::{Snapshot, Window};
@@ -306,6 +306,15 @@ impl MeterBuilder {
         for (slot, bound) in itl_bounds_ns.iter_mut().zip(itl.into_iter().flatten()) {
             *slot = (bound * 1e9).round() as u64;
         }
+        let mut itl_ranges = [(0, u64::MAX); ITL_SLOTS];
+        for (i, range) in itl_ranges.iter_mut().enumerate() {
+            let lo = if i == 0 {
+                0
+            } else {
+                itl_bounds_ns[i - 1].saturating_add(1)
+            };
+            *range = (lo, itl_bounds_ns.get(i).copied().unwrap_or(u64::MAX));
+        }
         let mut constant_labels = match naming {
             Naming::OpenTelemetry => vec![
                 ("gen_ai_operation_name".to_owned(), self.operation.clone()),
@@ -344,6 +353,7 @@ impl MeterBuilder {
                 label_values: Mutex::new(HashMap::new()),
                 resolved,
                 itl_bounds_ns,
+                itl_ranges,
                 slo: self.slo,
                 totals: AtomicTotals::default(),
                 handles: Mutex::new(HandleCache::default()),
@@ -391,6 +401,8 @@ pub(crate) struct Inner {
     /// ITL bucket bounds in nanoseconds, padded with `u64::MAX` (a fixed size lets the
     /// per-token search unroll).
     pub(crate) itl_bounds_ns: [u64; MAX_ITL_BOUNDS],
+    /// Per ITL bucket, the inclusive nanosecond range it holds (for the guard's fast path).
+    pub(crate) itl_ranges: [(u64, u64); ITL_SLOTS],
     pub(crate) slo: Slo,
     pub(crate) window: Mutex<Window>,
     pub(crate) totals: AtomicTotals,
