@@ -116,7 +116,13 @@ fn ratios() {
     let owned = ns_per_op(1, || {
         black_box(clock.now());
     });
-    report("token()", token, "quanta::Clock::now() on an owned clock", owned, None);
+    report(
+        "token()",
+        token,
+        "quanta::Clock::now() on an owned clock",
+        owned,
+        None,
+    );
 
     let batch = batch_token_at(&meter, 64);
     println!(
