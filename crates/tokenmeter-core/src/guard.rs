@@ -28,7 +28,7 @@ pub(crate) const ITL_SLOTS: usize = MAX_ITL_BOUNDS + 1;
 pub const MAX_TOKENS_PER_STEP: u32 = 1 << 16;
 /// A bucket this full is flushed at once: exporters' `record_many` costs grow with the
 /// count, and a bounded count keeps each flush short.
-const FLUSH_AT_COUNT: u32 = 1 << 20;
+const FLUSH_AT_COUNT: u32 = 1 << 16;
 
 /// How a request ended without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
