@@ -15,21 +15,13 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use metrics::{Key, Label, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use tokenmeter_benches::{ns_per_op, report};
+use tokenmeter_benches::{ns_per_op, report, token_ns};
 use tokenmeter_core::{Finish, Meter};
 
 fn bare_clock() -> f64 {
     ns_per_op(1, || {
         black_box(quanta::Instant::now());
     })
-}
-
-fn guard_token(meter: &Meter) -> f64 {
-    let mut g = meter.request().start();
-    g.token();
-    let ns = ns_per_op(1, || g.token());
-    g.finish(Finish::Stop);
-    ns
 }
 
 fn batch_token_at(meter: &Meter, width: usize) -> f64 {
@@ -49,9 +41,7 @@ fn batch_token_at(meter: &Meter, width: usize) -> f64 {
 fn threads_token(meter: &Meter, threads: usize) -> f64 {
     // Each thread measures its own per-token cost; the slowest thread is the figure.
     std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| guard_token(meter)))
-            .collect();
+        let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| token_ns(meter))).collect();
         hs.into_iter()
             .map(|h| h.join().unwrap_or(f64::NAN))
             .fold(0.0, f64::max)
@@ -108,7 +98,7 @@ fn whole_request_with_prometheus() -> (f64, usize) {
 fn ratios() {
     let meter = Meter::builder().model("bench").build();
     let floor = bare_clock();
-    let token = guard_token(&meter);
+    let token = token_ns(&meter);
     report("token()", token, "quanta::Instant::now()", floor, Some(2.0));
     // The meter reads an owned `quanta::Clock`, which skips the global clock's lookup: report
     // the guard's cost over that read too, so the ratio is not flattered by the floor's choice.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use metrics_util::layers::FanoutBuilder;
-use tokenmeter_benches::{ns_per_op, report};
+use tokenmeter_benches::{ns_per_op, report, token_ns};
 use tokenmeter_core::{Finish, Meter, RequestGuard};
 use tokenmeter_export::Prometheus;
 use tokenmeter_export::otlp::{Otlp, OtlpExporter, Protocol};
@@ -60,14 +60,6 @@ fn bare_clock() -> f64 {
     })
 }
 
-fn token_cost(meter: &Meter) -> f64 {
-    let mut g = meter.request().start();
-    g.token();
-    let ns = ns_per_op(1, || g.token());
-    g.finish(Finish::Stop);
-    ns
-}
-
 /// Per-request cost of `finish()` alone: guards are started and given 16 tokens untimed, then
 /// finished in a timed loop; the fastest of 9 rounds of 2000.
 fn finish_cost(meter: &Meter) -> f64 {
@@ -98,7 +90,7 @@ fn ratios() {
     let floor = bare_clock();
     let bare_meter = Meter::builder().model("bare").build();
     let bare_finish = finish_cost(&bare_meter);
-    let bare_token = token_cost(&bare_meter);
+    let bare_token = token_ns(&bare_meter);
 
     let (_prom, otlp, fanout) = exporters();
     let layer = otlp
@@ -108,7 +100,7 @@ fn ratios() {
     let (token, finish) = tracing::subscriber::with_default(subscriber, || {
         metrics::with_local_recorder(&fanout, || {
             let meter = Meter::builder().model("exported").build();
-            (token_cost(&meter), finish_cost(&meter))
+            (token_ns(&meter), finish_cost(&meter))
         })
     });
     report(

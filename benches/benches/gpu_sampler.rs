@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use tokenmeter_benches::{ns_per_op, report};
-use tokenmeter_core::{Finish, Meter};
+use tokenmeter_benches::{report, token_ns};
+use tokenmeter_core::Meter;
 use tokenmeter_gpu::{FakeGpuSource, GpuAvailability, Sampler};
 
 /// CPU time consumed by the calling thread so far.
@@ -42,14 +42,6 @@ fn cpu_per_sample(sampler: &mut Sampler, n: u32) -> f64 {
 
 fn one_gpu() -> FakeGpuSource {
     FakeGpuSource::new().with_gpu("H100", FakeGpuSource::typical_reading())
-}
-
-fn guard_token(meter: &Meter) -> f64 {
-    let mut g = meter.request().start();
-    g.token();
-    let ns = ns_per_op(1, || g.token());
-    g.finish(Finish::Stop);
-    ns
 }
 
 fn ratios() {
@@ -116,13 +108,13 @@ fn ratios() {
 
     // token() cost with and without the sampler thread running.
     let meter = Meter::builder().model("bench").build();
-    let without = guard_token(&meter);
+    let without = token_ns(&meter);
     let at_1s = {
         let handle = Sampler::builder(&meter)
             .source(one_gpu())
             .start()
             .expect("thread");
-        let ns = guard_token(&meter);
+        let ns = token_ns(&meter);
         handle.stop();
         ns
     };
@@ -132,11 +124,11 @@ fn ratios() {
             .interval(Duration::from_millis(1))
             .start()
             .expect("thread");
-        let ns = guard_token(&meter);
+        let ns = token_ns(&meter);
         handle.stop();
         ns
     };
-    let without_again = guard_token(&meter);
+    let without_again = token_ns(&meter);
     let floor = without.min(without_again);
     report(
         "token() with the sampler at 1 s",

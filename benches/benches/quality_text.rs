@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tokenmeter_benches::{ns_per_op, report};
-use tokenmeter_core::{Finish, Meter};
+use tokenmeter_benches::{ns_per_op, report, token_ns};
+use tokenmeter_core::Meter;
 use tokenmeter_quality::drift::{BaselineRecorder, DriftMonitor};
 use tokenmeter_quality::{QualityConfig, QualityMonitor, TokenSet};
 
@@ -69,19 +69,11 @@ fn text_monitors_per_token(
     ns
 }
 
-fn guard_token(meter: &Meter) -> f64 {
-    let mut g = meter.request().start();
-    g.token();
-    let ns = ns_per_op(1, || g.token());
-    g.finish(Finish::Stop);
-    ns
-}
-
 fn ratios() {
     let meter = Meter::builder().model("bench").build();
     let quality = monitor(&meter);
     let stream = stream();
-    let token = guard_token(&meter);
+    let token = token_ns(&meter);
     let text = text_monitors_per_token(&meter, &quality, &stream);
     report(
         "text monitors per 4-byte token (amortized)",

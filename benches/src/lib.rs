@@ -7,6 +7,8 @@
 
 use std::time::Instant;
 
+use tokenmeter_core::{Finish, Meter};
+
 /// Nanoseconds per operation of `f`, which performs `ops_per_call` operations per call: the
 /// fastest of 9 batches of calls, each batch about 20 ms long.
 pub fn ns_per_op<F: FnMut()>(ops_per_call: u64, mut f: F) -> f64 {
@@ -43,4 +45,14 @@ pub fn report(what: &str, ns: f64, floor_what: &str, floor_ns: f64, target_ratio
         None => String::new(),
     };
     println!("RATIO {what}: {ns:.2} ns vs {floor_what}: {floor_ns:.2} ns = {ratio:.2}x{verdict}");
+}
+
+/// Nanoseconds per `token()` on one guard of `meter` in a long generation (periodic and
+/// bucket-full flushes included, so an installed exporter's flush cost is amortized in).
+pub fn token_ns(meter: &Meter) -> f64 {
+    let mut g = meter.request().start();
+    g.token();
+    let ns = ns_per_op(1, || g.token());
+    g.finish(Finish::Stop);
+    ns
 }
