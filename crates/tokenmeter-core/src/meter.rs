@@ -535,10 +535,7 @@ impl Meter {
     }
 
     pub(crate) fn resolved(&self, def: &'static MetricDef) -> Option<&ResolvedMetric> {
-        self.inner
-            .resolved
-            .iter()
-            .find(|r| std::ptr::eq(r.def, def) || r.def.id == def.id)
+        self.inner.resolved.iter().find(|r| r.def.id == def.id)
     }
 
     pub(crate) fn resolved_by_id(&self, id: &str) -> &ResolvedMetric {
