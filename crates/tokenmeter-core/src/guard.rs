@@ -16,6 +16,7 @@ use tracing::Span;
 use crate::handles::Handles;
 use crate::meter::{Meter, lock};
 use crate::names::Naming;
+use crate::redact::{TextBuf, TextKind};
 use crate::span::{self, EndRecord};
 use crate::window::{Ended, Outcome};
 
@@ -225,6 +226,7 @@ impl RequestBuilder {
         handles.input_tokens.increment(self.prompt_tokens);
         handles.waiting.increment(1.0);
         let next_flush = arrival + meter.inner.flush_interval;
+        let text = meter.inner.text.as_ref().map(|c| TextBuf::new(c.max_bytes));
         RequestGuard {
             meter,
             handles,
@@ -244,6 +246,7 @@ impl RequestBuilder {
             phase: Phase::Waiting,
             scheduled: false,
             last_bucket: 0,
+            text,
         }
     }
 }
@@ -306,6 +309,8 @@ pub struct RequestGuard {
     flushed: u64,
     prompt: u64,
     non_finite: NonFinite,
+    /// Buffered text when the meter captures text (opt-in); taken at the end.
+    text: Option<Box<TextBuf>>,
 }
 
 impl std::fmt::Debug for RequestGuard {
@@ -622,6 +627,7 @@ impl RequestGuard {
             goodput,
         };
         lock(&self.meter.inner.window).record_end(now, &ended);
+        let text = self.text.take();
         let record = EndRecord {
             request_id: &self.request_id,
             prompt_tokens: self.prompt,
@@ -637,8 +643,9 @@ impl RequestGuard {
             nan: nf.nan,
             pos_inf: nf.pos_inf,
             neg_inf: nf.neg_inf,
+            text: text.as_deref(),
         };
-        span::record_end(&self.span, &self.meter.inner.model, &record);
+        span::record_end(&self.span, &self.meter, &record);
     }
 
     /// Adds NaN/+Inf/-Inf counts seen in this request's logits (the quality crate's scanner
@@ -649,6 +656,69 @@ impl RequestGuard {
             return;
         }
         self.non_finite.add(counts);
+    }
+
+    /// Appends prompt text, when the meter captures text
+    /// ([`MeterBuilder::capture_text`](crate::MeterBuilder::capture_text)); otherwise does
+    /// nothing (one branch, no allocation). Call it once with the whole prompt, or once per
+    /// piece (e.g. per chat message, in order). Text past the meter's
+    /// [`text_max_bytes`](crate::MeterBuilder::text_max_bytes) is dropped and the prompt
+    /// marked truncated; text handed in after the request ended is ignored.
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter, Verbatim};
+    /// let meter = Meter::builder().capture_text(Verbatim).build();
+    /// let mut req = meter.request().start();
+    /// req.prompt_text("What is 2 + 2?");
+    /// req.token();
+    /// req.output_text("4");
+    /// req.finish(Finish::Stop); // the request log carries prompt="What is 2 + 2?", output="4"
+    /// ```
+    #[inline]
+    pub fn prompt_text(&mut self, text: &str) {
+        if let Some(buf) = &mut self.text {
+            buf.push(TextKind::Prompt, text);
+        }
+    }
+
+    /// Appends a decoded piece of output text (a token's text, or a streamed chunk), when
+    /// the meter captures text; otherwise does nothing (one branch, no allocation). Pieces
+    /// are concatenated in order, so hand in whole UTF-8 strings as the detokenizer yields
+    /// them. The same cap as [`prompt_text`](Self::prompt_text) applies.
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter};
+    /// let meter = Meter::default(); // no capture: output_text is a no-op
+    /// let mut req = meter.request().start();
+    /// for piece in ["Hel", "lo"] {
+    ///     req.token();
+    ///     req.output_text(piece);
+    /// }
+    /// assert!(!req.captures_text());
+    /// req.finish(Finish::Stop);
+    /// ```
+    #[inline]
+    pub fn output_text(&mut self, piece: &str) {
+        if let Some(buf) = &mut self.text {
+            buf.push(TextKind::Output, piece);
+        }
+    }
+
+    /// Whether text handed to [`prompt_text`](Self::prompt_text) and
+    /// [`output_text`](Self::output_text) is kept: the meter captures text and the request
+    /// has not ended. Check it to skip detokenizing text only wanted for the log.
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter, Verbatim};
+    /// let meter = Meter::builder().capture_text(Verbatim).build();
+    /// let mut req = meter.request().start();
+    /// assert!(req.captures_text());
+    /// req.finish(Finish::Stop);
+    /// assert!(!req.captures_text()); // ended: later text is ignored
+    /// assert!(!Meter::default().request().start().captures_text());
+    /// ```
+    pub fn captures_text(&self) -> bool {
+        self.text.is_some()
     }
 
     /// The non-finite counts recorded so far.

@@ -24,12 +24,17 @@
 //!
 //! Time comes from [`quanta`]; tests inject its mock clock through [`MeterBuilder::clock`] and
 //! get exact values.
+//!
+//! No prompt or output text is recorded unless the server opts in with
+//! [`MeterBuilder::capture_text`] and a [`Redact`] implementation, through which every text
+//! passes before it reaches a log or a span.
 
 pub mod catalog;
 mod guard;
 mod handles;
 mod meter;
 mod names;
+mod redact;
 mod span;
 mod window;
 
@@ -40,4 +45,7 @@ pub use handles::recorder_id;
 pub use meter::{ConfigError, LoadGuard, Meter, MeterBuilder, Slo, Totals};
 pub use names::{Naming, ResolvedMetric};
 pub use quanta::{Clock, Instant, Mock};
+pub use redact::{
+    DEFAULT_TEXT_MAX_BYTES, MaskEmailsAndNumbers, Redact, TextKind, Then, Truncate, Verbatim,
+};
 pub use window::{LatencySummary, Snapshot};

@@ -12,6 +12,7 @@ use crate::catalog::{self, MetricDef};
 use crate::guard::{ITL_SLOTS, MAX_ITL_BOUNDS, RequestBuilder};
 use crate::handles::HandleCache;
 use crate::names::{self, Naming, ResolvedMetric};
+use crate::redact::{DEFAULT_TEXT_MAX_BYTES, Redact, TextCapture};
 use crate::window::{Snapshot, Window};
 
 /// Service-level objective for goodput: a successful request meets it when its TTFT and its
@@ -135,6 +136,8 @@ pub struct MeterBuilder {
     clock: Option<Clock>,
     window: Duration,
     flush_interval: Duration,
+    text_redactor: Option<Box<dyn Redact>>,
+    text_max_bytes: usize,
 }
 
 impl Default for MeterBuilder {
@@ -154,6 +157,8 @@ impl Default for MeterBuilder {
             clock: None,
             window: Duration::from_secs(60),
             flush_interval: Duration::from_secs(1),
+            text_redactor: None,
+            text_max_bytes: DEFAULT_TEXT_MAX_BYTES,
         }
     }
 }
@@ -228,6 +233,48 @@ impl MeterBuilder {
     /// How often a long generation flushes its tokens to the shared counters (default 1 s).
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.flush_interval = interval;
+        self
+    }
+    /// Opts in to recording prompt and output text, passed through `redactor`. Off by
+    /// default: without this call no text is kept, and
+    /// [`RequestGuard::prompt_text`](crate::RequestGuard::prompt_text) and
+    /// [`output_text`](crate::RequestGuard::output_text) do nothing.
+    ///
+    /// With it, each guard buffers the text it is handed (at most
+    /// [`text_max_bytes`](Self::text_max_bytes) per kind), and when the request ends runs
+    /// the redactor once per kind and records the result on the request-log event (fields
+    /// `prompt`, `output`, and `prompt_truncated` / `output_truncated` when the cap cut the
+    /// text) and on the request span (`gen_ai.input.messages`, `gen_ai.output.messages` in
+    /// the OpenTelemetry GenAI JSON message shape, `tokenmeter.text_truncated`).
+    ///
+    /// ```
+    /// use tokenmeter_core::{MaskEmailsAndNumbers, Meter, Redact, Truncate};
+    /// let meter = Meter::builder()
+    ///     .capture_text(MaskEmailsAndNumbers::new().then(Truncate::chars(2000)))
+    ///     .text_max_bytes(8 * 1024)
+    ///     .build();
+    /// assert!(meter.captures_text());
+    /// assert!(!Meter::default().captures_text());
+    /// ```
+    pub fn capture_text(mut self, redactor: impl Redact + 'static) -> Self {
+        self.text_redactor = Some(Box::new(redactor));
+        self
+    }
+    /// The most bytes of prompt text, and separately of output text, a request buffers when
+    /// [`capture_text`](Self::capture_text) is on (default
+    /// [`DEFAULT_TEXT_MAX_BYTES`](crate::DEFAULT_TEXT_MAX_BYTES), 16 KiB). Text past it is
+    /// dropped (cut on a character boundary) and the text is marked truncated, so a guard's
+    /// memory stays bounded. Has no effect without `capture_text`.
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter, Verbatim};
+    /// let meter = Meter::builder().capture_text(Verbatim).text_max_bytes(4).build();
+    /// let mut req = meter.request().start();
+    /// req.prompt_text("hello"); // "hell" is kept, the prompt is marked truncated
+    /// req.finish(Finish::Stop);
+    /// ```
+    pub fn text_max_bytes(mut self, bytes: usize) -> Self {
+        self.text_max_bytes = bytes;
         self
     }
 
@@ -361,6 +408,9 @@ impl MeterBuilder {
                 built_at: now,
                 start_unix,
                 flush_interval: self.flush_interval.max(Duration::from_millis(1)),
+                text: self
+                    .text_redactor
+                    .map(|r| TextCapture::new(r, self.text_max_bytes)),
             }),
         }
     }
@@ -411,6 +461,8 @@ pub(crate) struct Inner {
     pub(crate) built_at: Instant,
     pub(crate) start_unix: f64,
     pub(crate) flush_interval: Duration,
+    /// Present when the user opted in to text capture.
+    pub(crate) text: Option<TextCapture>,
 }
 
 /// A poisoned lock only means another thread panicked mid-update of plain counters; the data
@@ -478,6 +530,13 @@ impl Meter {
     /// The SLO that defines goodput.
     pub fn slo(&self) -> Slo {
         self.inner.slo
+    }
+
+    /// Whether this meter records prompt and output text (opted in with
+    /// [`MeterBuilder::capture_text`]). A server can skip decoding text it would only hand
+    /// to the guard when this is `false`.
+    pub fn captures_text(&self) -> bool {
+        self.inner.text.is_some()
     }
 
     /// Cumulative totals since the meter was built.

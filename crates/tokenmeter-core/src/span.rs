@@ -3,11 +3,15 @@
 //! `tracing-opentelemetry` reads `otel.name`, `otel.kind` and `otel.status_code` to set the
 //! exported span's name, kind and status; the rest become attributes. Fields filled later are
 //! declared `Empty` here, since tracing only records declared fields.
+//!
+//! Prompt and output text reach the span and the event only when the meter opted in to text
+//! capture, and only after the user's redactor ran on them (see `redact.rs`).
 
 use tracing::Span;
 use tracing::field::Empty;
 
 use crate::meter::Meter;
+use crate::redact::{self, TextBuf, TextKind};
 
 /// Target of the span and of the per-request log event; filter on it with
 /// `tracing_subscriber::EnvFilter` (`tokenmeter=info`).
@@ -58,6 +62,9 @@ pub(crate) fn request_span(
                 tokenmeter.refusal = Empty,
                 tokenmeter.repetition = Empty,
                 tokenmeter.output_chars = Empty,
+                gen_ai.input.messages = Empty,
+                gen_ai.output.messages = Empty,
+                tokenmeter.text_truncated = Empty,
             )
         };
     }
@@ -83,9 +90,20 @@ pub(crate) struct EndRecord<'a> {
     pub(crate) nan: u64,
     pub(crate) pos_inf: u64,
     pub(crate) neg_inf: u64,
+    /// The buffered text, when the meter captures text.
+    pub(crate) text: Option<&'a TextBuf>,
 }
 
-pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
+pub(crate) fn record_end(span: &Span, meter: &Meter, r: &EndRecord<'_>) {
+    let model = meter.inner.model.as_str();
+    // Each text goes through the redactor once; the result feeds both the span and the log.
+    let (mut prompt, mut output, mut prompt_cut, mut output_cut) = (None, None, None, None);
+    if let Some(t) = r.text {
+        prompt = redact::redact(meter, TextKind::Prompt, &t.prompt);
+        output = redact::redact(meter, TextKind::Output, &t.output);
+        prompt_cut = t.prompt.truncated.then_some(true);
+        output_cut = t.output.truncated.then_some(true);
+    }
     if !span.is_disabled() {
         span.record("gen_ai.usage.output_tokens", as_i64(r.output_tokens));
         span.record("gen_ai.response.finish_reasons", r.finish_reason);
@@ -111,6 +129,21 @@ pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
             span.record("error.type", e);
             span.record("otel.status_code", "ERROR");
         }
+        if let Some(p) = &prompt {
+            span.record(
+                "gen_ai.input.messages",
+                redact::messages_json("user", p).as_str(),
+            );
+        }
+        if let Some(o) = &output {
+            span.record(
+                "gen_ai.output.messages",
+                redact::messages_json("assistant", o).as_str(),
+            );
+        }
+        if prompt_cut.is_some() || output_cut.is_some() {
+            span.record("tokenmeter.text_truncated", true);
+        }
     }
     let ms = |s: Option<f64>| s.map(|s| s * 1e3);
     tracing::info!(
@@ -129,6 +162,10 @@ pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
         nan = r.nan,
         pos_inf = r.pos_inf,
         neg_inf = r.neg_inf,
+        prompt = prompt.as_deref(),
+        output = output.as_deref(),
+        prompt_truncated = prompt_cut,
+        output_truncated = output_cut,
         "request finished"
     );
 }
