@@ -9,12 +9,11 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use metrics::{Key, Label, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use tokenmeter_benches::{ns_per_op, report, token_ns};
 use tokenmeter_core::{Finish, Meter};
 
@@ -66,18 +65,15 @@ fn metrics_histogram_record() -> f64 {
 
 fn whole_request_with_prometheus() -> (f64, usize) {
     let meter = Meter::builder().model("bench").build();
-    // Configured as the exporter does: every catalog histogram gets its buckets.
-    let mut builder = PrometheusBuilder::new();
-    for m in meter.metrics() {
-        if let Some(b) = &m.buckets {
-            builder = builder
-                .set_buckets_for_metric(Matcher::Full(m.name.clone()), b)
-                .expect("catalog buckets are valid");
-        }
-    }
-    let recorder = Arc::new(builder.build_recorder());
+    // The exporter as users install it: every catalog histogram gets its buckets.
+    let mut prom = tokenmeter_export::Prometheus::new()
+        .without_listener()
+        .meter(&meter)
+        .build()
+        .expect("prometheus");
+    let recorder = prom.take_recorder().expect("recorder");
     let tokens = 256;
-    let ns = metrics::with_local_recorder(&*recorder, || {
+    let ns = metrics::with_local_recorder(&recorder, || {
         ns_per_op(1, || {
             let mut g = meter.request().prompt_tokens(128).start();
             g.scheduled();
@@ -87,7 +83,7 @@ fn whole_request_with_prometheus() -> (f64, usize) {
             g.finish(Finish::Stop);
         })
     });
-    let rendered = recorder.handle().render();
+    let rendered = prom.render();
     assert!(
         !rendered.contains("quantile="),
         "every histogram has buckets"

@@ -69,7 +69,6 @@ fn populated(full: bool) -> (PrometheusExporter, usize) {
             }
         }
     });
-    prom.run_upkeep();
     (prom, series)
 }
 

@@ -11,7 +11,6 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use metrics_exporter_prometheus::PrometheusBuilder;
 use tokenmeter_benches::{report, token_ns};
 use tokenmeter_core::Meter;
 use tokenmeter_gpu::{FakeGpuSource, GpuAvailability, Sampler};
@@ -45,7 +44,11 @@ fn one_gpu() -> FakeGpuSource {
 }
 
 fn ratios() {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    let mut prom = tokenmeter_export::Prometheus::new()
+        .without_listener()
+        .build()
+        .expect("prometheus");
+    let recorder = prom.take_recorder().expect("recorder");
     let meter = Meter::builder().model("bench").build();
     const BUDGET_NS: f64 = 1_000_000.0;
 
@@ -151,7 +154,11 @@ fn ratios() {
 
 fn criterion_benches(c: &mut Criterion) {
     ratios();
-    let recorder = PrometheusBuilder::new().build_recorder();
+    let mut prom = tokenmeter_export::Prometheus::new()
+        .without_listener()
+        .build()
+        .expect("prometheus");
+    let recorder = prom.take_recorder().expect("recorder");
     let meter = Meter::builder().model("bench").build();
     metrics::with_local_recorder(&recorder, || {
         let mut s = Sampler::builder(&meter)

@@ -1,14 +1,20 @@
 //! NaN/Inf scanning of logits against the memory-read floor, measured in the same run, per type
 //! (f32, f16, bf16, f64) for one 128k-vocabulary row and for a batch of 64 such rows:
 //!
-//! - floor: a plain summing pass over the same bytes (wrapping `u64` adds, 8 accumulators),
-//!   compiled with AVX2 when the CPU has it, like the scanner, so the floor is the fastest read
-//!   of the buffer this build can do;
+//! - floor: a plain summing pass over the same bytes (wrapping `u64` adds over the 64-byte
+//!   aligned middle, bytewise over the ends), with AVX-512F when the CPU has it (one `vpaddq` per
+//!   64-byte line), else AVX2, like the scanner, so the floor is the fastest plain read of the
+//!   buffer this build can do;
 //! - naive: `is_nan()` / `is_infinite()` / sign per element (the obvious exact counter), and
 //!   `iter().filter(|x| !x.is_finite()).count()` (the obvious filter, total only);
 //! - scan: `tokenmeter_quality::count_non_finite`.
 //!
 //! Target: scan >= 90% of the floor's GB/s for f32, f16 and bf16.
+//!
+//! Also printed, without a target: the AVX2 fallback (what a CPU without AVX-512, or without
+//! AVX512-FP16 for f16/bf16, runs) against the AVX2 floor, and single rows that the fast test
+//! sends through the exact pass: rows masked with -inf (half the row), and bf16 rows masked
+//! with `bf16::MIN` (finite, but a false alarm for the AVX512-FP16 test).
 
 // criterion_group! generates undocumented public functions.
 #![allow(missing_docs)]
@@ -20,7 +26,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use half::{bf16, f16};
 use tokenmeter_benches::ns_per_op;
 use tokenmeter_quality::count_non_finite;
-use tokenmeter_quality::nonfinite::{Logit, NaiveClassify, count_non_finite_naive};
+use tokenmeter_quality::nonfinite::{self, Logit, NaiveClassify, count_non_finite_naive};
 
 const VOCAB: usize = 128 * 1024;
 const BATCH: usize = 64;
@@ -47,21 +53,119 @@ fn sum_words_avx2(words: &[u64]) -> u64 {
     sum_words(words)
 }
 
-/// The floor: sums the buffer's bytes as u64 words (plus the unaligned ends as bytes).
-fn floor_sum<T: Copy>(row: &[T]) -> u64 {
-    // SAFETY: any initialized bytes are valid u64 and u8 values; align_to only reinterprets.
-    let (head, words, tail) = unsafe { row.align_to::<u64>() };
-    let ends = head.iter().chain(tail).fold(0u64, |a, &x| {
-        // SAFETY: as above, for the unaligned ends, read bytewise.
-        let bytes =
-            unsafe { std::slice::from_raw_parts((&x as *const T).cast::<u8>(), size_of::<T>()) };
-        bytes.iter().fold(a, |a, &b| a.wrapping_add(u64::from(b)))
-    });
+/// Sums the `lines` 64-byte lines at `ptr` as `u64` words with AVX-512F: one `vpaddq` per line
+/// (the load folded in), eight lines per iteration into four accumulators, the loop aligned as
+/// LLVM aligns its own. Inline assembly, like the scanner's AVX-512 kernels (the workspace's
+/// Rust 1.88 has no AVX-512 intrinsics; LLVM's auto-vectorization of `sum_words` for AVX-512
+/// emits gathers, at a third of this speed).
+///
+/// # Safety
+///
+/// The CPU and the OS must support AVX-512F, and `ptr` must be valid for reads of `64 * lines`
+/// bytes.
+#[cfg(target_arch = "x86_64")]
+unsafe fn sum_lines_avx512(ptr: *const u8, lines: usize) -> u64 {
+    let sum: u64;
+    // SAFETY: the caller guarantees AVX-512F and that the `64 * lines` bytes at `ptr` are
+    // readable; the code reads exactly those, writes no memory and no register but those
+    // declared (all 16 vector registers: `vzeroupper` clears their upper halves).
+    unsafe {
+        std::arch::asm!(
+            "vpxor xmm0, xmm0, xmm0",
+            "vpxor xmm1, xmm1, xmm1",
+            "vpxor xmm2, xmm2, xmm2",
+            "vpxor xmm3, xmm3, xmm3",
+            "test {blocks}, {blocks}",
+            "jz 3f",
+            ".p2align 6",
+            "2:",
+            "vpaddq zmm0, zmm0, zmmword ptr [{p}]",
+            "vpaddq zmm1, zmm1, zmmword ptr [{p} + 64]",
+            "vpaddq zmm2, zmm2, zmmword ptr [{p} + 128]",
+            "vpaddq zmm3, zmm3, zmmword ptr [{p} + 192]",
+            "vpaddq zmm0, zmm0, zmmword ptr [{p} + 256]",
+            "vpaddq zmm1, zmm1, zmmword ptr [{p} + 320]",
+            "vpaddq zmm2, zmm2, zmmword ptr [{p} + 384]",
+            "vpaddq zmm3, zmm3, zmmword ptr [{p} + 448]",
+            "add {p}, 512",
+            "dec {blocks}",
+            "jnz 2b",
+            "3:",
+            "test {rest}, {rest}",
+            "jz 5f",
+            "4:",
+            "vpaddq zmm0, zmm0, zmmword ptr [{p}]",
+            "add {p}, 64",
+            "dec {rest}",
+            "jnz 4b",
+            "5:",
+            "vpaddq zmm0, zmm0, zmm1",
+            "vpaddq zmm2, zmm2, zmm3",
+            "vpaddq zmm0, zmm0, zmm2",
+            "vextracti64x4 ymm1, zmm0, 1",
+            "vpaddq ymm0, ymm0, ymm1",
+            "vextracti128 xmm1, ymm0, 1",
+            "vpaddq xmm0, xmm0, xmm1",
+            "vpshufd xmm1, xmm0, 0x4e",
+            "vpaddq xmm0, xmm0, xmm1",
+            "vmovq {sum}, xmm0",
+            "vzeroupper",
+            p = inout(reg) ptr => _,
+            blocks = inout(reg) lines / 8 => _,
+            rest = inout(reg) lines % 8 => _,
+            sum = out(reg) sum,
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+            out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+            out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+            options(pure, readonly, nostack),
+        );
+    }
+    sum
+}
+
+/// Which plain read the floor uses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Width {
+    /// The widest this machine has: AVX-512F, else AVX2, else the default target.
+    Widest,
+    /// AVX2 (else the default target): the floor for the scanner's AVX2 fallback.
+    Avx2,
+}
+
+/// The floor: sums the buffer's bytes, the 64-byte-aligned middle as u64 words (never a load
+/// across a cache line, like the scanner) and the unaligned ends bytewise.
+fn floor_sum<T: Copy>(row: &[T], width: Width) -> u64 {
+    // SAFETY: the row's bytes are initialized, and any initialized byte is a valid u8; this
+    // only reinterprets them, for the row's lifetime.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), std::mem::size_of_val(row))
+    };
+    let pre = bytes.as_ptr().align_offset(64).min(bytes.len());
+    let (head, rest) = bytes.split_at(pre);
+    let (mid, tail) = rest.split_at(rest.len() / 64 * 64);
+    let ends = head
+        .iter()
+        .chain(tail)
+        .fold(0u64, |a, &b| a.wrapping_add(u64::from(b)));
+    #[cfg(target_arch = "x86_64")]
+    if width == Width::Widest && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present (std's detection also checks that the OS saves the
+        // 512-bit state), and `mid` is `mid.len()` readable bytes, a multiple of 64.
+        return unsafe { sum_lines_avx512(mid.as_ptr(), mid.len() / 64) }.wrapping_add(ends);
+    }
+    // SAFETY: any 8 initialized bytes are a valid u64; align_to only reinterprets.
+    let (h, words, t) = unsafe { mid.align_to::<u64>() };
+    let ends = h
+        .iter()
+        .chain(t)
+        .fold(ends, |a, &b| a.wrapping_add(u64::from(b)));
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present, checked just above.
         return unsafe { sum_words_avx2(words) }.wrapping_add(ends);
     }
+    let _ = width;
     sum_words(words).wrapping_add(ends)
 }
 
@@ -105,17 +209,19 @@ fn gbs(bytes: usize, ns: f64) -> f64 {
     bytes as f64 / ns
 }
 
-fn measure<T: Logit + NaiveClassify + Finite>(
+fn measure<T: Logit + NaiveClassify + Finite, R>(
     name: &str,
     from_f32: impl Fn(f32) -> T,
     targeted: bool,
+    avx2_path: impl Fn(&[T]) -> Option<R>,
+    masks: &[(&str, T)],
 ) {
     for (shape, rows) in [("1 row of 128k", 1), ("64 rows of 128k", BATCH)] {
         let data = logits(VOCAB * rows, &from_f32);
         let bytes = std::mem::size_of_val(data.as_slice());
         assert_eq!(count_non_finite(&data), count_non_finite_naive(&data));
         let floor = ns_per_op(1, || {
-            black_box(floor_sum(black_box(&data)));
+            black_box(floor_sum(black_box(&data), Width::Widest));
         });
         let scan = ns_per_op(1, || {
             black_box(count_non_finite(black_box(&data)));
@@ -142,20 +248,77 @@ fn measure<T: Logit + NaiveClassify + Finite>(
             floor / naive,
             floor / filter,
         );
+        if avx2_path(&data).is_some() {
+            let floor = ns_per_op(1, || {
+                black_box(floor_sum(black_box(&data), Width::Avx2));
+            });
+            let scan = ns_per_op(1, || {
+                black_box(avx2_path(black_box(&data)));
+            });
+            println!(
+                "RATIO nonfinite scan {name} {shape}, AVX2 fallback vs AVX2 floor: floor {:.1} GB/s, scan {:.1} GB/s; scan/floor = {:.2} (no target: not this machine's path)",
+                gbs(bytes, floor),
+                gbs(bytes, scan),
+                floor / scan,
+            );
+        }
+        if rows != 1 {
+            continue;
+        }
+        for &(what, mask) in masks {
+            // Every other value masked: the fast test fires, and the exact pass runs.
+            let mut masked = data.clone();
+            for x in masked.iter_mut().step_by(2) {
+                *x = mask;
+            }
+            assert_eq!(count_non_finite(&masked), count_non_finite_naive(&masked));
+            let floor = ns_per_op(1, || {
+                black_box(floor_sum(black_box(&masked), Width::Widest));
+            });
+            let scan = ns_per_op(1, || {
+                black_box(count_non_finite(black_box(&masked)));
+            });
+            println!(
+                "RATIO nonfinite scan {name} {shape}, half of it {what}: floor {:.1} GB/s, scan {:.1} GB/s; scan/floor = {:.2} (no target: the exact pass)",
+                gbs(bytes, floor),
+                gbs(bytes, scan),
+                floor / scan,
+            );
+        }
     }
 }
 
 fn ratios() {
     #[cfg(target_arch = "x86_64")]
     println!(
-        "nonfinite scan: avx2={} fma={} (runtime detection; built for the default target)",
+        "nonfinite scan: avx2={} fma={} avx512f={} (runtime detection; built for the default target); kernels: {}",
         std::arch::is_x86_feature_detected!("avx2"),
-        std::arch::is_x86_feature_detected!("fma")
+        std::arch::is_x86_feature_detected!("fma"),
+        std::arch::is_x86_feature_detected!("avx512f"),
+        nonfinite::kernels(),
     );
-    measure("f32", |x| x, true);
-    measure("f16", f16::from_f32, true);
-    measure("bf16", bf16::from_f32, true);
-    measure("f64", f64::from, false);
+    measure(
+        "f32",
+        |x| x,
+        true,
+        nonfinite::avx2::f32,
+        &[("-inf", f32::NEG_INFINITY)],
+    );
+    measure(
+        "f16",
+        f16::from_f32,
+        true,
+        nonfinite::avx2::f16,
+        &[("-inf", f16::NEG_INFINITY)],
+    );
+    measure(
+        "bf16",
+        bf16::from_f32,
+        true,
+        nonfinite::avx2::bf16,
+        &[("-inf", bf16::NEG_INFINITY), ("bf16::MIN", bf16::MIN)],
+    );
+    measure("f64", f64::from, false, nonfinite::avx2::f64, &[]);
 }
 
 fn criterion_benches(c: &mut Criterion) {
@@ -164,7 +327,7 @@ fn criterion_benches(c: &mut Criterion) {
     let f16s = logits(VOCAB, f16::from_f32);
     let bf16s = logits(VOCAB, bf16::from_f32);
     c.bench_function("nonfinite/floor f32 128k", |b| {
-        b.iter(|| floor_sum(black_box(&f32s)))
+        b.iter(|| floor_sum(black_box(&f32s), Width::Widest))
     });
     c.bench_function("nonfinite/scan f32 128k", |b| {
         b.iter(|| count_non_finite(black_box(&f32s)))

@@ -198,6 +198,24 @@ fn check_pipeline(
                 .position(|b| *b == 0.04)
                 .expect("0.04");
             assert_eq!(p.bucket_counts[idx], p.count);
+            // Inter-token latency arrives through the guard's batched flushes (one
+            // `record_many` per bucket), replayed into the SDK before the collection: 3 gaps
+            // of 10 ms per request, all counted, the sum exact.
+            let itl = last_metric(&metrics, "tokenmeter.inter_token_latency");
+            let Some(Data::Histogram(h)) = itl.data else {
+                panic!("itl is not a histogram: {itl:?}")
+            };
+            let p = h
+                .data_points
+                .iter()
+                .find(|p| {
+                    str_attr(&p.attributes, "gen_ai.request.model").as_deref()
+                        == Some(model.as_str())
+                })
+                .expect("itl point");
+            assert_eq!(p.count, 30);
+            assert_eq!(p.count, meter.snapshot().itl.count);
+            assert!((p.sum.expect("sum") - 0.3).abs() < 1e-9, "{:?}", p.sum);
         }
         (HistogramAggregation::Exponential { .. }, Some(Data::ExponentialHistogram(h))) => {
             assert_eq!(h.aggregation_temporality, want_temp as i32);

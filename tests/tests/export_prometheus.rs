@@ -22,11 +22,7 @@ fn installed() -> &'static Installed {
     static CELL: OnceLock<Installed> = OnceLock::new();
     CELL.get_or_init(|| {
         let guard = Exporters::new()
-            .prometheus(
-                Prometheus::new()
-                    .listen("127.0.0.1:0".parse().expect("addr"))
-                    .upkeep_interval(Duration::from_millis(100)),
-            )
+            .prometheus(Prometheus::new().listen("127.0.0.1:0".parse().expect("addr")))
             .install_tracing(false)
             .install()
             .expect("install exporters");

@@ -450,10 +450,21 @@ impl Otlp {
             }
             let provider = mp.build();
             let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "tokenmeter");
-            recorder = Some(OtlpRecorder::new(
-                meter,
-                NameMap::new(&self.prefixes, &self.meters),
-            ));
+            let r = OtlpRecorder::new(meter, NameMap::new(&self.prefixes, &self.meters));
+            // Replays batched histogram observations into the SDK off the caller's thread;
+            // ends with the runtime or once the recorder is gone.
+            let drain = r.drainer();
+            rt.spawn(async move {
+                let mut every = tokio::time::interval(recorder::DRAIN_INTERVAL);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    if !drain() {
+                        return;
+                    }
+                }
+            });
+            recorder = Some(r);
             meter_provider = Some(provider);
         }
 

@@ -1,0 +1,478 @@
+//! The Prometheus recorder's storage: one family per metric name, one series per label set.
+//!
+//! Every series is plain atomics, so recording never locks and memory is fixed per series
+//! (no sample buffers to drain between scrapes). A histogram series is one counter per bucket
+//! of its fixed bounds plus a sum: `record_many(v, n)` is one bucket lookup and two atomic
+//! adds whatever `n` is, which is what lets the guard flush a whole bucket of inter-token
+//! latencies at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+
+use super::text;
+
+/// Bucket upper bounds of one histogram family, with their `le` label values rendered once.
+#[derive(Debug)]
+pub(crate) struct Bounds {
+    pub(crate) upper: Vec<f64>,
+    /// `le="…"` for each bound, then `le="+Inf"`.
+    pub(crate) le: Vec<String>,
+}
+
+impl Bounds {
+    /// Sorted, deduplicated, finite bounds (the caller validated them).
+    pub(crate) fn new(mut upper: Vec<f64>) -> Self {
+        upper.retain(|b| b.is_finite());
+        upper.sort_by(f64::total_cmp);
+        upper.dedup();
+        let mut le: Vec<String> = upper.iter().map(|b| format!("le=\"{b}\"")).collect();
+        le.push("le=\"+Inf\"".to_owned());
+        Bounds { upper, le }
+    }
+}
+
+/// A counter series.
+#[derive(Debug, Default)]
+pub(crate) struct CounterCell(pub(crate) AtomicU64);
+
+impl CounterFn for CounterCell {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Relaxed);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0.fetch_max(value, Relaxed);
+    }
+}
+
+/// A gauge series: the f64's bits.
+#[derive(Debug, Default)]
+pub(crate) struct GaugeCell(pub(crate) AtomicU64);
+
+/// Adds `delta` to the f64 stored as bits in `cell`.
+fn add_f64(cell: &AtomicU64, delta: f64) {
+    let _ = cell.fetch_update(Relaxed, Relaxed, |bits| {
+        Some((f64::from_bits(bits) + delta).to_bits())
+    });
+}
+
+impl GaugeFn for GaugeCell {
+    fn increment(&self, value: f64) {
+        add_f64(&self.0, value);
+    }
+
+    fn decrement(&self, value: f64) {
+        add_f64(&self.0, -value);
+    }
+
+    fn set(&self, value: f64) {
+        self.0.store(value.to_bits(), Relaxed);
+    }
+}
+
+/// A histogram series: a count per bucket (not cumulative; the last is the `+Inf` overflow)
+/// and the sum of the observations.
+#[derive(Debug)]
+pub(crate) struct HistogramCell {
+    pub(crate) bounds: Arc<Bounds>,
+    pub(crate) buckets: Box<[AtomicU64]>,
+    pub(crate) sum: AtomicU64,
+}
+
+impl HistogramCell {
+    fn new(bounds: Arc<Bounds>) -> Self {
+        let buckets = (0..=bounds.upper.len())
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        HistogramCell {
+            bounds,
+            buckets,
+            sum: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// The bucket counts and the sum as they are now. The `+Inf` count and `_count` are the
+    /// total of the buckets read, so the two always agree in the exposition.
+    pub(crate) fn read(&self, counts: &mut Vec<u64>) -> f64 {
+        counts.clear();
+        counts.extend(self.buckets.iter().map(|b| b.load(Relaxed)));
+        f64::from_bits(self.sum.load(Relaxed))
+    }
+}
+
+impl HistogramFn for HistogramCell {
+    fn record(&self, value: f64) {
+        self.record_many(value, 1);
+    }
+
+    fn record_many(&self, value: f64, count: usize) {
+        // A NaN would turn the sum into NaN for good and belongs in no bucket: it is dropped
+        // (the core never records one; it counts bad durations as misuse instead).
+        if value.is_nan() || count == 0 {
+            return;
+        }
+        // Prometheus buckets are inclusive (`le`): the first bound >= value.
+        let i = self.bounds.upper.partition_point(|b| *b < value);
+        let n = count as u64;
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(n, Relaxed);
+        }
+        add_f64(&self.sum, value * count as f64);
+    }
+}
+
+/// The series of one family, in registration order.
+#[derive(Debug)]
+pub(crate) enum Cells {
+    Counter(Vec<Series<CounterCell>>),
+    Gauge(Vec<Series<GaugeCell>>),
+    Histogram(Vec<Series<HistogramCell>>),
+}
+
+/// A series type and where its family keeps it.
+pub(crate) trait Cell: Sized {
+    fn empty() -> Cells;
+    fn of(cells: &Cells) -> Option<&Vec<Series<Self>>>;
+    fn of_mut(cells: &mut Cells) -> Option<&mut Vec<Series<Self>>>;
+}
+
+macro_rules! cell_kind {
+    ($cell:ty, $variant:ident) => {
+        impl Cell for $cell {
+            fn empty() -> Cells {
+                Cells::$variant(Vec::new())
+            }
+            fn of(cells: &Cells) -> Option<&Vec<Series<Self>>> {
+                match cells {
+                    Cells::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn of_mut(cells: &mut Cells) -> Option<&mut Vec<Series<Self>>> {
+                match cells {
+                    Cells::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+cell_kind!(CounterCell, Counter);
+cell_kind!(GaugeCell, Gauge);
+cell_kind!(HistogramCell, Histogram);
+
+/// One series: its rendered label set (`k="v",…`, escaped, global labels included) and cell.
+#[derive(Debug)]
+pub(crate) struct Series<C> {
+    pub(crate) key: Key,
+    pub(crate) labels: Arc<str>,
+    pub(crate) cell: Arc<C>,
+    /// For the idle timeout: the value last seen by an upkeep pass, and since when.
+    seen: Mutex<(u64, Instant)>,
+}
+
+impl<C> Series<C> {
+    fn new(key: Key, labels: String, cell: Arc<C>) -> Self {
+        Series {
+            key,
+            labels: labels.into(),
+            cell,
+            seen: Mutex::new((u64::MAX, Instant::now())),
+        }
+    }
+
+    /// True when nothing outside the registry holds the series (so it can never change
+    /// again) and its value has not changed for `timeout`.
+    fn idle(&self, fingerprint: u64, now: Instant, timeout: Duration) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.0 != fingerprint {
+            *seen = (fingerprint, now);
+            return false;
+        }
+        Arc::strong_count(&self.cell) == 1 && now.duration_since(seen.1) >= timeout
+    }
+}
+
+/// One metric name: its kind, help text, and series.
+#[derive(Debug)]
+pub(crate) struct Family {
+    pub(crate) help: Option<String>,
+    pub(crate) cells: Cells,
+    index: HashMap<Key, usize>,
+}
+
+impl Family {
+    fn len(&self) -> usize {
+        match &self.cells {
+            Cells::Counter(v) => v.len(),
+            Cells::Gauge(v) => v.len(),
+            Cells::Histogram(v) => v.len(),
+        }
+    }
+}
+
+/// How the recorder is configured: names and bounds resolved at build time.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// Bucket bounds per sanitized metric name (catalog, meters, user).
+    pub(crate) buckets: HashMap<String, Arc<Bounds>>,
+    /// Bounds of histograms named nowhere else (never a summary).
+    pub(crate) fallback: Arc<Bounds>,
+    /// Help text per sanitized metric name from the catalog.
+    pub(crate) help: HashMap<String, String>,
+    /// `(sanitized key, escaped value)` added to every series unless it has that key.
+    pub(crate) global_labels: Vec<(String, String)>,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// The storage behind a [`PrometheusRecorder`](super::PrometheusRecorder) and its renders.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub(crate) config: Config,
+    /// Sorted by name, so the exposition is stable from scrape to scrape.
+    families: RwLock<BTreeMap<String, Family>>,
+    /// `describe_*` help text for names outside the catalog (the last one wins).
+    described: RwLock<HashMap<String, String>>,
+}
+
+/// What a render needs of one family, copied out so the render holds no lock.
+pub(crate) struct FamilyView {
+    pub(crate) name: String,
+    pub(crate) help: Option<String>,
+    pub(crate) cells: CellsView,
+}
+
+/// Shared references to a family's series.
+pub(crate) enum CellsView {
+    Counter(Vec<(Arc<str>, Arc<CounterCell>)>),
+    Gauge(Vec<(Arc<str>, Arc<GaugeCell>)>),
+    Histogram(Vec<(Arc<str>, Arc<HistogramCell>)>),
+}
+
+fn view<C>(series: &[Series<C>]) -> Vec<(Arc<str>, Arc<C>)> {
+    series
+        .iter()
+        .map(|s| (Arc::clone(&s.labels), Arc::clone(&s.cell)))
+        .collect()
+}
+
+impl Registry {
+    pub(crate) fn new(config: Config) -> Self {
+        Registry {
+            config,
+            families: RwLock::new(BTreeMap::new()),
+            described: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn describe(&self, key: &KeyName, description: &SharedString) {
+        let name = text::metric_name(key.as_str());
+        self.described
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.into_owned(), description.to_string());
+    }
+
+    fn help(&self, name: &str) -> Option<String> {
+        if let Some(h) = self.config.help.get(name) {
+            return Some(h.clone());
+        }
+        self.described
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// The series of `key` in its family, created on first use. A name already taken by
+    /// another kind yields `None` (the caller hands out a no-op handle).
+    fn series<C: Cell>(&self, key: &Key, make: impl FnOnce(&str) -> C) -> Option<Arc<C>> {
+        let name = text::metric_name(key.name());
+        {
+            let families = self.families.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(f) = families.get(name.as_ref())
+                && let Some(&i) = f.index.get(key)
+            {
+                return C::of(&f.cells).map(|v| Arc::clone(&v[i].cell));
+            }
+        }
+        let help = self.help(&name);
+        let mut families = self
+            .families
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let family = families
+            .entry(name.clone().into_owned())
+            .or_insert_with(|| Family {
+                help,
+                cells: C::empty(),
+                index: HashMap::new(),
+            });
+        let labels = self.labels(key);
+        let index = &mut family.index;
+        let Some(series) = C::of_mut(&mut family.cells) else {
+            tracing::warn!(
+                target: "tokenmeter::export",
+                metric = %name,
+                "a metric name is registered as two kinds; the second one is not exported"
+            );
+            return None;
+        };
+        if let Some(&i) = index.get(key) {
+            return Some(Arc::clone(&series[i].cell));
+        }
+        let cell = Arc::new(make(&name));
+        index.insert(key.clone(), series.len());
+        series.push(Series::new(key.clone(), labels, Arc::clone(&cell)));
+        Some(cell)
+    }
+
+    /// The rendered label set of `key`: its labels, then the global labels it does not set.
+    fn labels(&self, key: &Key) -> String {
+        let mut out = String::new();
+        let mut sep = "";
+        for l in key.labels() {
+            let _ = write!(out, "{sep}{}=\"", text::label_key(l.key()));
+            text::escape_label_value(&mut out, l.value());
+            out.push('"');
+            sep = ",";
+        }
+        for (k, v) in &self.config.global_labels {
+            if key.labels().all(|l| text::label_key(l.key()) != k.as_str()) {
+                let _ = write!(out, "{sep}{k}=\"{v}\"");
+                sep = ",";
+            }
+        }
+        out
+    }
+
+    fn bounds(&self, name: &str) -> Arc<Bounds> {
+        Arc::clone(
+            self.config
+                .buckets
+                .get(name)
+                .unwrap_or(&self.config.fallback),
+        )
+    }
+
+    /// Copies out what a render needs (after evicting idle series when an idle timeout is
+    /// set), so that formatting runs without holding the lock registrations take.
+    pub(crate) fn view(&self) -> Vec<FamilyView> {
+        if self.config.idle_timeout.is_some() {
+            self.evict_idle();
+        }
+        let families = self.families.read().unwrap_or_else(PoisonError::into_inner);
+        families
+            .iter()
+            .filter(|(_, f)| f.len() > 0)
+            .map(|(name, f)| FamilyView {
+                name: name.clone(),
+                help: f.help.clone(),
+                cells: match &f.cells {
+                    Cells::Counter(v) => CellsView::Counter(view(v)),
+                    Cells::Gauge(v) => CellsView::Gauge(view(v)),
+                    Cells::Histogram(v) => CellsView::Histogram(view(v)),
+                },
+            })
+            .collect()
+    }
+
+    /// Drops series that nobody can update any more (no handle held outside the registry)
+    /// and whose value has not changed for the idle timeout.
+    pub(crate) fn evict_idle(&self) {
+        let Some(timeout) = self.config.idle_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let mut families = self
+            .families
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for family in families.values_mut() {
+            let changed = match &mut family.cells {
+                Cells::Counter(v) => retain(v, now, timeout, |c| c.0.load(Relaxed)),
+                Cells::Gauge(v) => retain(v, now, timeout, |c| c.0.load(Relaxed)),
+                Cells::Histogram(v) => retain(v, now, timeout, |c| {
+                    c.buckets.iter().map(|b| b.load(Relaxed)).sum::<u64>()
+                }),
+            };
+            if changed {
+                family.index = match &family.cells {
+                    Cells::Counter(v) => index(v),
+                    Cells::Gauge(v) => index(v),
+                    Cells::Histogram(v) => index(v),
+                };
+            }
+        }
+        families.retain(|_, f| f.len() > 0);
+    }
+}
+
+fn retain<C>(
+    series: &mut Vec<Series<C>>,
+    now: Instant,
+    timeout: Duration,
+    fingerprint: impl Fn(&C) -> u64,
+) -> bool {
+    let before = series.len();
+    series.retain(|s| !s.idle(fingerprint(&s.cell), now, timeout));
+    series.len() != before
+}
+
+fn index<C>(series: &[Series<C>]) -> HashMap<Key, usize> {
+    series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.key.clone(), i))
+        .collect()
+}
+
+/// The `metrics` recorder of the Prometheus exporter (see [`super::Prometheus`]).
+///
+/// Counters and gauges are single atomics; histograms are atomic bucket counts over fixed
+/// bounds, so recording never locks or allocates and a scrape reads the current values.
+/// Compose it with other recorders through `metrics_util`'s fanout or install it globally.
+#[derive(Clone, Debug)]
+pub struct PrometheusRecorder {
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl Recorder for PrometheusRecorder {
+    fn describe_counter(&self, key: KeyName, _unit: Option<Unit>, description: SharedString) {
+        self.registry.describe(&key, &description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, _unit: Option<Unit>, description: SharedString) {
+        self.registry.describe(&key, &description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, _unit: Option<Unit>, description: SharedString) {
+        self.registry.describe(&key, &description);
+    }
+
+    fn register_counter(&self, key: &Key, _metadata: &Metadata<'_>) -> Counter {
+        self.registry
+            .series(key, |_| CounterCell::default())
+            .map_or_else(Counter::noop, Counter::from_arc)
+    }
+
+    fn register_gauge(&self, key: &Key, _metadata: &Metadata<'_>) -> Gauge {
+        self.registry
+            .series(key, |_| GaugeCell::default())
+            .map_or_else(Gauge::noop, Gauge::from_arc)
+    }
+
+    fn register_histogram(&self, key: &Key, _metadata: &Metadata<'_>) -> Histogram {
+        self.registry
+            .series(key, |name| HistogramCell::new(self.registry.bounds(name)))
+            .map_or_else(Histogram::noop, Histogram::from_arc)
+    }
+}
