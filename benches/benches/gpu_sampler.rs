@@ -11,21 +11,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tokenmeter_benches::{report, token_ns};
+use tokenmeter_benches::{report, thread_cpu, token_ns};
 use tokenmeter_core::Meter;
 use tokenmeter_gpu::{FakeGpuSource, GpuAvailability, Sampler};
-
-/// CPU time consumed by the calling thread so far.
-fn thread_cpu() -> Duration {
-    // SAFETY: `timespec` is plain old data; all-zero is a valid value.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 /// Mean CPU time per `sample_once` over `n` samples (after 3 warm-up samples), in ns.
 fn cpu_per_sample(sampler: &mut Sampler, n: u32) -> f64 {

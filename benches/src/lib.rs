@@ -5,7 +5,7 @@
 //! that the ratio needs (the fastest of several timed batches, which is the least disturbed by
 //! other work on a shared machine).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokenmeter_core::{Finish, Meter};
 
@@ -55,4 +55,25 @@ pub fn token_ns(meter: &Meter) -> f64 {
     let ns = ns_per_op(1, || g.token());
     g.finish(Finish::Stop);
     ns
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    // SAFETY: `timespec` is plain old data; all-zero is a valid value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time consumed by the calling thread so far.
+pub fn thread_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time consumed by the whole process (every thread) so far.
+pub fn process_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
 }

@@ -13,7 +13,8 @@
 //!   and what is dropped is counted.
 //! - [`RequestLog`]: one JSON line per finished request, through a bounded non-blocking
 //!   writer (a stalled stdout drops and counts lines, never blocks `finish()`).
-//! - [`Exporters`] composes them (with any recorder of yours) through `metrics-util`'s fanout;
+//! - [`Exporters`] composes them (with any recorder of yours) through a [`Fanout`] that passes
+//!   weighted histogram records through whole;
 //!   [`init`] is the one-call setup that reads the environment.
 //!
 //! **A meter with a custom prefix or bucket overrides must be passed in**: [`init`] knows only
@@ -42,6 +43,7 @@
 
 use std::net::SocketAddr;
 
+mod fanout;
 mod log;
 mod names;
 mod stats;
@@ -53,6 +55,7 @@ pub mod prometheus;
 #[cfg(feature = "otlp")]
 pub mod trace_context;
 
+pub use fanout::Fanout;
 pub use log::{DEFAULT_BUFFER_LINES, LogDestination, REQUEST_TARGET, RequestLog, RequestLogWriter};
 pub use names::DEFAULT_PREFIX;
 #[cfg(feature = "prometheus")]

@@ -1,13 +1,13 @@
 //! One-call setup ([`init`]) and the composing builder ([`Exporters`]).
 
 use metrics::Recorder;
-use metrics_util::layers::FanoutBuilder;
 use tracing_subscriber::Layer;
 use tracing_subscriber::Registry;
 use tracing_subscriber::layer::SubscriberExt;
 
 use tokenmeter_core::Meter;
 
+use crate::fanout::Fanout;
 use crate::log::RequestLogWriter;
 use crate::{Error, LogDestination, RequestLog};
 
@@ -18,7 +18,7 @@ use crate::prometheus::{Prometheus, PrometheusExporter};
 
 type BoxedRecorder = Box<dyn Recorder + Send + Sync + 'static>;
 
-/// Composes the exporters: Prometheus and OTLP side by side through `metrics-util`'s fanout,
+/// Composes the exporters: Prometheus and OTLP side by side through a [`Fanout`],
 /// plus any recorders of yours, installed as the global `metrics` recorder; the OTLP trace
 /// layer and the JSON request log installed as the global `tracing` subscriber.
 ///
@@ -158,9 +158,8 @@ impl Exporters {
     /// # Errors
     ///
     /// Whatever building an exporter returns (e.g. [`Error::Bind`]).
-    pub fn build(self) -> Result<(ExportGuard, Option<metrics_util::layers::Fanout>), Error> {
-        let mut fanout = FanoutBuilder::default();
-        let mut any = false;
+    pub fn build(self) -> Result<(ExportGuard, Option<Fanout>), Error> {
+        let mut fanout = Fanout::new();
         let meters = self.meters;
         #[cfg(feature = "prometheus")]
         let prometheus = match self.prometheus {
@@ -168,8 +167,7 @@ impl Exporters {
                 let p = meters.iter().fold(p, Prometheus::meter);
                 let mut built = p.build()?;
                 if let Some(r) = built.take_recorder() {
-                    fanout = fanout.add_recorder(r);
-                    any = true;
+                    fanout = fanout.with(r);
                 }
                 Some(built)
             }
@@ -181,16 +179,14 @@ impl Exporters {
                 let o = meters.iter().fold(o, Otlp::meter);
                 let mut built = o.build()?;
                 if let Some(r) = built.take_recorder() {
-                    fanout = fanout.add_recorder(r);
-                    any = true;
+                    fanout = fanout.with(r);
                 }
                 Some(built)
             }
             None => None,
         };
         for r in self.recorders {
-            fanout = fanout.add_recorder(r);
-            any = true;
+            fanout = fanout.with_boxed(r);
         }
         let request_log = match self.request_log {
             Some(log) => {
@@ -210,7 +206,7 @@ impl Exporters {
             request_log,
             tracing_installed: false,
         };
-        Ok((guard, any.then(|| fanout.build())))
+        Ok((guard, (!fanout.is_empty()).then_some(fanout)))
     }
 
     /// Builds everything, installs the fanout as the global `metrics` recorder and (unless

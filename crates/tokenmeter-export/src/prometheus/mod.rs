@@ -285,7 +285,7 @@ impl PrometheusExporter {
         self.local_addr
     }
 
-    /// Takes the recorder out to compose it (e.g. in a `metrics_util` fanout); `None` once
+    /// Takes the recorder out to compose it (e.g. in a [`crate::Fanout`]); `None` once
     /// installed or taken.
     pub fn take_recorder(&mut self) -> Option<PrometheusRecorder> {
         self.recorder.take()

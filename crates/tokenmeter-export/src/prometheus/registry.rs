@@ -439,7 +439,7 @@ fn index<C>(series: &[Series<C>]) -> HashMap<Key, usize> {
 ///
 /// Counters and gauges are single atomics; histograms are atomic bucket counts over fixed
 /// bounds, so recording never locks or allocates and a scrape reads the current values.
-/// Compose it with other recorders through `metrics_util`'s fanout or install it globally.
+/// Compose it with other recorders through a [`crate::Fanout`] or install it globally.
 #[derive(Clone, Debug)]
 pub struct PrometheusRecorder {
     pub(crate) registry: Arc<Registry>,
