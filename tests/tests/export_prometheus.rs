@@ -78,7 +78,7 @@ fn real_prometheus_scrape_matches_the_in_process_numbers() {
     let (clock, mock) = Clock::mock();
     let meter = Meter::builder()
         .model("prom-e2e")
-        .constant_label("tenant", "a \"quoted\"\nvalue\\x")
+        .constant_label("tenant", "a \"quoted\"\nvalue\\x \\\"")
         .clock(clock)
         .build();
     workload(&meter, &mock, 50, 5);
@@ -134,9 +134,11 @@ fn real_prometheus_scrape_matches_the_in_process_numbers() {
     );
     assert_eq!(ttft_count as u64, snap.ttft.count);
 
-    // Label values with quotes, a newline and a backslash survive exposition and parsing.
-    let escaped =
-        prom.scalar(r#"sum(tokenmeter_output_tokens_total{tenant="a \"quoted\"\nvalue\\x"})"#);
+    // Label values with quotes, a newline, a backslash and a backslash before a quote survive
+    // exposition and parsing.
+    let escaped = prom.scalar(
+        r#"sum(tokenmeter_output_tokens_total{tenant="a \"quoted\"\nvalue\\x \\\""})"#,
+    );
     assert_eq!(escaped, Some(250.0));
 
     // histogram_quantile within one bucket of the in-process snapshot.

@@ -4,9 +4,9 @@
 //! and one span plus one event per request through [`tracing`]. This crate provides the
 //! recorders and layers that ship them:
 //!
-//! - [`Prometheus`]: `metrics-exporter-prometheus` with the catalog's bucket bounds for every
-//!   histogram (never a summary), served on 127.0.0.1:9464 by default or rendered into your
-//!   own router.
+//! - [`Prometheus`]: our own atomic storage and text exposition, with the catalog's bucket
+//!   bounds for every histogram (never a summary), served on 127.0.0.1:9464 by default or
+//!   rendered into your own router.
 //! - [`otlp::Otlp`]: a `metrics::Recorder` forwarding to the OpenTelemetry SDK, plus a
 //!   `tracing-opentelemetry` layer for the request spans, exported over gRPC or HTTP/protobuf,
 //!   off-thread and bounded: a dead or stalled collector never blocks the generation loop,

@@ -47,7 +47,9 @@ pub enum LogDestination {
 /// Each finished request gives one JSON object per line with the fields `request_id`,
 /// `model`, `prompt_tokens`, `output_tokens`, `ttft_ms`, `tpot_ms`, `e2e_ms`, `queue_ms`,
 /// `finish_reason`, `error_type`, `nan`, `pos_inf`, `neg_inf`, plus `timestamp`, `level`,
-/// `target` and `message`. No prompt or output text is ever logged by tokenmeter.
+/// `target` and `message`. No prompt or output text is logged unless the meter opts in with
+/// `MeterBuilder::capture_text` (a redaction hook); then the redacted text comes as `prompt`
+/// and `output`, with `prompt_truncated` / `output_truncated` when the size cap cut it.
 ///
 /// The line is formatted on the caller's thread and handed to a bounded queue; a writer
 /// thread (`tokenmeter-request-log`) writes it out. When the destination stalls (a full stdout
