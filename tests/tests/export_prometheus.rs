@@ -136,9 +136,8 @@ fn real_prometheus_scrape_matches_the_in_process_numbers() {
 
     // Label values with quotes, a newline, a backslash and a backslash before a quote survive
     // exposition and parsing.
-    let escaped = prom.scalar(
-        r#"sum(tokenmeter_output_tokens_total{tenant="a \"quoted\"\nvalue\\x \\\""})"#,
-    );
+    let escaped =
+        prom.scalar(r#"sum(tokenmeter_output_tokens_total{tenant="a \"quoted\"\nvalue\\x \\\""})"#);
     assert_eq!(escaped, Some(250.0));
 
     // histogram_quantile within one bucket of the in-process snapshot.
