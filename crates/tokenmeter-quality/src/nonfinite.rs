@@ -5,13 +5,29 @@
 //! mantissa is a NaN (quiet or signaling, either sign, any payload). The scan works on the raw
 //! bits only, so it is exact for every bit pattern and never traps or canonicalizes NaNs.
 //!
-//! The scan runs in two levels. A fast pass over fixed 4 KiB chunks keeps the running unsigned
-//! maximum of `bits & !SIGN` (two vector instructions per vector of lanes, which LLVM
-//! autovectorizes); only a chunk whose maximum reaches the exponent mask holds a non-finite
-//! value, and only such a chunk is counted exactly (branch-free, also vectorized). On x86-64 the
-//! kernels are compiled a second time with AVX2 enabled and chosen at run time with
-//! `is_x86_feature_detected!`, so the default target (SSE2) gets the wide path on any machine
-//! that has it; other targets use the portable kernels (NEON is baseline on aarch64).
+//! The scan runs in two levels. Level 0 asks, over the whole row, "is any value possibly
+//! non-finite?" with one or two vector instructions per vector and no branch; a clean row (the
+//! common case) costs that one read. Only when it fires does the exact pass run: per 4 KiB
+//! chunk, the running unsigned maximum of `bits & !SIGN` tells whether the chunk holds a
+//! non-finite value, and only such a chunk is counted exactly (branch-free compares into
+//! per-lane counters, vectorized). Level 0 may fire without cause (see below); the exact pass
+//! then counts nothing, so the counts are exact either way.
+//!
+//! Level 0, by machine, chosen at run time so that the default target (SSE2) gets the wide
+//! kernels on any machine that has them:
+//!
+//! - x86-64 with AVX-512F (f32, f64) or AVX512-FP16 (f16, bf16): one fused multiply-add per
+//!   64-byte line, `acc = x * 0 + acc`, which stays zero for finite `x` and turns NaN for any
+//!   NaN or infinity, as many instructions as a plain summing read needs (inline assembly; see
+//!   the `x86` module for why bf16 can use the binary16 instruction, and when that fires
+//!   without cause).
+//! - x86-64 with AVX2 + FMA: the same FMA test with 256-bit vectors for f32 and f64; for f16 and
+//!   bf16, the maximum of `bits & !SIGN` (two instructions per 32 bytes, which makes the AVX2
+//!   path slower than a plain read when the row sits in L2).
+//! - Elsewhere: the maximum test, which LLVM autovectorizes (NEON is baseline on aarch64).
+//!
+//! The x86 kernels read the row's 64-byte-aligned middle as whole lines (a vector load never
+//! straddles two cache lines) and test the unaligned ends with the portable code.
 //!
 //! ```
 //! use tokenmeter_quality::count_non_finite;
@@ -105,12 +121,33 @@ macro_rules! naive {
 }
 naive!(f32, f64, f16, bf16);
 
+/// Splits `row` into a head, a middle that starts on a 64-byte boundary and holds whole 64-byte
+/// lines, and a tail, so that the vector kernels never load across a cache line (a split load
+/// costs a second L1 access; on a misaligned row it is every other 32-byte load, or every
+/// 64-byte one). The head and the tail are shorter than a line each.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[inline(always)]
+fn split_aligned<T>(row: &[T]) -> (&[T], &[T], &[T]) {
+    let lane = LINE_BYTES / core::mem::size_of::<T>();
+    // `align_offset` may answer `usize::MAX` ("cannot align"): then all of the row is the head.
+    let pre = row.as_ptr().align_offset(LINE_BYTES).min(row.len());
+    let (head, rest) = row.split_at(pre);
+    let (mid, tail) = rest.split_at(rest.len() / lane * lane);
+    (head, mid, tail)
+}
+
+/// Bytes per cache line, the unit of the vector kernels.
+const LINE_BYTES: usize = 64;
+
 /// Generates, for one element type: the exact chunked counter (`#[inline(always)]`, written so
-/// that LLVM vectorizes both of its loops), a whole-row "any non-finite?" test, and the `Logit`
-/// impl that dispatches between the portable build and an AVX2 build on x86-64.
+/// that LLVM vectorizes both of its loops), a whole-row "any non-finite?" test, the portable
+/// kernel, the AVX2 kernels, the AVX-512 kernel (x86-64 only; `None` where the CPU lacks what it
+/// needs) and the `Logit` impl that dispatches between them.
 macro_rules! scanner {
     ($t:ty, $u:ty, $abs:expr, $inf:expr, $sign:expr,
-     $exact:ident, $any_int:ident, $portable:ident, $avx2:ident, $avx2_any:expr) => {
+     $exact:ident, $any_int:ident, $portable:ident,
+     $avx2:ident, $avx2_exact:ident, $avx2_any:expr,
+     $avx512:ident, $avx512_ok:path, $zmm_any:path) => {
         /// Level 0: the largest magnitude pattern in the row reaches the exponent mask exactly
         /// when the row holds a non-finite value (`and` + unsigned `max` per vector, into four
         /// vectors of independent accumulators).
@@ -151,19 +188,37 @@ macro_rules! scanner {
                 }
                 max
             }
-            // Exact counts for one chunk (its length is below 2^32).
+            // Exact counts for one chunk of at most N elements, into per-lane counters as
+            // wide as the element (one compare and one subtract per test and vector, no
+            // widening): a lane counts at most N / L elements, lane 0 up to L - 1 more from
+            // the remainder, at most 96 in all, which fits any of them.
             #[inline(always)]
             fn exact(chunk: &[$t], out: &mut NonFinite) {
-                let (mut nan, mut pos, mut neg) = (0u32, 0u32, 0u32);
-                for &x in chunk {
-                    let b = x.to_bits();
-                    nan += ((b & ABS) > INF) as u32;
-                    pos += (b == INF) as u32;
-                    neg += (b == NEG_INF) as u32;
+                const L: usize = LINE_BYTES / core::mem::size_of::<$t>();
+                const _: () = assert!(N / L + L <= u16::MAX as usize);
+                debug_assert!(chunk.len() <= N);
+                let mut nan = [0 as $u; L];
+                let mut pos = [0 as $u; L];
+                let mut neg = [0 as $u; L];
+                let mut lanes = chunk.chunks_exact(L);
+                for c in &mut lanes {
+                    for j in 0..L {
+                        let b = c[j].to_bits();
+                        nan[j] += ((b & ABS) > INF) as $u;
+                        pos[j] += (b == INF) as $u;
+                        neg[j] += (b == NEG_INF) as $u;
+                    }
                 }
-                out.nan += u64::from(nan);
-                out.pos_inf += u64::from(pos);
-                out.neg_inf += u64::from(neg);
+                for &x in lanes.remainder() {
+                    let b = x.to_bits();
+                    nan[0] += ((b & ABS) > INF) as $u;
+                    pos[0] += (b == INF) as $u;
+                    neg[0] += (b == NEG_INF) as $u;
+                }
+                let total = |lanes: [$u; L]| lanes.iter().fold(0u64, |s, &n| s + n as u64);
+                out.nan += total(nan);
+                out.pos_inf += total(pos);
+                out.neg_inf += total(neg);
             }
 
             let mut out = NonFinite::default();
@@ -193,15 +248,52 @@ macro_rules! scanner {
             }
         }
 
+        /// The level-0 test on the line-aligned middle (the ends by the portable test), then
+        /// the exact pass, all compiled for AVX2 + FMA.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         fn $avx2(row: &[$t]) -> NonFinite {
             let any: fn(&[$t]) -> bool = $avx2_any;
-            if any(row) {
+            let (head, mid, tail) = split_aligned(row);
+            if any(mid) || $any_int(head) || $any_int(tail) {
                 $exact(row)
             } else {
                 NonFinite::default()
             }
+        }
+
+        /// The exact pass alone, compiled for AVX2 + FMA (the AVX-512 path's slow path).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn $avx2_exact(row: &[$t]) -> NonFinite {
+            $exact(row)
+        }
+
+        /// The AVX-512 path: one fused multiply-add per 64-byte line as the level-0 test (see
+        /// [`x86`]), then, only if it fires, the AVX2 exact pass. `None` where the CPU or the
+        /// OS lacks what it needs.
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        fn $avx512(row: &[$t]) -> Option<NonFinite> {
+            if !$avx512_ok() {
+                return None;
+            }
+            let (head, mid, tail) = split_aligned(row);
+            // SAFETY: the CPU and OS support the kernel's instructions (checked just above);
+            // `mid` is a live slice of `size_of_val(mid)` readable bytes, a whole number of
+            // 64-byte lines (`split_aligned`), and the kernel reads exactly those lines.
+            let any = unsafe {
+                $zmm_any(
+                    mid.as_ptr().cast::<u8>(),
+                    core::mem::size_of_val(mid) / LINE_BYTES,
+                )
+            };
+            Some(if any || $any_int(head) || $any_int(tail) {
+                // SAFETY: `$avx512_ok` implies AVX2 and FMA.
+                unsafe { $avx2_exact(row) }
+            } else {
+                NonFinite::default()
+            })
         }
 
         impl Logit for $t {
@@ -209,9 +301,10 @@ macro_rules! scanner {
             fn count(row: &[Self]) -> NonFinite {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    if std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                    {
+                    if let Some(c) = $avx512(row) {
+                        return c;
+                    }
+                    if x86::avx2() {
                         // SAFETY: the CPU supports AVX2 and FMA, checked just above; the
                         // function has no other safety requirement.
                         return unsafe { $avx2(row) };
@@ -252,6 +345,189 @@ macro_rules! fma_any {
 fma_any!(fma_any_f32, f32);
 fma_any!(fma_any_f64, f64);
 
+/// Run-time CPU detection and the AVX-512 level-0 kernels (x86-64).
+///
+/// The kernels are one fused multiply-add per 64-byte line, `acc = x * 0 + acc`, into eight
+/// independent 512-bit accumulators (the FMA latency is 4 cycles at two per cycle): `x * 0` is
+/// ±0 for every finite `x` (subnormals and the largest values included), and `+0 + ±0 = +0`, so
+/// the accumulators stay all-zero bits until a NaN or an infinity comes by (`inf * 0` and
+/// anything with a NaN operand are NaN, and NaN sticks). The kernel answers "some accumulator
+/// bit is set". That is one instruction per line, as many as the floor's one add per line; the
+/// AVX2 integer test for 16-bit types needs two per 32 bytes, four times as many.
+///
+/// - f32, f64: `vfmadd231ps` / `vfmadd231pd` (AVX-512F).
+/// - f16: `vfmadd231ph` (AVX512-FP16), the exact IEEE binary16 test.
+/// - bf16: the same `vfmadd231ph` on the same bits. A bf16 value is non-finite when its eight
+///   exponent bits (14..7) are all ones; then bits 14..10, the binary16 exponent, are all ones
+///   too, so the binary16 view of the same bits is NaN or infinite and the test fires: no false
+///   negatives. It also fires for finite bf16 values with bits 14..10 set, |x| >= 2^121; then
+///   the exact pass finds nothing to count and returns zeros, so the counts stay exact and
+///   only such rows (for example rows masked with `bf16::MIN` instead of -inf) pay for a second
+///   pass.
+///
+/// A rounding mode other than to-nearest could leave a -0 in an accumulator (in round-down,
+/// `+0 + -0 = -0`); that only sends the row through the exact pass.
+///
+/// The kernels are inline assembly rather than `core::arch` intrinsics, which need Rust 1.89
+/// for AVX-512 (the workspace's `rust-version` is 1.88); the assembler needs no target feature.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use core::arch::asm;
+    use core::sync::atomic::{AtomicU8, Ordering};
+
+    /// AVX2 and FMA: the 256-bit kernels.
+    #[inline]
+    pub(super) fn avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    /// AVX2, FMA and AVX-512F with the OS saving the 512-bit state (std's detection checks
+    /// XCR0): the f32 and f64 kernels.
+    #[inline]
+    pub(super) fn avx512() -> bool {
+        avx2() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// [`avx512`] and AVX512-FP16: the f16 and bf16 kernel.
+    #[inline]
+    pub(super) fn avx512fp16() -> bool {
+        // 0: not yet known, 1: absent, 2: present. CPUID can trap to the hypervisor under
+        // virtualization, so it runs once.
+        static FP16: AtomicU8 = AtomicU8::new(0);
+        match FP16.load(Ordering::Relaxed) {
+            2 => true,
+            1 => false,
+            _ => {
+                // AVX-512F implies CPUID leaf 7. AVX512-FP16 is leaf 7, sub-leaf 0, EDX bit
+                // 23 (std's detection macro names it only from Rust 1.89).
+                let has = avx512() && {
+                    // `__cpuid_count` is an unsafe fn before Rust 1.94 and a safe one after.
+                    #[allow(unused_unsafe)]
+                    // SAFETY: CPUID exists on every x86-64 CPU and leaf 7 exists where
+                    // AVX-512F does (checked first); it has no other effect.
+                    let leaf7 = unsafe { core::arch::x86_64::__cpuid_count(7, 0) };
+                    leaf7.edx & (1 << 23) != 0
+                };
+                FP16.store(1 + u8::from(has), Ordering::Relaxed);
+                has
+            }
+        }
+    }
+
+    /// Generates one level-0 kernel: `$fma` is the fused multiply-add mnemonic.
+    macro_rules! zmm_fma_any {
+        ($(#[$doc:meta])* $name:ident, $fma:literal) => {
+            $(#[$doc])*
+            ///
+            /// True when some value in the `lines` 64-byte lines at `ptr` may be non-finite
+            /// (never false when one is).
+            ///
+            /// # Safety
+            ///
+            /// The CPU and the OS must support the instruction (see [`avx512`] and
+            /// [`avx512fp16`]), and `ptr` must be valid for reads of `64 * lines` bytes.
+            #[inline]
+            pub(super) unsafe fn $name(ptr: *const u8, lines: usize) -> bool {
+                let hit: u8;
+                // SAFETY: the caller guarantees the instruction set and that the `64 * lines`
+                // bytes at `ptr` are readable; the code reads exactly those bytes (eight lines
+                // per iteration, then the rest one by one), writes no memory and no register
+                // but those declared (all 16 vector registers, as `vzeroupper` clears the upper
+                // halves of all of them), and leaves the upper vector state clean, so SSE code
+                // after it pays no transition penalty.
+                unsafe {
+                    asm!(
+                        "vpxor xmm0, xmm0, xmm0",
+                        "vpxor xmm1, xmm1, xmm1",
+                        "vpxor xmm2, xmm2, xmm2",
+                        "vpxor xmm3, xmm3, xmm3",
+                        "vpxor xmm4, xmm4, xmm4",
+                        "vpxor xmm5, xmm5, xmm5",
+                        "vpxor xmm6, xmm6, xmm6",
+                        "vpxor xmm7, xmm7, xmm7",
+                        "vpxor xmm8, xmm8, xmm8",
+                        "test {blocks}, {blocks}",
+                        "jz 3f",
+                        ".p2align 6",
+                        "2:",
+                        concat!($fma, " zmm0, zmm8, zmmword ptr [{p}]"),
+                        concat!($fma, " zmm1, zmm8, zmmword ptr [{p} + 64]"),
+                        concat!($fma, " zmm2, zmm8, zmmword ptr [{p} + 128]"),
+                        concat!($fma, " zmm3, zmm8, zmmword ptr [{p} + 192]"),
+                        concat!($fma, " zmm4, zmm8, zmmword ptr [{p} + 256]"),
+                        concat!($fma, " zmm5, zmm8, zmmword ptr [{p} + 320]"),
+                        concat!($fma, " zmm6, zmm8, zmmword ptr [{p} + 384]"),
+                        concat!($fma, " zmm7, zmm8, zmmword ptr [{p} + 448]"),
+                        "add {p}, 512",
+                        "dec {blocks}",
+                        "jnz 2b",
+                        "3:",
+                        "test {rest}, {rest}",
+                        "jz 5f",
+                        "4:",
+                        concat!($fma, " zmm0, zmm8, zmmword ptr [{p}]"),
+                        "add {p}, 64",
+                        "dec {rest}",
+                        "jnz 4b",
+                        "5:",
+                        "vpord zmm0, zmm0, zmm1",
+                        "vpord zmm2, zmm2, zmm3",
+                        "vpord zmm4, zmm4, zmm5",
+                        "vpord zmm6, zmm6, zmm7",
+                        "vpord zmm0, zmm0, zmm2",
+                        "vpord zmm4, zmm4, zmm6",
+                        "vpord zmm0, zmm0, zmm4",
+                        "vextracti64x4 ymm1, zmm0, 1",
+                        "vpor ymm0, ymm0, ymm1",
+                        "vptest ymm0, ymm0",
+                        "setnz {hit}",
+                        "vzeroupper",
+                        p = inout(reg) ptr => _,
+                        blocks = inout(reg) lines / 8 => _,
+                        rest = inout(reg) lines % 8 => _,
+                        hit = out(reg_byte) hit,
+                        out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+                        out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+                        out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+                        out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+                        options(pure, readonly, nostack),
+                    );
+                }
+                hit != 0
+            }
+        };
+    }
+
+    zmm_fma_any!(
+        /// f32 level 0 (AVX-512F).
+        any_ps,
+        "vfmadd231ps"
+    );
+    zmm_fma_any!(
+        /// f64 level 0 (AVX-512F).
+        any_pd,
+        "vfmadd231pd"
+    );
+    zmm_fma_any!(
+        /// f16 level 0, and bf16's superset test (AVX512-FP16).
+        any_ph,
+        "vfmadd231ph"
+    );
+}
+
+/// The AVX-512 paths exist on x86-64 only.
+#[cfg(not(target_arch = "x86_64"))]
+macro_rules! no_wide {
+    ($($name:ident: $t:ty),*) => {$(
+        #[inline]
+        fn $name(_row: &[$t]) -> Option<NonFinite> {
+            None
+        }
+    )*};
+}
+#[cfg(not(target_arch = "x86_64"))]
+no_wide!(avx512_f32: f32, avx512_f64: f64, avx512_f16: f16, avx512_bf16: bf16);
+
 scanner!(
     f32,
     u32,
@@ -262,7 +538,11 @@ scanner!(
     any_f32,
     kernel_f32,
     avx2_f32,
-    fma_any_f32
+    avx2_exact_f32,
+    fma_any_f32,
+    avx512_f32,
+    x86::avx512,
+    x86::any_ps
 );
 scanner!(
     f64,
@@ -274,10 +554,27 @@ scanner!(
     any_f64,
     kernel_f64,
     avx2_f64,
-    fma_any_f64
+    avx2_exact_f64,
+    fma_any_f64,
+    avx512_f64,
+    x86::avx512,
+    x86::any_pd
 );
 scanner!(
-    f16, u16, 0x7FFF, 0x7C00, 0x8000, exact_f16, any_f16, kernel_f16, avx2_f16, any_f16
+    f16,
+    u16,
+    0x7FFF,
+    0x7C00,
+    0x8000,
+    exact_f16,
+    any_f16,
+    kernel_f16,
+    avx2_f16,
+    avx2_exact_f16,
+    any_f16,
+    avx512_f16,
+    x86::avx512fp16,
+    x86::any_ph
 );
 scanner!(
     bf16,
@@ -289,7 +586,11 @@ scanner!(
     any_bf16,
     kernel_bf16,
     avx2_bf16,
-    any_bf16
+    avx2_exact_bf16,
+    any_bf16,
+    avx512_bf16,
+    x86::avx512fp16,
+    x86::any_ph
 );
 
 /// The portable (non-AVX2) kernels, for tests that check both paths agree.
@@ -311,6 +612,74 @@ pub mod portable {
     /// Portable bf16 kernel.
     pub fn bf16(row: &[bf16]) -> NonFinite {
         kernel_bf16(row)
+    }
+}
+
+/// The AVX2 + FMA kernels alone (x86-64), `None` where the CPU lacks them: for tests that check
+/// every path agrees on machines whose dispatch picks a wider one, and for the bench's fallback
+/// figures.
+#[doc(hidden)]
+pub mod avx2 {
+    use super::*;
+
+    macro_rules! path {
+        ($($name:ident: $t:ty => $kernel:ident),*) => {$(
+            /// The AVX2 + FMA kernel, if the CPU has them.
+            pub fn $name(row: &[$t]) -> Option<NonFinite> {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if x86::avx2() {
+                        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                        return Some(unsafe { $kernel(row) });
+                    }
+                }
+                let _ = row;
+                None
+            }
+        )*};
+    }
+    path!(f32: f32 => avx2_f32, f64: f64 => avx2_f64, f16: f16 => avx2_f16, bf16: bf16 => avx2_bf16);
+}
+
+/// The AVX-512 kernels alone (x86-64), `None` where the CPU lacks them (AVX-512F for f32 and
+/// f64, AVX512-FP16 too for f16 and bf16).
+#[doc(hidden)]
+pub mod avx512 {
+    use super::*;
+    /// The AVX-512F kernel, if the CPU has it.
+    pub fn f32(row: &[f32]) -> Option<NonFinite> {
+        avx512_f32(row)
+    }
+    /// The AVX-512F kernel, if the CPU has it.
+    pub fn f64(row: &[f64]) -> Option<NonFinite> {
+        avx512_f64(row)
+    }
+    /// The AVX512-FP16 kernel, if the CPU has it.
+    pub fn f16(row: &[f16]) -> Option<NonFinite> {
+        avx512_f16(row)
+    }
+    /// The AVX512-FP16 kernel (bf16 through the binary16 view), if the CPU has it.
+    pub fn bf16(row: &[bf16]) -> Option<NonFinite> {
+        avx512_bf16(row)
+    }
+}
+
+#[doc(hidden)]
+/// Which kernels [`count_non_finite`] uses on this machine, per element type, in words (for
+/// benches and logs).
+pub fn kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match (x86::avx512fp16(), x86::avx512(), x86::avx2()) {
+            (true, _, _) => "AVX-512 FMA (f32, f64), AVX512-FP16 FMA (f16, bf16)",
+            (false, true, _) => "AVX-512 FMA (f32, f64), AVX2 (f16, bf16)",
+            (false, false, true) => "AVX2 + FMA",
+            _ => "portable (SSE2)",
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        "portable"
     }
 }
 
@@ -352,8 +721,7 @@ mod tests {
             0.0,
             -0.0,
         ];
-        assert_eq!(count_non_finite(&row), nf(5, 1, 1));
-        assert_eq!(portable::f32(&row), nf(5, 1, 1));
+        assert_all_paths(&row, nf(5, 1, 1), "f32 specials");
     }
 
     #[test]
@@ -370,21 +738,187 @@ mod tests {
             f64::from_bits(1),
             f64::from_bits(0x800F_FFFF_FFFF_FFFF),
         ];
-        assert_eq!(count_non_finite(&row), nf(3, 1, 2));
-        assert_eq!(portable::f64(&row), nf(3, 1, 2));
+        assert_all_paths(&row, nf(3, 1, 2), "f64 specials");
     }
 
     #[test]
     fn f16_and_bf16_every_bit_pattern() {
         // All 65536 patterns, each once: 2 infinities and 2 * (2^m - 1) NaNs.
         let f16s: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
-        assert_eq!(count_non_finite(&f16s), nf(2 * 1023, 1, 1));
-        assert_eq!(portable::f16(&f16s), nf(2 * 1023, 1, 1));
+        assert_all_paths(&f16s, nf(2 * 1023, 1, 1), "f16 patterns");
         assert_eq!(count_non_finite_naive(&f16s), nf(2 * 1023, 1, 1));
         let bf16s: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
-        assert_eq!(count_non_finite(&bf16s), nf(2 * 127, 1, 1));
-        assert_eq!(portable::bf16(&bf16s), nf(2 * 127, 1, 1));
+        assert_all_paths(&bf16s, nf(2 * 127, 1, 1), "bf16 patterns");
         assert_eq!(count_non_finite_naive(&bf16s), nf(2 * 127, 1, 1));
+        // Each pattern alone in a row of 100 ordinary values, so that a pattern the fast
+        // test missed could not hide behind another one that fires.
+        let mut f16_row = vec![f16::from_f32(-3.5); 100];
+        let mut bf16_row = vec![bf16::from_f32(7.25); 100];
+        for bits in 0..=u16::MAX {
+            f16_row[37] = f16::from_bits(bits);
+            assert_all_paths(&f16_row, count_non_finite_naive(&f16_row), bits);
+            bf16_row[64] = bf16::from_bits(bits);
+            assert_all_paths(&bf16_row, count_non_finite_naive(&bf16_row), bits);
+        }
+    }
+
+    /// Every kernel this machine can run: the dispatched one and each path by itself.
+    trait Paths: Logit + NaiveClassify + core::fmt::Debug {
+        fn paths(row: &[Self]) -> [(&'static str, Option<NonFinite>); 4];
+    }
+    macro_rules! paths {
+        ($($t:ident),*) => {$(
+            impl Paths for $t {
+                fn paths(row: &[Self]) -> [(&'static str, Option<NonFinite>); 4] {
+                    [
+                        ("dispatch", Some(count_non_finite(row))),
+                        ("portable", Some(portable::$t(row))),
+                        ("avx2", avx2::$t(row)),
+                        ("avx512", avx512::$t(row)),
+                    ]
+                }
+            }
+        )*};
+    }
+    paths!(f32, f64, f16, bf16);
+
+    fn assert_all_paths<T: Paths>(row: &[T], want: NonFinite, ctx: impl core::fmt::Debug) {
+        for (path, got) in T::paths(row) {
+            if let Some(got) = got {
+                assert_eq!(got, want, "{path} path, {ctx:?}, len {}", row.len());
+            }
+        }
+    }
+
+    /// One value at every position of rows that start at every element offset within a
+    /// 64-byte line: the unaligned head, the eight-line blocks, the single lines after them
+    /// and the tail all see it.
+    fn every_position<T: Paths>(fill: &[T], specials: &[(T, NonFinite)]) {
+        let lane = LINE_BYTES / core::mem::size_of::<T>();
+        // Two 8-line blocks, five single lines, and a few elements, plus room for the offset.
+        let len = 2 * 8 * lane + 5 * lane + 3;
+        let mut buf: Vec<T> = (0..len + lane).map(|i| fill[i % fill.len()]).collect();
+        for offset in 0..lane {
+            for n in [len, lane - 1, lane, 8 * lane, 8 * lane + lane + 1] {
+                let range = offset..offset + n;
+                assert_all_paths(&buf[range.clone()], NonFinite::default(), (offset, n));
+                for pos in 0..n {
+                    let (x, want) = specials[pos % specials.len()];
+                    let keep = std::mem::replace(&mut buf[offset + pos], x);
+                    assert_all_paths(&buf[range.clone()], want, (offset, n, pos, x));
+                    buf[offset + pos] = keep;
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 level-0 kernels by themselves, at every line count around their eight-line
+    /// blocks: silent on finite lines (no false alarm would show in the counts), firing for a
+    /// value in any line and lane.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn zmm_kernels_fire_exactly_on_non_finite_lines() {
+        fn check<T: Copy>(ok: bool, kernel: unsafe fn(*const u8, usize) -> bool, fill: T, bad: T) {
+            if !ok {
+                return;
+            }
+            let lane = LINE_BYTES / core::mem::size_of::<T>();
+            let mut buf = vec![fill; 20 * lane + lane];
+            let skip = split_aligned(&buf).0.len();
+            for lines in 0..=19 {
+                let run = |buf: &[T]| {
+                    let mid = &buf[skip..skip + lines * lane];
+                    assert_eq!(split_aligned(mid).1.len(), mid.len());
+                    // SAFETY: the CPU has the instructions (`ok`); `mid` holds `lines` lines.
+                    unsafe { kernel(mid.as_ptr().cast(), lines) }
+                };
+                assert!(!run(&buf), "{lines} finite lines");
+                for line in 0..lines {
+                    let i = skip + line * lane + (line * 7) % lane;
+                    buf[i] = bad;
+                    assert!(run(&buf), "{lines} lines, line {line}");
+                    buf[i] = fill;
+                }
+            }
+        }
+        check(x86::avx512(), x86::any_ps, f32::MIN, f32::NAN);
+        check(x86::avx512(), x86::any_ps, -0.0f32, f32::NEG_INFINITY);
+        check(x86::avx512(), x86::any_pd, f64::MAX, f64::INFINITY);
+        check(x86::avx512fp16(), x86::any_ph, f16::MIN, f16::NEG_INFINITY);
+        check(x86::avx512fp16(), x86::any_ph, f16::from_bits(1), f16::NAN);
+        check(
+            x86::avx512fp16(),
+            x86::any_ph,
+            bf16::from_f32(-87.5),
+            bf16::INFINITY,
+        );
+    }
+
+    #[test]
+    fn every_position_of_lines_blocks_and_ends() {
+        every_position(
+            &[1.5f32, -2.0, f32::MAX, f32::MIN, -0.0, f32::from_bits(1)],
+            &[
+                (f32::NAN, nf(1, 0, 0)),
+                (f32::INFINITY, nf(0, 1, 0)),
+                (f32::NEG_INFINITY, nf(0, 0, 1)),
+                (f32::from_bits(0xFF80_0001), nf(1, 0, 0)),
+            ],
+        );
+        every_position(
+            &[1.5f64, -2.0, f64::MAX, f64::MIN, -0.0, f64::from_bits(1)],
+            &[
+                (f64::NAN, nf(1, 0, 0)),
+                (f64::INFINITY, nf(0, 1, 0)),
+                (f64::NEG_INFINITY, nf(0, 0, 1)),
+                (f64::from_bits(0x7FF0_0000_0000_0001), nf(1, 0, 0)),
+            ],
+        );
+        every_position(
+            &[
+                f16::ONE,
+                f16::NEG_ONE,
+                f16::MAX,
+                f16::MIN,
+                f16::from_bits(1),
+            ],
+            &[
+                (f16::NAN, nf(1, 0, 0)),
+                (f16::INFINITY, nf(0, 1, 0)),
+                (f16::NEG_INFINITY, nf(0, 0, 1)),
+                (f16::from_bits(0xFC01), nf(1, 0, 0)),
+            ],
+        );
+        // bf16::MAX and MIN set the binary16 exponent bits: the AVX-512 test fires on them
+        // (a false alarm) and the exact pass must still count nothing for them.
+        every_position(
+            &[
+                bf16::ONE,
+                bf16::NEG_ONE,
+                bf16::MAX,
+                bf16::MIN,
+                bf16::from_bits(1),
+            ],
+            &[
+                (bf16::NAN, nf(1, 0, 0)),
+                (bf16::INFINITY, nf(0, 1, 0)),
+                (bf16::NEG_INFINITY, nf(0, 0, 1)),
+                (bf16::from_bits(0xFF81), nf(1, 0, 0)),
+            ],
+        );
+    }
+
+    #[test]
+    fn bf16_values_that_look_non_finite_as_binary16() {
+        // Finite bf16 values whose bits 14..10 are all ones: |x| >= 2^121.
+        let big = [0x7C00u16, 0xFC00, 0x7F7F, 0xFF7F, 0x7E00, 0x7D55];
+        let mut row: Vec<bf16> = (0..5000)
+            .map(|i| bf16::from_bits(big[i % big.len()]))
+            .collect();
+        assert!(row.iter().all(|x| x.is_finite()));
+        assert_all_paths(&row, nf(0, 0, 0), "large finite bf16");
+        row[4321] = bf16::NEG_INFINITY;
+        assert_all_paths(&row, nf(0, 0, 1), "large finite bf16 and -inf");
     }
 
     #[test]
@@ -394,9 +928,9 @@ mod tests {
         for pos in [0, 1, 1023, 1024, 1025, 2047, 2048, n - 1] {
             let mut row = vec![f32::MAX; n];
             row[pos] = f32::NEG_INFINITY;
-            assert_eq!(count_non_finite(&row), nf(0, 0, 1), "pos {pos}");
+            assert_all_paths(&row, nf(0, 0, 1), pos);
             row[pos] = f32::from_bits(0xFF80_0001);
-            assert_eq!(count_non_finite(&row), nf(1, 0, 0), "pos {pos}");
+            assert_all_paths(&row, nf(1, 0, 0), pos);
         }
     }
 
@@ -404,8 +938,12 @@ mod tests {
     fn all_non_finite_row() {
         let mut row = vec![f32::NAN; 100_000];
         row[3] = f32::INFINITY;
-        assert_eq!(count_non_finite(&row), nf(99_999, 1, 0));
+        assert_all_paths(&row, nf(99_999, 1, 0), "NaN row");
         let row = vec![bf16::NEG_INFINITY; 70_001];
-        assert_eq!(count_non_finite(&row), nf(0, 0, 70_001));
+        assert_all_paths(&row, nf(0, 0, 70_001), "-inf row");
+        let row = vec![f16::INFINITY; 70_001];
+        assert_all_paths(&row, nf(0, 70_001, 0), "+inf row");
+        let row = vec![-f64::NAN; 30_001];
+        assert_all_paths(&row, nf(30_001, 0, 0), "NaN row");
     }
 }
