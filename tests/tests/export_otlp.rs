@@ -146,6 +146,14 @@ fn check_pipeline(
     } else {
         AggregationTemporality::Cumulative
     };
+    // The recorder's drain hook (an observable instrument that observes nothing) is not
+    // exported.
+    assert!(
+        !metrics
+            .iter()
+            .any(|m| m.name.starts_with("tokenmeter.internal")),
+        "internal instrument exported"
+    );
     let out = last_metric(&metrics, "tokenmeter.output_tokens");
     assert_eq!(out.unit, "{token}");
     let Some(Data::Sum(sum)) = out.data else {

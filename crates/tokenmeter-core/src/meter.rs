@@ -235,6 +235,7 @@ impl MeterBuilder {
         self.flush_interval = interval;
         self
     }
+
     /// Opts in to recording prompt and output text, passed through `redactor`. Off by
     /// default: without this call no text is kept, and
     /// [`RequestGuard::prompt_text`](crate::RequestGuard::prompt_text) and
@@ -260,6 +261,7 @@ impl MeterBuilder {
         self.text_redactor = Some(Box::new(redactor));
         self
     }
+
     /// The most bytes of prompt text, and separately of output text, a request buffers when
     /// [`capture_text`](Self::capture_text) is on (default
     /// [`DEFAULT_TEXT_MAX_BYTES`](crate::DEFAULT_TEXT_MAX_BYTES), 16 KiB). Text past it is
