@@ -603,10 +603,32 @@ mod tests {
         let rec = prom.take_recorder().expect("recorder");
         rec.register_counter(&Key::from_name("dual"), &meta())
             .increment(2);
-        rec.register_gauge(&Key::from_name("dual"), &meta())
-            .set(7.0);
-        rec.register_histogram(&Key::from_name("dual"), &meta())
-            .record(1.0);
+        // The conflict is logged once, however often the other kind is registered.
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("buf").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Buf::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for labels in [vec![], vec![Label::new("a", "b")], vec![]] {
+                let key = Key::from_parts("dual", labels);
+                rec.register_gauge(&key, &meta()).set(7.0);
+                rec.register_histogram(&key, &meta()).record(1.0);
+            }
+        });
+        let logged = String::from_utf8_lossy(&log.0.lock().expect("buf")).into_owned();
+        assert_eq!(logged.matches("two kinds").count(), 1, "{logged}");
         let text = prom.render();
         assert!(text.contains("# TYPE dual counter\ndual 2\n"), "{text}");
         assert_eq!(text.matches("dual").count(), 2, "{text}");

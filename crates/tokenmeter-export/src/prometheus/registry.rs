@@ -207,6 +207,8 @@ pub(crate) struct Family {
     pub(crate) help: Option<String>,
     pub(crate) cells: Cells,
     index: HashMap<Key, usize>,
+    /// Whether registering this name as another kind was logged (once per family).
+    kind_conflict_logged: bool,
 }
 
 impl Family {
@@ -298,10 +300,12 @@ impl Registry {
         let name = text::metric_name(key.name());
         {
             let families = self.families.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(f) = families.get(name.as_ref())
-                && let Some(&i) = f.index.get(key)
-            {
-                return C::of(&f.cells).map(|v| Arc::clone(&v[i].cell));
+            if let Some(f) = families.get(name.as_ref()) {
+                match (C::of(&f.cells), f.index.get(key)) {
+                    (Some(series), Some(&i)) => return Some(Arc::clone(&series[i].cell)),
+                    (None, _) if f.kind_conflict_logged => return None,
+                    _ => {}
+                }
             }
         }
         let help = self.help(&name);
@@ -315,17 +319,22 @@ impl Registry {
                 help,
                 cells: C::empty(),
                 index: HashMap::new(),
+                kind_conflict_logged: false,
             });
+        if C::of(&family.cells).is_none() {
+            if !family.kind_conflict_logged {
+                family.kind_conflict_logged = true;
+                tracing::warn!(
+                    target: "tokenmeter::export",
+                    metric = %name,
+                    "a metric name is registered as two kinds; the second one is not exported"
+                );
+            }
+            return None;
+        }
         let labels = self.labels(key);
         let index = &mut family.index;
-        let Some(series) = C::of_mut(&mut family.cells) else {
-            tracing::warn!(
-                target: "tokenmeter::export",
-                metric = %name,
-                "a metric name is registered as two kinds; the second one is not exported"
-            );
-            return None;
-        };
+        let series = C::of_mut(&mut family.cells)?;
         if let Some(&i) = index.get(key) {
             return Some(Arc::clone(&series[i].cell));
         }
