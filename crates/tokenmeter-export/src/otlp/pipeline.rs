@@ -3,9 +3,10 @@
 //! never blocks `on_end` (a full queue drops the span and counts it).
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, bounded};
 
 use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
@@ -99,8 +100,8 @@ impl<E: PushMetricExporter> PushMetricExporter for GuardedMetricExporter<E> {
 
 enum Msg {
     Span(Box<SpanData>),
-    Flush(SyncSender<()>),
-    Shutdown(SyncSender<()>),
+    Flush(Sender<()>),
+    Shutdown(Sender<()>),
 }
 
 /// Settings of the bounded span processor.
@@ -116,7 +117,7 @@ pub(crate) struct SpanQueue {
 /// (`try_send`), a full queue drops and counts; one worker thread batches and exports with a
 /// hard timeout on our runtime.
 pub(crate) struct BoundedSpanProcessor {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     stats: Arc<ExportStats>,
     worker: std::sync::Mutex<Option<JoinHandle<()>>>,
     timeout: Duration,
@@ -137,7 +138,7 @@ impl BoundedSpanProcessor {
         stats: Arc<ExportStats>,
         drop_metric: String,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(cfg.capacity.max(1));
+        let (tx, rx) = bounded(cfg.capacity.max(1));
         let st = stats.clone();
         let worker = std::thread::Builder::new()
             .name("tokenmeter-otlp-spans".into())
@@ -150,23 +151,14 @@ impl BoundedSpanProcessor {
         })
     }
 
-    fn control(&self, make: impl FnOnce(SyncSender<()>) -> Msg, wait: Duration) -> OTelSdkResult {
-        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+    fn control(&self, make: impl FnOnce(Sender<()>) -> Msg, wait: Duration) -> OTelSdkResult {
+        let (ack_tx, ack_rx) = bounded(1);
         let deadline = Instant::now() + wait;
-        let mut msg = make(ack_tx);
         // Control messages wait for queue space, but never past the deadline.
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) => {
-                    if Instant::now() >= deadline {
-                        return Err(OTelSdkError::Timeout(wait));
-                    }
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(TrySendError::Disconnected(_)) => return Err(OTelSdkError::AlreadyShutdown),
-            }
+        match self.tx.send_timeout(make(ack_tx), wait) {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => return Err(OTelSdkError::Timeout(wait)),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(OTelSdkError::AlreadyShutdown),
         }
         ack_rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
