@@ -153,7 +153,8 @@ impl Exporters {
         self
     }
 
-    /// Builds everything and returns the guard, without installing anything globally.
+    /// Builds everything and returns the guard and the [`Fanout`] of the metric recorders
+    /// (`None` when there is none), without installing anything globally.
     ///
     /// # Errors
     ///
