@@ -605,3 +605,163 @@ fn gauges_registered_twice_share_one_value() {
     assert_eq!(gauge_value("tokenmeter.requests.waiting"), 1.0);
     drop(held);
 }
+
+/// Sample lines of a Prometheus exposition as `name{sorted labels}` -> value.
+fn exposition_samples(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("sample line");
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            let mut labels: Vec<&str> = labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .collect();
+            labels.sort_unstable();
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().expect("value"),
+            };
+            (format!("{name}{{{}}}", labels.join(",")), value)
+        })
+        .collect()
+}
+
+/// The exposition key of an OTLP data point of the metric emitted as `name`, with `extra`
+/// labels (e.g. `le`) added.
+fn series_key(name: &str, attrs: &[PKeyValue], extra: Option<(&str, String)>) -> String {
+    let mut labels: Vec<String> = attrs
+        .iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(AnyValue::StringValue(s)) => s.clone(),
+                other => panic!("non-string attribute {other:?}"),
+            };
+            format!("{}=\"{v}\"", catalog::prometheus_label(&kv.key))
+        })
+        .collect();
+    if let Some((k, v)) = extra {
+        labels.push(format!("{k}=\"{v}\""));
+    }
+    labels.sort_unstable();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+fn number(p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> f64 {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    match p.value {
+        Some(Value::AsInt(v)) => v as f64,
+        Some(Value::AsDouble(v)) => v,
+        None => panic!("no value"),
+    }
+}
+
+/// One workload through Prometheus and OTLP side by side (the fanout `Exporters` installs):
+/// every OTLP data point (counters, gauges, histogram buckets, sums and counts) equals the
+/// sample the Prometheus exposition shows for the same series.
+#[test]
+fn otlp_push_carries_the_values_the_prometheus_exposition_shows() {
+    let rx = OtlpReceiver::start(Transport::Http, "127.0.0.1:0".parse().expect("addr"));
+    let mut otlp = Otlp::new()
+        .endpoint(rx.endpoint())
+        .protocol(Protocol::HttpProtobuf)
+        .temporality(Temporality::Cumulative)
+        .traces(false)
+        .interval(Duration::from_secs(3600))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("otlp");
+    let mut prom = tokenmeter_export::Prometheus::new()
+        .without_listener()
+        .build()
+        .expect("prometheus");
+    let fanout = tokenmeter_export::Fanout::new()
+        .with(prom.take_recorder().expect("prometheus recorder"))
+        .with(otlp.take_recorder().expect("otlp recorder"));
+    let (clock, mock) = Clock::mock();
+    let meter = metrics::with_local_recorder(&fanout, || {
+        let meter = Meter::builder().model("side-by-side").clock(clock).build();
+        for i in 0..12u64 {
+            let mut req = meter.request().prompt_tokens(10 + i as usize).start();
+            mock.increment(Duration::from_millis(3 * i + 1));
+            req.scheduled();
+            mock.increment(Duration::from_millis(40 + 20 * i));
+            req.token();
+            for step in 0..i {
+                mock.increment(Duration::from_millis(5 + step * 7));
+                // Multi-token steps: weighted records through the fanout.
+                req.tokens(1 + (step % 3) as u32);
+            }
+            match i % 4 {
+                0 => req.fail(ErrorKind::Timeout),
+                1 => drop(req),
+                2 => req.finish(Finish::Length),
+                _ => req.finish(Finish::Stop),
+            }
+        }
+        meter
+    });
+    otlp.flush().expect("flush");
+    let samples = exposition_samples(&prom.render());
+    let metrics = rx.metrics();
+    let mut compared = 0;
+    for r in meter.metrics() {
+        let Some(m) = metrics.iter().rev().find(|m| m.name == r.otel_name) else {
+            continue;
+        };
+        let mut check = |key: String, otlp_value: f64| {
+            let shown = *samples
+                .get(&key)
+                .unwrap_or_else(|| panic!("{key} is pushed over OTLP but not exposed"));
+            assert!(
+                (shown - otlp_value).abs() <= 1e-9 * shown.abs().max(1.0),
+                "{key}: Prometheus shows {shown}, OTLP pushed {otlp_value}"
+            );
+            compared += 1;
+        };
+        match m.data.as_ref().expect("data") {
+            Data::Sum(s) => {
+                for p in &s.data_points {
+                    check(series_key(&r.name, &p.attributes, None), number(p));
+                }
+            }
+            Data::Gauge(g) => {
+                for p in &g.data_points {
+                    check(series_key(&r.name, &p.attributes, None), number(p));
+                }
+            }
+            Data::Histogram(h) => {
+                for p in &h.data_points {
+                    let mut cumulative = 0;
+                    for (i, count) in p.bucket_counts.iter().enumerate() {
+                        cumulative += count;
+                        let le = p
+                            .explicit_bounds
+                            .get(i)
+                            .map_or("+Inf".to_owned(), |b| b.to_string());
+                        let key = series_key(
+                            &format!("{}_bucket", r.name),
+                            &p.attributes,
+                            Some(("le", le)),
+                        );
+                        check(key, cumulative as f64);
+                    }
+                    check(
+                        series_key(&format!("{}_count", r.name), &p.attributes, None),
+                        p.count as f64,
+                    );
+                    check(
+                        series_key(&format!("{}_sum", r.name), &p.attributes, None),
+                        p.sum.expect("sum"),
+                    );
+                }
+            }
+            other => panic!("{}: unexpected data {other:?}", r.otel_name),
+        }
+    }
+    // TTFT, TPOT, ITL, e2e (ok and per error type), queue, prefill, decode, token-count
+    // histograms, request and token counters, running/waiting gauges, info: well over 100.
+    assert!(compared > 100, "only {compared} samples compared");
+    assert!(rx.malformed().is_empty(), "{:?}", rx.malformed());
+}
