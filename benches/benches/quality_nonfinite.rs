@@ -12,9 +12,11 @@
 //! Target: scan >= 90% of the floor's GB/s for f32, f16 and bf16.
 //!
 //! Also printed, without a target: the AVX2 fallback (what a CPU without AVX-512, or without
-//! AVX512-FP16 for f16/bf16, runs) against the AVX2 floor, and single rows that the fast test
-//! sends through the exact pass: rows masked with -inf (half the row), and bf16 rows masked
-//! with `bf16::MIN` (finite, but a false alarm for the AVX512-FP16 test).
+//! AVX-512BW/AVX512-FP16 for f16/bf16, runs) against the AVX2 floor; the AVX-512BW path for
+//! f16/bf16 (what a CPU with AVX-512 but without AVX512-FP16, such as AMD Zen 4, runs) against
+//! the widest floor; and single rows that the fast test sends through the exact pass: rows
+//! masked with -inf (half the row), and bf16 rows masked with `bf16::MIN` (finite, but a false
+//! alarm for the AVX512-FP16 test; the AVX-512BW test is exact and skips the exact pass).
 
 // criterion_group! generates undocumented public functions.
 #![allow(missing_docs)]
@@ -25,6 +27,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use half::{bf16, f16};
 use tokenmeter_benches::ns_per_op;
+use tokenmeter_core::NonFinite;
 use tokenmeter_quality::count_non_finite;
 use tokenmeter_quality::nonfinite::{self, Logit, NaiveClassify, count_non_finite_naive};
 
@@ -209,11 +212,15 @@ fn gbs(bytes: usize, ns: f64) -> f64 {
     bytes as f64 / ns
 }
 
-fn measure<T: Logit + NaiveClassify + Finite, R>(
+/// A path the dispatch may not pick on this machine, measured by itself: its name in the RATIO
+/// line, the kernel (`None` where the CPU lacks it) and the floor to compare it with.
+type Path<'a, T> = (&'a str, fn(&[T]) -> Option<NonFinite>, Width);
+
+fn measure<T: Logit + NaiveClassify + Finite>(
     name: &str,
     from_f32: impl Fn(f32) -> T,
     targeted: bool,
-    avx2_path: impl Fn(&[T]) -> Option<R>,
+    paths: &[Path<'_, T>],
     masks: &[(&str, T)],
 ) {
     for (shape, rows) in [("1 row of 128k", 1), ("64 rows of 128k", BATCH)] {
@@ -248,15 +255,23 @@ fn measure<T: Logit + NaiveClassify + Finite, R>(
             floor / naive,
             floor / filter,
         );
-        if avx2_path(&data).is_some() {
+        for &(path, kernel, width) in paths {
+            let Some(got) = kernel(&data) else {
+                continue;
+            };
+            assert_eq!(got, count_non_finite_naive(&data));
             let floor = ns_per_op(1, || {
-                black_box(floor_sum(black_box(&data), Width::Avx2));
+                black_box(floor_sum(black_box(&data), width));
             });
             let scan = ns_per_op(1, || {
-                black_box(avx2_path(black_box(&data)));
+                black_box(kernel(black_box(&data)));
             });
+            let floor_name = match width {
+                Width::Widest => "widest",
+                Width::Avx2 => "AVX2",
+            };
             println!(
-                "RATIO nonfinite scan {name} {shape}, AVX2 fallback vs AVX2 floor: floor {:.1} GB/s, scan {:.1} GB/s; scan/floor = {:.2} (no target: not this machine's path)",
+                "RATIO nonfinite scan {name} {shape}, {path} vs {floor_name} floor: floor {:.1} GB/s, scan {:.1} GB/s; scan/floor = {:.2} (no target: not this machine's path)",
                 gbs(bytes, floor),
                 gbs(bytes, scan),
                 floor / scan,
@@ -266,7 +281,8 @@ fn measure<T: Logit + NaiveClassify + Finite, R>(
             continue;
         }
         for &(what, mask) in masks {
-            // Every other value masked: the fast test fires, and the exact pass runs.
+            // Every other value masked: the fast test fires (unless the mask is finite and the
+            // test exact), and the exact pass runs.
             let mut masked = data.clone();
             for x in masked.iter_mut().step_by(2) {
                 *x = mask;
@@ -284,6 +300,20 @@ fn measure<T: Logit + NaiveClassify + Finite, R>(
                 gbs(bytes, scan),
                 floor / scan,
             );
+            for &(path, kernel, width) in paths {
+                if width != Width::Widest || kernel(&masked).is_none() {
+                    continue;
+                }
+                let scan = ns_per_op(1, || {
+                    black_box(kernel(black_box(&masked)));
+                });
+                println!(
+                    "RATIO nonfinite scan {name} {shape}, half of it {what}, {path}: floor {:.1} GB/s, scan {:.1} GB/s; scan/floor = {:.2} (no target)",
+                    gbs(bytes, floor),
+                    gbs(bytes, scan),
+                    floor / scan,
+                );
+            }
         }
     }
 }
@@ -291,34 +321,49 @@ fn measure<T: Logit + NaiveClassify + Finite, R>(
 fn ratios() {
     #[cfg(target_arch = "x86_64")]
     println!(
-        "nonfinite scan: avx2={} fma={} avx512f={} (runtime detection; built for the default target); kernels: {}",
+        "nonfinite scan: avx2={} fma={} avx512f={} avx512bw={} (runtime detection; built for the default target); kernels: {}",
         std::arch::is_x86_feature_detected!("avx2"),
         std::arch::is_x86_feature_detected!("fma"),
         std::arch::is_x86_feature_detected!("avx512f"),
+        std::arch::is_x86_feature_detected!("avx512bw"),
         nonfinite::kernels(),
     );
+    const AVX2: &str = "AVX2 fallback";
+    const BW: &str = "AVX-512BW path (no AVX512-FP16)";
     measure(
         "f32",
         |x| x,
         true,
-        nonfinite::avx2::f32,
+        &[(AVX2, nonfinite::avx2::f32, Width::Avx2)],
         &[("-inf", f32::NEG_INFINITY)],
     );
     measure(
         "f16",
         f16::from_f32,
         true,
-        nonfinite::avx2::f16,
+        &[
+            (AVX2, nonfinite::avx2::f16, Width::Avx2),
+            (BW, nonfinite::avx512bw::f16, Width::Widest),
+        ],
         &[("-inf", f16::NEG_INFINITY)],
     );
     measure(
         "bf16",
         bf16::from_f32,
         true,
-        nonfinite::avx2::bf16,
+        &[
+            (AVX2, nonfinite::avx2::bf16, Width::Avx2),
+            (BW, nonfinite::avx512bw::bf16, Width::Widest),
+        ],
         &[("-inf", bf16::NEG_INFINITY), ("bf16::MIN", bf16::MIN)],
     );
-    measure("f64", f64::from, false, nonfinite::avx2::f64, &[]);
+    measure(
+        "f64",
+        f64::from,
+        false,
+        &[(AVX2, nonfinite::avx2::f64, Width::Avx2)],
+        &[],
+    );
 }
 
 fn criterion_benches(c: &mut Criterion) {

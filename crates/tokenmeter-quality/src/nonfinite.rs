@@ -21,9 +21,12 @@
 //!   NaN or infinity, as many instructions as a plain summing read needs (inline assembly; see
 //!   the `x86` module for why bf16 can use the binary16 instruction, and when that fires
 //!   without cause).
+//! - x86-64 with AVX-512BW but not AVX512-FP16 (AMD Zen 4, Intel Skylake-SP to Ice Lake), f16
+//!   and bf16: the unsigned maximum of `bits & !SIGN`, two integer instructions per 64-byte line
+//!   (`vpandd`, `vpmaxuw`), exact on its own, with a software prefetch 2 KiB ahead.
 //! - x86-64 with AVX2 + FMA: the same FMA test with 256-bit vectors for f32 and f64; for f16 and
-//!   bf16, the maximum of `bits & !SIGN` (two instructions per 32 bytes, which makes the AVX2
-//!   path slower than a plain read when the row sits in L2).
+//!   bf16, the maximum of `bits & !SIGN` with a software prefetch (two instructions per 32 bytes,
+//!   which makes the AVX2 path slower than a plain read when the row sits in L2).
 //! - Elsewhere: the maximum test, which LLVM autovectorizes (NEON is baseline on aarch64).
 //!
 //! The x86 kernels read the row's 64-byte-aligned middle as whole lines (a vector load never
@@ -147,7 +150,8 @@ macro_rules! scanner {
     ($t:ty, $u:ty, $abs:expr, $inf:expr, $sign:expr,
      $exact:ident, $any_int:ident, $portable:ident,
      $avx2:ident, $avx2_exact:ident, $avx2_any:expr,
-     $avx512:ident, $avx512_ok:path, $zmm_any:path) => {
+     $avx512:ident, $avx512_ok:path, $zmm_any:path
+     $(, $bw:ident, $bw_ok:path, $bw_any:path)?) => {
         /// Level 0: the largest magnitude pattern in the row reaches the exponent mask exactly
         /// when the row holds a non-finite value (`and` + unsigned `max` per vector, into four
         /// vectors of independent accumulators).
@@ -296,6 +300,36 @@ macro_rules! scanner {
             })
         }
 
+        $(
+        /// The AVX-512BW path (16-bit types, for CPUs without AVX512-FP16): the unsigned
+        /// maximum of `bits & !SIGN` per 64-byte line as the level-0 test (see [`x86`]), then,
+        /// only if it fires, the AVX2 exact pass. `None` where the CPU or the OS lacks what it
+        /// needs.
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        fn $bw(row: &[$t]) -> Option<NonFinite> {
+            if !$bw_ok() {
+                return None;
+            }
+            let (head, mid, tail) = split_aligned(row);
+            // SAFETY: the CPU and OS support the kernel's instructions (checked just above);
+            // `mid` is a live slice of `size_of_val(mid)` readable bytes, a whole number of
+            // 64-byte lines (`split_aligned`), and the kernel reads exactly those lines.
+            let any = unsafe {
+                $bw_any(
+                    mid.as_ptr().cast::<u8>(),
+                    core::mem::size_of_val(mid) / LINE_BYTES,
+                )
+            };
+            Some(if any || $any_int(head) || $any_int(tail) {
+                // SAFETY: `$bw_ok` implies AVX2 and FMA.
+                unsafe { $avx2_exact(row) }
+            } else {
+                NonFinite::default()
+            })
+        }
+        )?
+
         impl Logit for $t {
             #[inline]
             fn count(row: &[Self]) -> NonFinite {
@@ -304,6 +338,11 @@ macro_rules! scanner {
                     if let Some(c) = $avx512(row) {
                         return c;
                     }
+                    $(
+                    if let Some(c) = $bw(row) {
+                        return c;
+                    }
+                    )?
                     if x86::avx2() {
                         // SAFETY: the CPU supports AVX2 and FMA, checked just above; the
                         // function has no other safety requirement.
@@ -344,6 +383,62 @@ macro_rules! fma_any {
 }
 fma_any!(fma_any_f32, f32);
 fma_any!(fma_any_f64, f64);
+
+/// Level 0 for f16 and bf16 with AVX2 (the row's line-aligned middle, from the `avx2_*` paths):
+/// `acc = max_u16(acc, bits & 0x7FFF)` per 32 bytes into four accumulators, with a software
+/// prefetch 2 KiB ahead (worth 10% on a row in L2: the two vector instructions per load keep
+/// the ports busy enough that the hardware prefetchers fall behind).
+macro_rules! ymm_max_any {
+    ($name:ident, $t:ty, $inf:expr, $any_int:ident) => {
+        /// # Safety
+        ///
+        /// The CPU must support AVX2, and `mid` must start on a 64-byte boundary and hold
+        /// whole 64-byte lines (the `split_aligned` middle).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn $name(mid: &[$t]) -> bool {
+            use core::arch::x86_64::*;
+            const LANE: usize = LINE_BYTES / 2;
+            debug_assert_eq!(mid.len() % LANE, 0);
+            debug_assert_eq!(mid.as_ptr().align_offset(LINE_BYTES), 0);
+            let abs = _mm256_set1_epi16(0x7FFF);
+            let mut acc = [_mm256_setzero_si256(); 4];
+            let mut blocks = mid.chunks_exact(2 * LANE);
+            for b in &mut blocks {
+                let p = b.as_ptr().cast::<__m256i>();
+                // `_mm_prefetch` is an unsafe fn in older Rust and a safe one in newer.
+                #[allow(unused_unsafe)]
+                // `_mm_prefetch` is an unsafe fn in older Rust and a safe one in newer.
+                #[allow(unused_unsafe)]
+                // SAFETY: a prefetch is a hint, not a memory access: it never faults and reads
+                // nothing into the program, for any address (`wrapping_add` computes one
+                // without the in-bounds requirement of `add`).
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().cast::<i8>().wrapping_add(2048))
+                };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `b` is 128 readable bytes starting on a 64-byte boundary (the
+                    // caller passes whole aligned lines, and blocks are pairs of them), so each
+                    // of the four 32-byte loads is in bounds and aligned.
+                    let x = unsafe { _mm256_load_si256(p.add(j)) };
+                    *a = _mm256_max_epu16(*a, _mm256_and_si256(x, abs));
+                }
+            }
+            let m = _mm256_max_epu16(
+                _mm256_max_epu16(acc[0], acc[1]),
+                _mm256_max_epu16(acc[2], acc[3]),
+            );
+            let mut lanes = [0u16; 16];
+            // SAFETY: `lanes` is 32 writable bytes; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), m) };
+            let max = lanes.iter().fold(0, |m, &x| m.max(x));
+            max >= $inf || $any_int(blocks.remainder())
+        }
+    };
+}
+ymm_max_any!(ymm_any_f16, f16, 0x7C00, any_f16);
+ymm_max_any!(ymm_any_bf16, bf16, 0x7F80, any_bf16);
 
 /// Run-time CPU detection and the AVX-512 level-0 kernels (x86-64).
 ///
@@ -386,6 +481,13 @@ mod x86 {
     #[inline]
     pub(super) fn avx512() -> bool {
         avx2() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// [`avx512`] and AVX-512BW: the f16 and bf16 integer kernels, for CPUs without
+    /// AVX512-FP16 (AMD Zen 4 and later, Intel from Skylake-SP to Ice Lake).
+    #[inline]
+    pub(super) fn avx512bw() -> bool {
+        avx512() && std::arch::is_x86_feature_detected!("avx512bw")
     }
 
     /// [`avx512`] and AVX512-FP16: the f16 and bf16 kernel.
@@ -513,6 +615,121 @@ mod x86 {
         any_ph,
         "vfmadd231ph"
     );
+
+    /// Generates one AVX-512BW level-0 kernel for a 16-bit type whose infinity pattern is
+    /// `$inf`: per 64-byte line, `acc = max_u16(acc, bits & 0x7FFF)` (`vpandd` with the load
+    /// folded in, then `vpmaxuw`), into four independent accumulators; at the end the maximum
+    /// is compared with `$inf`, which it reaches exactly when some value is NaN or infinite.
+    macro_rules! zmm_max_any {
+        ($(#[$doc:meta])* $name:ident, $inf:literal) => {
+            $(#[$doc])*
+            ///
+            /// True exactly when some value in the `lines` 64-byte lines at `ptr` is
+            /// non-finite (this test has no false alarms).
+            ///
+            /// # Safety
+            ///
+            /// The CPU and the OS must support AVX-512BW (see [`avx512bw`]), and `ptr` must be
+            /// valid for reads of `64 * lines` bytes.
+            #[inline]
+            pub(super) unsafe fn $name(ptr: *const u8, lines: usize) -> bool {
+                const INF: u16 = $inf;
+                let hit: u8;
+                // SAFETY: the caller guarantees AVX-512BW and that the `64 * lines` bytes at
+                // `ptr` are readable; the code reads exactly those bytes (eight lines per
+                // iteration, then the rest one by one), writes no memory and no register but
+                // those declared (all 16 vector registers, as `vzeroupper` clears the upper
+                // halves of all of them; no mask register), and leaves the upper vector state
+                // clean. The `prefetcht0` hints name addresses up to 2.5 KiB past the lines;
+                // a prefetch is not a memory access (it never faults, on any address, and
+                // changes no architectural state), so that reads nothing outside the row.
+                unsafe {
+                    asm!(
+                        "vpbroadcastd zmm8, {abs:e}",
+                        "vpbroadcastd zmm9, {below:e}",
+                        "vpxor xmm0, xmm0, xmm0",
+                        "vpxor xmm1, xmm1, xmm1",
+                        "vpxor xmm2, xmm2, xmm2",
+                        "vpxor xmm3, xmm3, xmm3",
+                        "test {blocks}, {blocks}",
+                        "jz 3f",
+                        ".p2align 6",
+                        "2:",
+                        "prefetcht0 [{p} + 2048]",
+                        "prefetcht0 [{p} + 2112]",
+                        "prefetcht0 [{p} + 2176]",
+                        "prefetcht0 [{p} + 2240]",
+                        "prefetcht0 [{p} + 2304]",
+                        "prefetcht0 [{p} + 2368]",
+                        "prefetcht0 [{p} + 2432]",
+                        "prefetcht0 [{p} + 2496]",
+                        "vpandd zmm4, zmm8, zmmword ptr [{p}]",
+                        "vpandd zmm5, zmm8, zmmword ptr [{p} + 64]",
+                        "vpandd zmm6, zmm8, zmmword ptr [{p} + 128]",
+                        "vpandd zmm7, zmm8, zmmword ptr [{p} + 192]",
+                        "vpmaxuw zmm0, zmm0, zmm4",
+                        "vpmaxuw zmm1, zmm1, zmm5",
+                        "vpmaxuw zmm2, zmm2, zmm6",
+                        "vpmaxuw zmm3, zmm3, zmm7",
+                        "vpandd zmm10, zmm8, zmmword ptr [{p} + 256]",
+                        "vpandd zmm11, zmm8, zmmword ptr [{p} + 320]",
+                        "vpandd zmm12, zmm8, zmmword ptr [{p} + 384]",
+                        "vpandd zmm13, zmm8, zmmword ptr [{p} + 448]",
+                        "vpmaxuw zmm0, zmm0, zmm10",
+                        "vpmaxuw zmm1, zmm1, zmm11",
+                        "vpmaxuw zmm2, zmm2, zmm12",
+                        "vpmaxuw zmm3, zmm3, zmm13",
+                        "add {p}, 512",
+                        "dec {blocks}",
+                        "jnz 2b",
+                        "3:",
+                        "test {rest}, {rest}",
+                        "jz 5f",
+                        "4:",
+                        "vpandd zmm4, zmm8, zmmword ptr [{p}]",
+                        "vpmaxuw zmm0, zmm0, zmm4",
+                        "add {p}, 64",
+                        "dec {rest}",
+                        "jnz 4b",
+                        "5:",
+                        "vpmaxuw zmm0, zmm0, zmm1",
+                        "vpmaxuw zmm2, zmm2, zmm3",
+                        "vpmaxuw zmm0, zmm0, zmm2",
+                        // Saturating `max - (INF - 1)`: nonzero in a lane iff max >= INF.
+                        "vpsubusw zmm0, zmm0, zmm9",
+                        "vextracti64x4 ymm1, zmm0, 1",
+                        "vpor ymm0, ymm0, ymm1",
+                        "vptest ymm0, ymm0",
+                        "setnz {hit}",
+                        "vzeroupper",
+                        abs = in(reg) 0x7FFF_7FFFu32,
+                        below = in(reg) u32::from(INF - 1) * 0x0001_0001,
+                        p = inout(reg) ptr => _,
+                        blocks = inout(reg) lines / 8 => _,
+                        rest = inout(reg) lines % 8 => _,
+                        hit = out(reg_byte) hit,
+                        out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+                        out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+                        out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+                        out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+                        options(pure, readonly, nostack),
+                    );
+                }
+                hit != 0
+            }
+        };
+    }
+
+    zmm_max_any!(
+        /// f16 level 0 without AVX512-FP16 (AVX-512BW).
+        any_w_f16,
+        0x7C00
+    );
+    zmm_max_any!(
+        /// bf16 level 0 without AVX512-FP16 (AVX-512BW).
+        any_w_bf16,
+        0x7F80
+    );
 }
 
 /// The AVX-512 paths exist on x86-64 only.
@@ -526,7 +743,14 @@ macro_rules! no_wide {
     )*};
 }
 #[cfg(not(target_arch = "x86_64"))]
-no_wide!(avx512_f32: f32, avx512_f64: f64, avx512_f16: f16, avx512_bf16: bf16);
+no_wide!(
+    avx512_f32: f32,
+    avx512_f64: f64,
+    avx512_f16: f16,
+    avx512_bf16: bf16,
+    avx512bw_f16: f16,
+    avx512bw_bf16: bf16
+);
 
 scanner!(
     f32,
@@ -571,10 +795,16 @@ scanner!(
     kernel_f16,
     avx2_f16,
     avx2_exact_f16,
-    any_f16,
+    |mid| {
+        // SAFETY: only the AVX2 path calls it, on the `split_aligned` middle.
+        unsafe { ymm_any_f16(mid) }
+    },
     avx512_f16,
     x86::avx512fp16,
-    x86::any_ph
+    x86::any_ph,
+    avx512bw_f16,
+    x86::avx512bw,
+    x86::any_w_f16
 );
 scanner!(
     bf16,
@@ -587,10 +817,16 @@ scanner!(
     kernel_bf16,
     avx2_bf16,
     avx2_exact_bf16,
-    any_bf16,
+    |mid| {
+        // SAFETY: only the AVX2 path calls it, on the `split_aligned` middle.
+        unsafe { ymm_any_bf16(mid) }
+    },
     avx512_bf16,
     x86::avx512fp16,
-    x86::any_ph
+    x86::any_ph,
+    avx512bw_bf16,
+    x86::avx512bw,
+    x86::any_w_bf16
 );
 
 /// The portable (non-AVX2) kernels, for tests that check both paths agree.
@@ -664,16 +900,38 @@ pub mod avx512 {
     }
 }
 
+/// The AVX-512BW kernels alone (x86-64), `None` where the CPU lacks AVX-512BW: the f16 and bf16
+/// path of CPUs without AVX512-FP16, for tests and the bench on machines whose dispatch picks the
+/// FP16 one.
+#[doc(hidden)]
+pub mod avx512bw {
+    use super::*;
+    /// The AVX-512BW kernel, if the CPU has it.
+    pub fn f16(row: &[f16]) -> Option<NonFinite> {
+        avx512bw_f16(row)
+    }
+    /// The AVX-512BW kernel, if the CPU has it.
+    pub fn bf16(row: &[bf16]) -> Option<NonFinite> {
+        avx512bw_bf16(row)
+    }
+}
+
 #[doc(hidden)]
 /// Which kernels [`count_non_finite`] uses on this machine, per element type, in words (for
 /// benches and logs).
 pub fn kernels() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        match (x86::avx512fp16(), x86::avx512(), x86::avx2()) {
-            (true, _, _) => "AVX-512 FMA (f32, f64), AVX512-FP16 FMA (f16, bf16)",
-            (false, true, _) => "AVX-512 FMA (f32, f64), AVX2 (f16, bf16)",
-            (false, false, true) => "AVX2 + FMA",
+        match (
+            x86::avx512fp16(),
+            x86::avx512bw(),
+            x86::avx512(),
+            x86::avx2(),
+        ) {
+            (true, _, _, _) => "AVX-512 FMA (f32, f64), AVX512-FP16 FMA (f16, bf16)",
+            (false, true, _, _) => "AVX-512 FMA (f32, f64), AVX-512BW max (f16, bf16)",
+            (false, false, true, _) => "AVX-512 FMA (f32, f64), AVX2 (f16, bf16)",
+            (false, false, false, true) => "AVX2 + FMA",
             _ => "portable (SSE2)",
         }
     }
@@ -764,23 +1022,30 @@ mod tests {
 
     /// Every kernel this machine can run: the dispatched one and each path by itself.
     trait Paths: Logit + NaiveClassify + core::fmt::Debug {
-        fn paths(row: &[Self]) -> [(&'static str, Option<NonFinite>); 4];
+        fn paths(row: &[Self]) -> [(&'static str, Option<NonFinite>); 5];
     }
     macro_rules! paths {
-        ($($t:ident),*) => {$(
+        ($($t:ident: $bw:expr),*) => {$(
             impl Paths for $t {
-                fn paths(row: &[Self]) -> [(&'static str, Option<NonFinite>); 4] {
+                fn paths(row: &[Self]) -> [(&'static str, Option<NonFinite>); 5] {
+                    let bw: fn(&[$t]) -> Option<NonFinite> = $bw;
                     [
                         ("dispatch", Some(count_non_finite(row))),
                         ("portable", Some(portable::$t(row))),
                         ("avx2", avx2::$t(row)),
                         ("avx512", avx512::$t(row)),
+                        ("avx512bw", bw(row)),
                     ]
                 }
             }
         )*};
     }
-    paths!(f32, f64, f16, bf16);
+    paths!(
+        f32: |_| None,
+        f64: |_| None,
+        f16: avx512bw::f16,
+        bf16: avx512bw::bf16
+    );
 
     fn assert_all_paths<T: Paths>(row: &[T], want: NonFinite, ctx: impl core::fmt::Debug) {
         for (path, got) in T::paths(row) {
@@ -852,6 +1117,71 @@ mod tests {
             bf16::from_f32(-87.5),
             bf16::INFINITY,
         );
+        check(x86::avx512bw(), x86::any_w_f16, f16::MIN, f16::NEG_INFINITY);
+        check(x86::avx512bw(), x86::any_w_f16, f16::MAX, f16::NAN);
+        check(
+            x86::avx512bw(),
+            x86::any_w_f16,
+            f16::from_bits(1),
+            f16::INFINITY,
+        );
+        // The integer test has no false alarms: bf16::MIN and MAX lines stay silent.
+        check(x86::avx512bw(), x86::any_w_bf16, bf16::MIN, bf16::INFINITY);
+        check(
+            x86::avx512bw(),
+            x86::any_w_bf16,
+            bf16::MAX,
+            bf16::NEG_INFINITY,
+        );
+        check(
+            x86::avx512bw(),
+            x86::any_w_bf16,
+            bf16::from_f32(-87.5),
+            bf16::from_bits(0x7F81),
+        );
+    }
+
+    /// The AVX-512BW level-0 kernels are exact on their own: on a line of one 16-bit pattern
+    /// (in every lane), and on a finite line with the pattern in one lane, they fire exactly
+    /// for the non-finite patterns, for all 65,536.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn zmm_integer_kernels_are_exact_for_every_pattern() {
+        if !x86::avx512bw() {
+            return;
+        }
+        type Kernel = unsafe fn(*const u8, usize) -> bool;
+        type NonFiniteBits = fn(u16) -> bool;
+        let kernels: [(Kernel, NonFiniteBits); 2] = [
+            (x86::any_w_f16, |b| !f16::from_bits(b).is_finite()),
+            (x86::any_w_bf16, |b| !bf16::from_bits(b).is_finite()),
+        ];
+        // Two lines plus room to align the start.
+        let mut buf = vec![0u16; 3 * 32];
+        let skip = split_aligned(&buf).0.len();
+        for (kernel, non_finite) in kernels {
+            for bits in 0..=u16::MAX {
+                let want = non_finite(bits);
+                let line = &mut buf[skip..skip + 64];
+                line[..32].fill(bits);
+                line[32..].fill(0x3C00);
+                // SAFETY: the CPU has AVX-512BW (checked above); `line` holds two 64-byte
+                // lines (aligned by `skip`) and the kernel reads the first one or both.
+                let (one, two) = unsafe {
+                    (
+                        kernel(line.as_ptr().cast(), 1),
+                        kernel(line.as_ptr().cast(), 2),
+                    )
+                };
+                assert_eq!((one, two), (want, want), "all lanes {bits:#06x}");
+                line[..32].fill(0x3C00);
+                let lane = usize::from(bits) % 64;
+                line[lane] = bits;
+                // SAFETY: as above.
+                let got = unsafe { kernel(line.as_ptr().cast(), 2) };
+                assert_eq!(got, want, "lane {lane}, {bits:#06x}");
+            }
+        }
     }
 
     #[test]
