@@ -139,6 +139,33 @@ fn split_aligned<T>(row: &[T]) -> (&[T], &[T], &[T]) {
     (head, mid, tail)
 }
 
+/// The level-0 test of a 512-bit path: `kernel` on the row's line-aligned middle, the
+/// portable `any_int` on its ends. `None` when `supported` (the CPU and OS run the kernel's
+/// instructions) is false; else whether some value may be non-finite.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn wide_first_pass<T>(
+    row: &[T],
+    supported: bool,
+    kernel: unsafe fn(*const u8, usize) -> bool,
+    any_int: fn(&[T]) -> bool,
+) -> Option<bool> {
+    if !supported {
+        return None;
+    }
+    let (head, mid, tail) = split_aligned(row);
+    // SAFETY: the CPU and OS support the kernel's instructions (`supported`); `mid` is a live
+    // slice of `size_of_val(mid)` readable bytes, a whole number of 64-byte lines
+    // (`split_aligned`), and the kernel reads exactly those lines.
+    let any = unsafe {
+        kernel(
+            mid.as_ptr().cast::<u8>(),
+            core::mem::size_of_val(mid) / LINE_BYTES,
+        )
+    };
+    Some(any || any_int(head) || any_int(tail))
+}
+
 /// Bytes per cache line, the unit of the vector kernels.
 const LINE_BYTES: usize = 64;
 
@@ -279,20 +306,8 @@ macro_rules! scanner {
         #[cfg(target_arch = "x86_64")]
         #[inline]
         fn $avx512(row: &[$t]) -> Option<NonFinite> {
-            if !$avx512_ok() {
-                return None;
-            }
-            let (head, mid, tail) = split_aligned(row);
-            // SAFETY: the CPU and OS support the kernel's instructions (checked just above);
-            // `mid` is a live slice of `size_of_val(mid)` readable bytes, a whole number of
-            // 64-byte lines (`split_aligned`), and the kernel reads exactly those lines.
-            let any = unsafe {
-                $zmm_any(
-                    mid.as_ptr().cast::<u8>(),
-                    core::mem::size_of_val(mid) / LINE_BYTES,
-                )
-            };
-            Some(if any || $any_int(head) || $any_int(tail) {
+            let maybe = wide_first_pass(row, $avx512_ok(), $zmm_any, $any_int)?;
+            Some(if maybe {
                 // SAFETY: `$avx512_ok` implies AVX2 and FMA.
                 unsafe { $avx2_exact(row) }
             } else {
@@ -308,20 +323,8 @@ macro_rules! scanner {
         #[cfg(target_arch = "x86_64")]
         #[inline]
         fn $bw(row: &[$t]) -> Option<NonFinite> {
-            if !$bw_ok() {
-                return None;
-            }
-            let (head, mid, tail) = split_aligned(row);
-            // SAFETY: the CPU and OS support the kernel's instructions (checked just above);
-            // `mid` is a live slice of `size_of_val(mid)` readable bytes, a whole number of
-            // 64-byte lines (`split_aligned`), and the kernel reads exactly those lines.
-            let any = unsafe {
-                $bw_any(
-                    mid.as_ptr().cast::<u8>(),
-                    core::mem::size_of_val(mid) / LINE_BYTES,
-                )
-            };
-            Some(if any || $any_int(head) || $any_int(tail) {
+            let maybe = wide_first_pass(row, $bw_ok(), $bw_any, $any_int)?;
+            Some(if maybe {
                 // SAFETY: `$bw_ok` implies AVX2 and FMA.
                 unsafe { $avx2_exact(row) }
             } else {
