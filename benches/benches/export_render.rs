@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use metrics::{Key, Label, Recorder};
+use metrics::{Key, Recorder};
 use tokenmeter_benches::ns_per_op;
 use tokenmeter_core::catalog::{self, MetricKind};
 use tokenmeter_core::{ErrorKind, Finish, Meter};
@@ -37,23 +37,19 @@ fn populated(full: bool) -> (PrometheusExporter, usize) {
                     for _ in 0..(10 + i) {
                         r.token();
                     }
-                    match i % 4 {
+                    let _ = match i % 4 {
                         0 => r.fail(ErrorKind::Timeout),
                         1 => r.finish(Finish::Length),
                         _ => r.finish(Finish::Stop),
-                    }
+                    };
                 }
                 // ...and every catalog metric (GPU and quality included) with its labels.
                 for def in catalog::all()
                     .filter(|d| full || catalog::core::DEFS.iter().any(|c| c.id == d.id))
                 {
-                    let mut labels = meter.constant_labels();
-                    labels.extend(
-                        def.labels
-                            .iter()
-                            .map(|k| Label::new(meter.label_key(k), "v")),
-                    );
-                    let key = Key::from_parts(meter.metric_name(def).to_owned(), labels);
+                    let names = meter.metric_names();
+                    let extra: Vec<(&str, &str)> = def.labels.iter().map(|k| (*k, "v")).collect();
+                    let key = Key::from_parts(names.name(def).to_owned(), names.labels(&extra));
                     match def.kind {
                         MetricKind::Counter => recorder.register_counter(&key, &meta).increment(3),
                         MetricKind::Gauge => recorder.register_gauge(&key, &meta).set(0.5),

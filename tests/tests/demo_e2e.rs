@@ -54,7 +54,8 @@ async fn wait_snapshot(
 
 fn metric(s: &RunningServer, id: &str) -> String {
     s.meter
-        .metric_name(catalog::by_id(id).expect("catalog id"))
+        .metric_names()
+        .name(catalog::by_id(id).expect("catalog id"))
         .to_string()
 }
 

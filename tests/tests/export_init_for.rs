@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use tokenmeter_core::catalog;
-use tokenmeter_core::{Clock, Finish, Meter};
+use tokenmeter_core::clock::Clock;
+use tokenmeter_core::{Finish, Meter};
 
 #[test]
 fn init_for_uses_the_meters_prefix_and_buckets() {
@@ -42,7 +43,9 @@ fn init_for_uses_the_meters_prefix_and_buckets() {
     }
     let (status, body) = tokenmeter_tests::http::get(addr, "/metrics").expect("scrape");
     assert_eq!(status, 200);
-    let itl = meter.metric_name(catalog::by_id("itl").expect("itl"));
+    let itl = meter
+        .metric_names()
+        .name(catalog::by_id("itl").expect("itl"));
     assert_eq!(itl, "acme_inter_token_latency_seconds");
     let bucket = |le: &str| {
         body.lines()

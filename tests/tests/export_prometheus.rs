@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokenmeter_core::catalog;
-use tokenmeter_core::{Clock, ErrorKind, Finish, Meter, Naming};
+use tokenmeter_core::clock::Clock;
+use tokenmeter_core::{ErrorKind, Finish, Meter, Naming};
 use tokenmeter_export::{Exporters, Prometheus, PrometheusRender};
 use tokenmeter_tests::bins;
 use tokenmeter_tests::prom::PromServer;
@@ -142,7 +143,11 @@ fn real_prometheus_scrape_matches_the_in_process_numbers() {
 
     // histogram_quantile within one bucket of the in-process snapshot.
     let ttft_def = catalog::by_id("ttft").expect("ttft");
-    let bounds = meter.buckets(ttft_def).expect("buckets").to_vec();
+    let bounds = meter
+        .metric_names()
+        .buckets(ttft_def)
+        .expect("buckets")
+        .to_vec();
     for (q, want) in [
         (0.5, snap.ttft.p50),
         (0.9, snap.ttft.p90),
@@ -221,7 +226,7 @@ fn exposition_has_buckets_for_every_histogram_and_passes_promtool() {
     let text = inst.render.render();
     assert!(!text.contains("quantile=\""), "summary rendered");
     for d in catalog::all().filter(|d| d.kind == catalog::MetricKind::Histogram) {
-        let name = meter.metric_name(d);
+        let name = meter.metric_names().name(d);
         if text.contains(&format!("{name}_count")) {
             assert!(
                 text.contains(&format!("# TYPE {name} histogram")),

@@ -13,130 +13,24 @@ use metrics::Label;
 use quanta::Instant;
 use tracing::Span;
 
+use crate::catalog::core as id;
 use crate::handles::Handles;
-use crate::meter::{Meter, lock};
-use crate::names::Naming;
-use crate::redact::{TextBuf, TextKind};
-use crate::span::{self, EndRecord};
-use crate::window::{Ended, Outcome};
+use crate::itl::{ItlAccumulator, nanos};
+use crate::meter::Meter;
+use crate::names::REQUEST_TARGET;
+use crate::redact::{self, TextBuf, TextKind};
+use crate::span::{self, EndRecord, EndText};
+use crate::summary::{RequestSummary, Timeline};
+use crate::types::{ErrorKind, Finish, NonFinite, Outcome};
 
-/// Most ITL bucket bounds the guard can accumulate (it keeps a fixed array, so a guard's size
-/// does not depend on configuration).
-pub const MAX_ITL_BOUNDS: usize = 24;
-pub(crate) const ITL_SLOTS: usize = MAX_ITL_BOUNDS + 1;
 /// Most tokens one step may deliver; more is a caller bug (a cumulative count passed as a
 /// delta, say), clamped and counted as misuse `tokens_too_many`.
 pub const MAX_TOKENS_PER_STEP: u32 = 1 << 16;
-/// A bucket this full is flushed at once: exporters' `record_many` costs grow with the
-/// count, and a bounded count keeps each flush short.
-const FLUSH_AT_COUNT: u32 = 1 << 16;
 
-/// How a request ended without error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Finish {
-    /// The model produced a stop token or a stop sequence.
-    Stop,
-    /// The request hit its token limit.
-    Length,
-    /// A content filter ended the output.
-    ContentFilter,
-    /// The model called a tool.
-    ToolCalls,
-    /// The client went away or the server aborted the request (also what a dropped guard
-    /// records).
-    Cancelled,
-}
-
-impl Finish {
-    pub(crate) const COUNT: usize = 5;
-    pub(crate) const ALL: [Finish; Self::COUNT] = [
-        Finish::Stop,
-        Finish::Length,
-        Finish::ContentFilter,
-        Finish::ToolCalls,
-        Finish::Cancelled,
-    ];
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The `finish_reason` label value (OpenAI's spelling; `cancelled`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Stop => "stop",
-            Finish::Length => "length",
-            Finish::ContentFilter => "content_filter",
-            Finish::ToolCalls => "tool_calls",
-            Finish::Cancelled => "cancelled",
-        }
-    }
-
-    /// The label value under a naming preset (vLLM calls a cancelled request `abort`).
-    pub(crate) fn label(self, naming: Naming) -> &'static str {
-        match (naming, self) {
-            (Naming::Vllm, Finish::Cancelled) => "abort",
-            _ => self.as_str(),
-        }
-    }
-}
-
-/// Why a request failed; becomes the `error.type` attribute (OpenTelemetry: a low-cardinality
-/// identifier of the error class).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// A deadline passed.
-    Timeout,
-    /// Out of memory (host or device).
-    Oom,
-    /// The request was invalid (an HTTP 4xx).
-    InvalidRequest,
-    /// An internal error (an HTTP 5xx).
-    Internal,
-    /// Another class; keep the set of values small and fixed.
-    Other(&'static str),
-}
-
-impl ErrorKind {
-    /// The `error.type` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Oom => "oom",
-            ErrorKind::InvalidRequest => "invalid_request",
-            ErrorKind::Internal => "internal",
-            ErrorKind::Other(s) => s,
-        }
-    }
-}
-
-/// Counts of non-finite values seen in logits.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct NonFinite {
-    /// NaN values (any sign, any payload, quiet or signaling).
-    pub nan: u64,
-    /// `+Inf` values.
-    pub pos_inf: u64,
-    /// `-Inf` values.
-    pub neg_inf: u64,
-}
-
-impl NonFinite {
-    /// All non-finite values.
-    pub fn total(&self) -> u64 {
-        self.nan
-            .saturating_add(self.pos_inf)
-            .saturating_add(self.neg_inf)
-    }
-    /// Adds `other` into `self`, saturating.
-    pub fn add(&mut self, other: NonFinite) {
-        self.nan = self.nan.saturating_add(other.nan);
-        self.pos_inf = self.pos_inf.saturating_add(other.pos_inf);
-        self.neg_inf = self.neg_inf.saturating_add(other.neg_inf);
+impl Meter {
+    /// Starts describing a new request; [`RequestBuilder::start`] marks its arrival.
+    pub fn request(&self) -> RequestBuilder {
+        RequestBuilder::new(self.clone())
     }
 }
 
@@ -212,21 +106,22 @@ impl RequestBuilder {
         let handles = meter.handles(self.labels);
         let id = match self.request_id {
             Some(id) => id,
-            None => meter
-                .inner
-                .next_request_id
-                .fetch_add(1, Relaxed)
-                .to_string(),
+            None => meter.next_request_id().to_string(),
         };
-        let span = span::request_span(&meter, &id, self.prompt_tokens, self.parent.as_ref());
-        let totals = &meter.inner.totals;
+        let span = span::request_span(
+            meter.identity(),
+            &id,
+            self.prompt_tokens,
+            self.parent.as_ref(),
+        );
+        let totals = meter.live_totals();
         totals.requests_started.fetch_add(1, Relaxed);
         totals.input_tokens.fetch_add(self.prompt_tokens, Relaxed);
         totals.waiting.fetch_add(1, Relaxed);
         handles.input_tokens.increment(self.prompt_tokens);
         handles.waiting.increment(1.0);
-        let next_flush = arrival + meter.inner.flush_interval;
-        let text = meter.inner.text.as_ref().map(|c| TextBuf::new(c.max_bytes));
+        let next_flush = arrival + meter.flush_interval();
+        let text = meter.text_capture().map(|c| TextBuf::new(c.max_bytes));
         RequestGuard {
             meter,
             handles,
@@ -240,13 +135,13 @@ impl RequestBuilder {
             n: 0,
             flushed: 0,
             prompt: self.prompt_tokens,
-            itl_counts: [0; ITL_SLOTS],
-            itl_sums: [0; ITL_SLOTS],
+            itl: ItlAccumulator::new(),
             non_finite: NonFinite::default(),
             phase: Phase::Waiting,
             scheduled: false,
-            last_bucket: 0,
             text,
+            ended_at: arrival,
+            outcome: Outcome::Succeeded,
         }
     }
 }
@@ -293,11 +188,8 @@ pub struct RequestGuard {
     n: u64,
     phase: Phase,
     scheduled: bool,
-    /// The ITL bucket of the previous token, tried first.
-    last_bucket: u8,
-    /// Per ITL bucket (the last slot is +Inf): observations and their sum in nanoseconds.
-    itl_counts: [u32; ITL_SLOTS],
-    itl_sums: [u64; ITL_SLOTS],
+    /// Inter-token latencies since the last flush, per exported bucket.
+    itl: ItlAccumulator,
     handles: Arc<Handles>,
     span: Span,
     request_id: Box<str>,
@@ -311,6 +203,9 @@ pub struct RequestGuard {
     non_finite: NonFinite,
     /// Buffered text when the meter captures text (opt-in); taken at the end.
     text: Option<Box<TextBuf>>,
+    /// When and how the request ended; valid when `phase` is `Ended`.
+    ended_at: Instant,
+    outcome: Outcome,
 }
 
 impl std::fmt::Debug for RequestGuard {
@@ -321,10 +216,6 @@ impl std::fmt::Debug for RequestGuard {
             .field("phase", &self.phase)
             .finish()
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl RequestGuard {
@@ -350,13 +241,13 @@ impl RequestGuard {
         self.handles
             .queue
             .record(now.saturating_duration_since(self.arrival).as_secs_f64());
-        tracing::debug!(target: span::TARGET, parent: &self.span, "gen_ai.request.scheduled");
+        tracing::debug!(target: REQUEST_TARGET, parent: &self.span, "gen_ai.request.scheduled");
     }
 
     /// Records one output token now: one clock read.
     #[inline]
     pub fn token(&mut self) {
-        let now = self.meter.inner.clock.now();
+        let now = self.meter.now();
         self.tokens_at(1, now);
     }
 
@@ -367,7 +258,7 @@ impl RequestGuard {
         if k == 0 {
             return;
         }
-        let now = self.meter.inner.clock.now();
+        let now = self.meter.now();
         self.tokens_at(k, now);
     }
 
@@ -404,29 +295,7 @@ impl RequestGuard {
                 0
             }
         };
-        let per_token = if k == 1 { gap } else { gap / u64::from(k) };
-        let inner = &*self.meter.inner;
-        // Decode gaps are steady, so the previous token's bucket usually fits again.
-        let mut b = usize::from(self.last_bucket);
-        let fits = inner
-            .itl_ranges
-            .get(b)
-            .is_some_and(|&(lo, hi)| lo <= per_token && per_token <= hi);
-        if !fits {
-            b = inner
-                .itl_bounds_ns
-                .partition_point(|&bound| bound < per_token);
-            self.last_bucket = b as u8; // b <= MAX_ITL_BOUNDS < 256
-        }
-        // `b <= MAX_ITL_BOUNDS`, so it is in range; `get_mut` keeps that promise checked
-        // without a panic path.
-        let mut full = false;
-        if let (Some(c), Some(s)) = (self.itl_counts.get_mut(b), self.itl_sums.get_mut(b)) {
-            *c += k; // at most FLUSH_AT_COUNT + MAX_TOKENS_PER_STEP: no overflow
-            // A bucket's sum never exceeds the time since the request's first token.
-            *s = s.wrapping_add(gap);
-            full = *c >= FLUSH_AT_COUNT;
-        }
+        let full = self.itl.add(self.meter.itl_layout(), k, gap);
         self.n = self.n.saturating_add(u64::from(k));
         if now >= self.next_flush || full {
             self.flush(now);
@@ -457,7 +326,7 @@ impl RequestGuard {
         self.n = u64::from(k);
         if k > 1 {
             // The other k - 1 tokens arrived together with the first: gaps of zero.
-            self.itl_counts[0] = k - 1;
+            self.itl.add_zero_gaps(k - 1);
         }
         self.handles
             .ttft
@@ -468,8 +337,8 @@ impl RequestGuard {
                     .as_secs_f64(),
             );
         }
-        tracing::debug!(target: span::TARGET, parent: &self.span, "gen_ai.first_token");
-        self.next_flush = now + self.meter.inner.flush_interval;
+        tracing::debug!(target: REQUEST_TARGET, parent: &self.span, "gen_ai.first_token");
+        self.next_flush = now + self.meter.flush_interval();
     }
 
     /// Clamps an instant that lies before `floor` (a caller's clock gone backwards).
@@ -484,7 +353,7 @@ impl RequestGuard {
 
     fn enter_running(&mut self) {
         self.phase = Phase::Running;
-        let t = &self.meter.inner.totals;
+        let t = self.meter.live_totals();
         t.waiting.fetch_sub(1, Relaxed);
         t.running.fetch_add(1, Relaxed);
         self.handles.waiting.decrement(1.0);
@@ -497,105 +366,117 @@ impl RequestGuard {
     fn flush(&mut self, now: Instant) {
         let tokens = self.n - self.flushed;
         self.flushed = self.n;
-        let mut itl = [(0u64, 0u64); ITL_SLOTS];
+        let mut itl = [(0u64, 0u64); crate::itl::MAX_ITL_BOUNDS + 1];
         let mut used = 0;
-        for (c, s) in self.itl_counts.iter_mut().zip(self.itl_sums.iter_mut()) {
-            if *c > 0 {
-                let count = u64::from(*c);
-                // The mean of the values in a bucket lies inside the bucket, so recording it
-                // `count` times keeps both the bucket counts and the sum exact.
-                let mean_ns = *s / count;
-                self.handles
-                    .itl
-                    .record_many(*s as f64 / count as f64 / 1e9, *c as usize);
-                itl[used] = (mean_ns, count);
-                used += 1;
-                *c = 0;
-                *s = 0;
-            }
-        }
+        let handles = &self.handles;
+        self.itl.drain(|mean_ns, count| {
+            // The mean of the values in a bucket lies inside the bucket, so recording it
+            // `count` times keeps both the bucket counts and the sum exact.
+            handles
+                .itl
+                .record_many(mean_ns as f64 / 1e9, count as usize);
+            itl[used] = (mean_ns, u64::from(count));
+            used += 1;
+        });
         self.handles.output_tokens.increment(tokens);
         self.meter
-            .inner
-            .totals
+            .live_totals()
             .output_tokens
             .fetch_add(tokens, Relaxed);
-        lock(&self.meter.inner.window).record_tokens(now, tokens, &itl[..used]);
-        self.next_flush = now + self.meter.inner.flush_interval;
+        self.meter.window_tokens(now, tokens, &itl[..used]);
+        self.next_flush = now + self.meter.flush_interval();
     }
 
-    /// Ends the request successfully. A second end is ignored and counted as misuse
-    /// `finish_twice`.
-    pub fn finish(&mut self, reason: Finish) {
+    /// Ends the request successfully and returns its measured values. A second end is
+    /// ignored, counted as misuse `finish_twice`, and returns the values of the first.
+    pub fn finish(&mut self, reason: Finish) -> RequestSummary {
         let outcome = if reason == Finish::Cancelled {
             Outcome::Cancelled
         } else {
             Outcome::Succeeded
         };
-        self.end(outcome, Some(reason), None);
+        self.end(outcome, Some(reason), None)
     }
 
-    /// Ends the request with an error. A second end is ignored and counted as misuse
-    /// `finish_twice`.
-    pub fn fail(&mut self, kind: ErrorKind) {
-        self.end(Outcome::Failed, None, Some(kind.as_str()));
+    /// Ends the request with an error and returns its measured values. A second end is
+    /// ignored, counted as misuse `finish_twice`, and returns the values of the first.
+    pub fn fail(&mut self, kind: ErrorKind) -> RequestSummary {
+        self.end(Outcome::Failed, None, Some(kind.as_str()))
     }
 
     /// Ends the request: `reason` is `None` for a failure, whose `error` names its type.
-    fn end(&mut self, outcome: Outcome, reason: Option<Finish>, error: Option<&'static str>) {
+    /// Derives the measured values once, records them, then reports them.
+    fn end(
+        &mut self,
+        outcome: Outcome,
+        reason: Option<Finish>,
+        error: Option<&'static str>,
+    ) -> RequestSummary {
         if self.phase == Phase::Ended {
             self.meter.misuse("finish_twice");
-            return;
+            return self.derive(self.ended_at, self.outcome);
         }
         let floor = if self.n > 0 { self.last } else { self.arrival };
         let now = self.meter.now();
         let now = self.not_before(now, floor);
         self.flush(now);
-        let h = Arc::clone(&self.handles);
-        let secs = |d: Duration| d.as_secs_f64();
-        let e2e = now.saturating_duration_since(self.arrival);
-        let ttft = (self.n > 0).then(|| self.first.saturating_duration_since(self.arrival));
-        let decode = (self.n > 0).then(|| self.last.saturating_duration_since(self.first));
-        let tpot = (self.n >= 2).then(|| {
-            Duration::from_nanos(
-                nanos(self.last.saturating_duration_since(self.first)) / (self.n - 1),
-            )
-        });
-        let queue = self
-            .scheduled
-            .then(|| self.scheduled_at.saturating_duration_since(self.arrival));
-        let prefill = (self.scheduled && self.n > 0)
-            .then(|| self.first.saturating_duration_since(self.scheduled_at));
+        let summary = self.derive(now, outcome);
+        self.record(now, &summary, outcome, reason, error);
+        self.report(&summary, reason, error);
+        summary
+    }
 
-        if let Some(t) = tpot {
+    fn derive(&self, now: Instant, outcome: Outcome) -> RequestSummary {
+        let timeline = Timeline {
+            arrival: self.arrival,
+            scheduled: self.scheduled.then_some(self.scheduled_at),
+            tokens: (self.n > 0).then_some((self.first, self.last)),
+            output_tokens: self.n,
+        };
+        let mut s = RequestSummary::derive(&timeline, now, self.prompt);
+        s.goodput = outcome == Outcome::Succeeded && self.meter.slo().met(s.ttft, s.tpot);
+        s.non_finite = self.non_finite;
+        s
+    }
+
+    /// Records the ended request in the metrics, the in-flight gauges and the window.
+    fn record(
+        &mut self,
+        now: Instant,
+        s: &RequestSummary,
+        outcome: Outcome,
+        reason: Option<Finish>,
+        error: Option<&'static str>,
+    ) {
+        let h = &*self.handles;
+        let secs = |d: Duration| d.as_secs_f64();
+        if let Some(t) = s.tpot {
             h.tpot.record(secs(t));
         }
-        if let Some(d) = decode {
+        if let Some(d) = s.decode {
             h.decode.record(secs(d));
         }
-        h.request_input_tokens.record(self.prompt as f64);
-        h.request_output_tokens.record(self.n as f64);
+        h.request_input_tokens.record(s.input_tokens as f64);
+        h.request_output_tokens.record(s.output_tokens as f64);
         match reason {
             Some(f) => {
-                h.e2e.record(secs(e2e));
+                h.e2e.record(secs(s.e2e));
                 h.ended[f.index()].increment(1);
             }
             None => {
                 // Failures are rare and their error types open-ended: resolved here, not at start.
-                let e2e_name = self.meter.resolved_by_id("e2e").name.clone();
-                let req_name = self.meter.resolved_by_id("requests").name.clone();
+                let names = self.meter.metric_names();
                 let mut l = h.labels.clone();
                 l.push(Label::new("error_type", error.unwrap_or("unknown")));
-                metrics::histogram!(e2e_name, l.clone()).record(secs(e2e));
-                l.push(Label::new(self.meter.label_key("finish_reason"), "error"));
-                metrics::counter!(req_name, l).increment(1);
+                metrics::histogram!(names.name(id::E2E).to_owned(), l.clone()).record(secs(s.e2e));
+                l.push(Label::new(names.label_key("finish_reason"), "error"));
+                metrics::counter!(names.name(id::REQUESTS).to_owned(), l).increment(1);
             }
         }
-        let goodput = outcome == Outcome::Succeeded && self.meter.inner.slo.met(ttft, tpot);
-        if goodput {
+        if s.goodput {
             h.goodput.increment(1);
         }
-        let nf = self.non_finite;
+        let nf = s.non_finite;
         for (c, v) in h.nonfinite.iter().zip([nf.nan, nf.pos_inf, nf.neg_inf]) {
             if v > 0 {
                 c.increment(v);
@@ -604,7 +485,7 @@ impl RequestGuard {
         if nf.total() > 0 {
             h.nonfinite_requests.increment(1);
         }
-        let t = &self.meter.inner.totals;
+        let t = self.meter.live_totals();
         match self.phase {
             Phase::Waiting => {
                 t.waiting.fetch_sub(1, Relaxed);
@@ -618,34 +499,43 @@ impl RequestGuard {
         }
         t.requests_ended.fetch_add(1, Relaxed);
         self.phase = Phase::Ended;
-        let ended = Ended {
-            ttft,
-            tpot,
-            e2e,
-            queue,
-            outcome,
-            goodput,
+        self.ended_at = now;
+        self.outcome = outcome;
+        self.meter.window_end(now, s, outcome);
+    }
+
+    /// Reports the ended request on its span and in the request log, with its captured text
+    /// after the redactor ran.
+    fn report(&mut self, s: &RequestSummary, reason: Option<Finish>, error: Option<&'static str>) {
+        let buf = self.text.take();
+        let capture = self.meter.text_capture();
+        let redacted = |kind: TextKind| {
+            let (capture, buf) = (capture?, buf.as_deref()?);
+            let piece = match kind {
+                TextKind::Prompt => &buf.prompt,
+                TextKind::Output => &buf.output,
+            };
+            redact::redact(capture, kind, piece).unwrap_or_else(|_| {
+                self.meter.misuse("redactor_panic");
+                None
+            })
         };
-        lock(&self.meter.inner.window).record_end(now, &ended);
-        let text = self.text.take();
+        let prompt = redacted(TextKind::Prompt);
+        let output = redacted(TextKind::Output);
+        let text = buf.as_deref().map(|b| EndText {
+            prompt: prompt.as_deref(),
+            output: output.as_deref(),
+            prompt_truncated: b.prompt.truncated,
+            output_truncated: b.output.truncated,
+        });
         let record = EndRecord {
             request_id: &self.request_id,
-            prompt_tokens: self.prompt,
-            output_tokens: self.n,
-            ttft_s: ttft.map(secs),
-            tpot_s: tpot.map(secs),
-            e2e_s: secs(e2e),
-            queue_s: queue.map(secs),
-            prefill_s: prefill.map(secs),
-            decode_s: decode.map(secs),
+            summary: s,
             finish_reason: reason.map_or("error", Finish::as_str),
             error_type: error,
-            nan: nf.nan,
-            pos_inf: nf.pos_inf,
-            neg_inf: nf.neg_inf,
-            text: text.as_deref(),
+            text,
         };
-        span::record_end(&self.span, &self.meter, &record);
+        span::record_end(&self.span, self.meter.model(), &record);
     }
 
     /// Adds NaN/+Inf/-Inf counts seen in this request's logits (the quality crate's scanner
@@ -773,9 +663,9 @@ impl Drop for RequestGuard {
         if self.phase != Phase::Ended {
             if std::thread::panicking() {
                 // Recorded, never swallowed: the panic goes on unwinding.
-                self.end(Outcome::Failed, None, Some("panic"));
+                let _ = self.end(Outcome::Failed, None, Some("panic"));
             } else {
-                self.finish(Finish::Cancelled);
+                let _ = self.finish(Finish::Cancelled);
             }
         }
     }

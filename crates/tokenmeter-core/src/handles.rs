@@ -1,12 +1,15 @@
-//! Metric handles resolved once per label set and shared by every request that carries it.
+//! Metric handles resolved once per label set and shared by every request that carries it,
+//! cached per `metrics` recorder.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use metrics::{Counter, Gauge, Histogram, Label, Recorder};
+use metrics::{Counter, Gauge, Histogram, Label};
 
-use crate::guard::Finish;
-use crate::meter::{Meter, lock};
+use crate::catalog::{self, MetricDef, MetricKind, core as id};
+use crate::emit::{RecorderScoped, lock};
+use crate::names::{MetricNames, finish_reason_label};
+use crate::types::Finish;
 
 /// Every handle a request touches outside its error path.
 pub(crate) struct Handles {
@@ -32,42 +35,85 @@ pub(crate) struct Handles {
 }
 
 impl Handles {
-    fn resolve(meter: &Meter, labels: Vec<Label>) -> Self {
-        let name = |id: &str| meter.resolved_by_id(id).name.clone();
-        let hist = |id: &str| metrics::histogram!(name(id), labels.clone());
-        let counter = |id: &str| metrics::counter!(name(id), labels.clone());
-        let gauge = |id: &str| metrics::gauge!(name(id), labels.clone());
-        let reason_key = meter.label_key("finish_reason");
+    fn resolve(names: &MetricNames, labels: Vec<Label>) -> Self {
+        let hist = |def: &'static MetricDef| {
+            metrics::histogram!(names.name(def).to_owned(), labels.clone())
+        };
+        let counter =
+            |def: &'static MetricDef| metrics::counter!(names.name(def).to_owned(), labels.clone());
+        let gauge =
+            |def: &'static MetricDef| metrics::gauge!(names.name(def).to_owned(), labels.clone());
+        let with = |def: &'static MetricDef, key: String, value: &'static str| {
+            let mut l = labels.clone();
+            l.push(Label::new(key, value));
+            metrics::counter!(names.name(def).to_owned(), l)
+        };
+        let reason_key = names.label_key("finish_reason");
         let ended = Finish::ALL.map(|f| {
-            let mut l = labels.clone();
-            l.push(Label::new(reason_key.clone(), f.label(meter.naming())));
-            metrics::counter!(name("requests"), l)
+            with(
+                id::REQUESTS,
+                reason_key.clone(),
+                finish_reason_label(names.naming(), f),
+            )
         });
-        let nonfinite = ["nan", "pos_inf", "neg_inf"].map(|kind| {
-            let mut l = labels.clone();
-            l.push(Label::new("kind", kind));
-            metrics::counter!(name("nonfinite_values"), l)
-        });
+        let nonfinite = ["nan", "pos_inf", "neg_inf"]
+            .map(|kind| with(id::NONFINITE_VALUES, "kind".into(), kind));
         Handles {
-            ttft: hist("ttft"),
-            tpot: hist("tpot"),
-            itl: hist("itl"),
-            e2e: hist("e2e"),
-            queue: hist("queue"),
-            prefill: hist("prefill"),
-            decode: hist("decode"),
-            request_input_tokens: hist("request_input_tokens"),
-            request_output_tokens: hist("request_output_tokens"),
-            input_tokens: counter("input_tokens"),
-            output_tokens: counter("output_tokens"),
-            goodput: counter("goodput"),
-            running: gauge("requests_running"),
-            waiting: gauge("requests_waiting"),
+            ttft: hist(id::TTFT),
+            tpot: hist(id::TPOT),
+            itl: hist(id::ITL),
+            e2e: hist(id::E2E),
+            queue: hist(id::QUEUE),
+            prefill: hist(id::PREFILL),
+            decode: hist(id::DECODE),
+            request_input_tokens: hist(id::REQUEST_INPUT_TOKENS),
+            request_output_tokens: hist(id::REQUEST_OUTPUT_TOKENS),
+            input_tokens: counter(id::INPUT_TOKENS),
+            output_tokens: counter(id::OUTPUT_TOKENS),
+            goodput: counter(id::GOODPUT),
+            running: gauge(id::REQUESTS_RUNNING),
+            waiting: gauge(id::REQUESTS_WAITING),
             ended,
             nonfinite,
-            nonfinite_requests: counter("nonfinite_requests"),
+            nonfinite_requests: counter(id::NONFINITE_REQUESTS),
             labels,
         }
+    }
+}
+
+/// The series a meter sets once per recorder: the info and start-time gauges, and the
+/// catalog's descriptions.
+#[derive(Debug)]
+pub(crate) struct StaticSeries {
+    pub(crate) model_version: String,
+    /// Unix time the meter was built, seconds.
+    pub(crate) start_unix: f64,
+}
+
+impl StaticSeries {
+    fn emit(&self, names: &MetricNames) {
+        for r in names.metrics() {
+            let unit = catalog::metrics_unit(r.def.unit);
+            let desc = r.def.description;
+            let name = r.name.clone();
+            match (r.def.kind, unit) {
+                (MetricKind::Counter, Some(u)) => metrics::describe_counter!(name, u, desc),
+                (MetricKind::Counter, None) => metrics::describe_counter!(name, desc),
+                (MetricKind::Gauge, Some(u)) => metrics::describe_gauge!(name, u, desc),
+                (MetricKind::Gauge, None) => metrics::describe_gauge!(name, desc),
+                (MetricKind::Histogram, Some(u)) => metrics::describe_histogram!(name, u, desc),
+                (MetricKind::Histogram, None) => metrics::describe_histogram!(name, desc),
+            }
+        }
+        let mut info = names.constant_labels().to_vec();
+        info.push(Label::new("model_version", self.model_version.clone()));
+        info.push(Label::new("version", env!("CARGO_PKG_VERSION")));
+        metrics::gauge!(names.name(id::INFO).to_owned(), info).set(1.0);
+        metrics::gauge!(
+            names.name(id::START_TIME).to_owned(),
+            names.constant_labels().to_vec()
+        )
+        .set(self.start_unix);
     }
 }
 
@@ -75,88 +121,41 @@ impl Handles {
 /// just slower), so a flood of label combinations cannot grow memory without bound.
 const MAX_CACHED_LABEL_SETS: usize = 4096;
 
-/// Handles per request-label set, valid for one recorder.
-///
-/// A handle is bound to the recorder that was current when it was registered. The cache
-/// remembers which recorder that was (by address) and starts afresh when another one is
-/// current, so building the meter before installing an exporter works.
+/// Handles per request-label set, for the current recorder. When another recorder is current
+/// (an exporter installed after the meter was built), the cache starts afresh and the static
+/// series are emitted to the new recorder.
 #[derive(Default)]
 pub(crate) struct HandleCache {
-    recorder: usize,
-    sets: HashMap<Vec<Label>, Arc<Handles>>,
+    sets: Mutex<RecorderScoped<HashMap<Vec<Label>, Arc<Handles>>>>,
 }
 
-/// Identifies the `metrics` recorder current on this thread (the global one, a local one, or
-/// the no-op). A handle registered under one recorder is dead under another, so anything that
-/// caches handles compares this before reusing them (the core's handle cache does).
-///
-/// ```
-/// let before = tokenmeter_core::recorder_id();
-/// assert_eq!(before, tokenmeter_core::recorder_id());
-/// ```
-pub fn recorder_id() -> usize {
-    metrics::with_recorder(|r: &dyn Recorder| r as *const dyn Recorder as *const () as usize)
-}
-
-impl Meter {
-    /// The handles for a request carrying `request_labels` (already capped).
-    pub(crate) fn handles(&self, request_labels: Vec<Label>) -> Arc<Handles> {
-        let recorder = recorder_id();
-        let mut cache = lock(&self.inner.handles);
-        if cache.recorder != recorder {
-            cache.sets.clear();
-            cache.recorder = recorder;
-            self.emit_static();
+impl HandleCache {
+    /// The handles for a request carrying `request_labels` (already capped), after the
+    /// constant labels.
+    pub(crate) fn get(
+        &self,
+        names: &MetricNames,
+        statics: &StaticSeries,
+        request_labels: Vec<Label>,
+    ) -> Arc<Handles> {
+        let mut scoped = lock(&self.sets);
+        let mut new_recorder = false;
+        let sets = scoped.get_or_make(|| {
+            new_recorder = true;
+            HashMap::new()
+        });
+        if new_recorder {
+            statics.emit(names);
         }
-        if let Some(h) = cache.sets.get(&request_labels) {
+        if let Some(h) = sets.get(&request_labels) {
             return Arc::clone(h);
         }
-        let mut labels = self.inner.constant_labels.clone();
+        let mut labels = names.constant_labels().to_vec();
         labels.extend(request_labels.iter().cloned());
-        let h = Arc::new(Handles::resolve(self, labels));
-        if cache.sets.len() < MAX_CACHED_LABEL_SETS {
-            cache.sets.insert(request_labels, Arc::clone(&h));
+        let h = Arc::new(Handles::resolve(names, labels));
+        if sets.len() < MAX_CACHED_LABEL_SETS {
+            sets.insert(request_labels, Arc::clone(&h));
         }
         h
-    }
-
-    /// The info and start-time gauges and the catalog's descriptions, emitted to each recorder
-    /// the meter meets.
-    fn emit_static(&self) {
-        for r in self.metrics() {
-            let unit = crate::catalog::metrics_unit(r.def.unit);
-            let desc = r.def.description;
-            let name = r.name.clone();
-            match (r.def.kind, unit) {
-                (crate::catalog::MetricKind::Counter, Some(u)) => {
-                    metrics::describe_counter!(name, u, desc)
-                }
-                (crate::catalog::MetricKind::Counter, None) => {
-                    metrics::describe_counter!(name, desc)
-                }
-                (crate::catalog::MetricKind::Gauge, Some(u)) => {
-                    metrics::describe_gauge!(name, u, desc)
-                }
-                (crate::catalog::MetricKind::Gauge, None) => metrics::describe_gauge!(name, desc),
-                (crate::catalog::MetricKind::Histogram, Some(u)) => {
-                    metrics::describe_histogram!(name, u, desc)
-                }
-                (crate::catalog::MetricKind::Histogram, None) => {
-                    metrics::describe_histogram!(name, desc)
-                }
-            }
-        }
-        let mut info = self.inner.constant_labels.clone();
-        info.push(Label::new(
-            "model_version",
-            self.inner.model_version.clone(),
-        ));
-        info.push(Label::new("version", env!("CARGO_PKG_VERSION")));
-        metrics::gauge!(self.resolved_by_id("info").name.clone(), info).set(1.0);
-        metrics::gauge!(
-            self.resolved_by_id("start_time").name.clone(),
-            self.inner.constant_labels.clone()
-        )
-        .set(self.inner.start_unix);
     }
 }

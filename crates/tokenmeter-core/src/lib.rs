@@ -29,23 +29,41 @@
 //! [`MeterBuilder::capture_text`] and a [`Redact`] implementation, through which every text
 //! passes before it reaches a log or a span.
 
+//! # Layout
+//!
+//! The modules form a one-way stack (a module uses only those listed before it):
+//! [`catalog`] and `types` (finish reasons, error kinds, non-finite counts, totals, SLO) at the
+//! bottom; then the leaves [`names`], [`emit`], [`cardinality`], `itl` (the ITL bucket layout
+//! and accumulator), `summary` (a request's derived values), `window`, `handles`, `redact`
+//! and `span`, none of which knows the meter; then `meter`; then `guard` on top.
+
+pub mod cardinality;
 pub mod catalog;
+pub mod emit;
 mod guard;
 mod handles;
+mod itl;
 mod meter;
-mod names;
+pub mod names;
 mod redact;
 mod span;
+mod summary;
+mod types;
 mod window;
 
-pub use guard::{
-    ErrorKind, Finish, MAX_ITL_BOUNDS, MAX_TOKENS_PER_STEP, NonFinite, RequestBuilder, RequestGuard,
-};
-pub use handles::recorder_id;
-pub use meter::{ConfigError, LoadGuard, Meter, MeterBuilder, Slo, Totals};
-pub use names::{Naming, ResolvedMetric};
-pub use quanta::{Clock, Instant, Mock};
+/// The clock: [`quanta`]'s, re-exported so that servers and tests need no direct dependency.
+/// Tests build a meter on [`Clock::mock`] and get exact values.
+pub mod clock {
+    pub use quanta::{Clock, Instant, Mock};
+}
+
+pub use guard::{MAX_TOKENS_PER_STEP, RequestBuilder, RequestGuard};
+pub use itl::MAX_ITL_BOUNDS;
+pub use meter::{ConfigError, LoadGuard, Meter, MeterBuilder};
+pub use names::{MetricNames, Naming, ResolvedMetric};
 pub use redact::{
     DEFAULT_TEXT_MAX_BYTES, MaskEmailsAndNumbers, Redact, TextKind, Then, Truncate, Verbatim,
 };
+pub use summary::RequestSummary;
+pub use types::{ErrorKind, Finish, NonFinite, Slo, Totals};
 pub use window::{LatencySummary, Snapshot};

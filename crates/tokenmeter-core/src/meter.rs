@@ -1,64 +1,24 @@
 //! The [`Meter`]: configuration, shared state and the entry points for requests.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::Label;
 use quanta::{Clock, Instant};
 
-use crate::catalog::{self, MetricDef};
-use crate::guard::{ITL_SLOTS, MAX_ITL_BOUNDS, RequestBuilder};
-use crate::handles::HandleCache;
-use crate::names::{self, Naming, ResolvedMetric};
+use crate::cardinality::{Admission, CardinalityLimit};
+use crate::catalog::{self, core as id};
+use crate::emit::lock;
+use crate::handles::{HandleCache, Handles, StaticSeries};
+use crate::itl::{ItlLayout, MAX_ITL_BOUNDS};
+use crate::names::{self, MetricNames, Naming};
 use crate::redact::{DEFAULT_TEXT_MAX_BYTES, Redact, TextCapture};
+use crate::span::Identity;
+use crate::summary::RequestSummary;
+use crate::types::{AtomicTotals, Outcome, Slo, Totals};
 use crate::window::{Snapshot, Window};
-
-/// Service-level objective for goodput: a successful request meets it when its TTFT and its
-/// TPOT are both at or under these bounds (an unset bound always holds; TPOT holds trivially
-/// for requests of fewer than 2 tokens).
-///
-/// ```
-/// use std::time::Duration;
-/// let slo = tokenmeter_core::Slo::new().ttft(Duration::from_millis(500)).tpot(Duration::from_millis(50));
-/// assert_eq!(slo.ttft_bound(), Some(Duration::from_millis(500)));
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Slo {
-    ttft: Option<Duration>,
-    tpot: Option<Duration>,
-}
-
-impl Slo {
-    /// An SLO with no bounds: every successful request counts as goodput.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets the time-to-first-token bound.
-    pub fn ttft(mut self, bound: Duration) -> Self {
-        self.ttft = Some(bound);
-        self
-    }
-    /// Sets the time-per-output-token bound.
-    pub fn tpot(mut self, bound: Duration) -> Self {
-        self.tpot = Some(bound);
-        self
-    }
-    /// The TTFT bound, if set.
-    pub fn ttft_bound(&self) -> Option<Duration> {
-        self.ttft
-    }
-    /// The TPOT bound, if set.
-    pub fn tpot_bound(&self) -> Option<Duration> {
-        self.tpot
-    }
-    pub(crate) fn met(&self, ttft: Option<Duration>, tpot: Option<Duration>) -> bool {
-        let ttft_ok = self.ttft.is_none_or(|b| ttft.is_some_and(|t| t <= b));
-        let tpot_ok = self.tpot.is_none_or(|b| tpot.is_none_or(|t| t <= b));
-        ttft_ok && tpot_ok
-    }
-}
 
 /// A configuration the builder rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -79,29 +39,13 @@ pub enum ConfigError {
     /// The window must be at least one second long.
     #[error("snapshot window {0:?} is shorter than 1 s")]
     BadWindow(Duration),
-}
-
-/// Cumulative counts since the meter was built.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Totals {
-    /// Requests started.
-    pub requests_started: u64,
-    /// Requests ended (finished, failed or cancelled).
-    pub requests_ended: u64,
-    /// Prompt tokens of started requests.
-    pub input_tokens: u64,
-    /// Output tokens flushed from guards (exact once no request is in flight).
-    pub output_tokens: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct AtomicTotals {
-    pub(crate) requests_started: AtomicU64,
-    pub(crate) requests_ended: AtomicU64,
-    pub(crate) input_tokens: AtomicU64,
-    pub(crate) output_tokens: AtomicU64,
-    pub(crate) running: AtomicU64,
-    pub(crate) waiting: AtomicU64,
+    /// A constant or request label would give a series the same label name twice (after the
+    /// OpenTelemetry → Prometheus mapping, e.g. `gen_ai.request.model` and
+    /// `gen_ai_request_model`), or one the meter or Prometheus reserves (`le`, `quantile`,
+    /// `__`-prefixed names, the preset's own labels such as vLLM's `engine`). Prometheus rejects
+    /// a whole scrape that holds such a series.
+    #[error("label `{0}` collides with a label the meter already emits, or is reserved")]
+    LabelCollision(String),
 }
 
 /// Builds a [`Meter`]. Consuming: each call returns the builder.
@@ -131,6 +75,7 @@ pub struct MeterBuilder {
     constant_labels: Vec<(String, String)>,
     request_label_keys: Vec<String>,
     label_cap: usize,
+    label_idle_timeout: Duration,
     slo: Slo,
     buckets: Vec<(String, Vec<f64>)>,
     clock: Option<Clock>,
@@ -145,13 +90,14 @@ impl Default for MeterBuilder {
         Self {
             model: "unknown".into(),
             model_version: String::new(),
-            provider: "tokenmeter".into(),
+            provider: names::DEFAULT_PREFIX.into(),
             operation: "chat".into(),
             naming: Naming::OpenTelemetry,
-            prefix: "tokenmeter".into(),
+            prefix: names::DEFAULT_PREFIX.into(),
             constant_labels: Vec::new(),
             request_label_keys: Vec::new(),
             label_cap: 100,
+            label_idle_timeout: Duration::from_secs(600),
             slo: Slo::default(),
             buckets: Vec::new(),
             clock: None,
@@ -199,8 +145,10 @@ impl MeterBuilder {
         self.constant_labels.push((key.into(), value.into()));
         self
     }
-    /// Label keys that requests may set with [`RequestBuilder::label`], and the number of
-    /// distinct values kept per key; later values become `other` and are counted.
+    /// Label keys that requests may set with [`RequestBuilder::label`], and each key's
+    /// cardinality limit: the number of distinct values that get a series of their own. Values
+    /// past it are emitted as `other` and counted in `labels.overflow` (one per request); a
+    /// value unused for the [`label_idle_timeout`](Self::label_idle_timeout) gives its slot back.
     pub fn request_labels<I, S>(mut self, keys: I, cap_per_key: usize) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -208,6 +156,12 @@ impl MeterBuilder {
     {
         self.request_label_keys = keys.into_iter().map(Into::into).collect();
         self.label_cap = cap_per_key;
+        self
+    }
+    /// How long a request label value may go unused before its slot under the cardinality
+    /// limit goes to another value (default 10 minutes; `Duration::MAX`: never).
+    pub fn label_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.label_idle_timeout = timeout;
         self
     }
     /// The SLO that defines goodput.
@@ -283,7 +237,8 @@ impl MeterBuilder {
     /// Builds the meter, or says which option is invalid.
     ///
     /// # Errors
-    /// A [`ConfigError`] for a bad prefix, window or bucket override.
+    /// A [`ConfigError`] for a bad prefix, window, bucket override, or a label that collides
+    /// with another or is reserved.
     pub fn try_build(self) -> Result<Meter, ConfigError> {
         self.validate()?;
         Ok(self.build_unchecked())
@@ -298,6 +253,7 @@ impl MeterBuilder {
             match e {
                 ConfigError::BadPrefix(_) => self.prefix = defaults.prefix,
                 ConfigError::BadWindow(_) => self.window = defaults.window,
+                ConfigError::LabelCollision(key) => self.drop_label(&key),
                 _ => self
                     .buckets
                     .retain(|(id, b)| validate_buckets(id, b).is_ok()),
@@ -320,21 +276,66 @@ impl MeterBuilder {
         }
         self.buckets
             .iter()
-            .try_for_each(|(id, b)| validate_buckets(id, b))
+            .try_for_each(|(id, b)| validate_buckets(id, b))?;
+        self.validate_labels()
+    }
+
+    /// Every label key a series of this meter can carry must be unique and unreserved.
+    fn validate_labels(&self) -> Result<(), ConfigError> {
+        let mut taken: Vec<String> = self.preset_labels().into_iter().map(|(k, _)| k).collect();
+        let keys = self
+            .constant_labels
+            .iter()
+            .map(|(k, _)| k)
+            .chain(&self.request_label_keys);
+        for key in keys {
+            let emitted = catalog::prometheus_label(key);
+            if names::is_reserved_label(self.naming, &emitted) || taken.contains(&emitted) {
+                return Err(ConfigError::LabelCollision(key.clone()));
+            }
+            taken.push(emitted);
+        }
+        Ok(())
+    }
+
+    /// Removes the last label (constant or request key) spelled `key`.
+    fn drop_label(&mut self, key: &str) {
+        if let Some(i) = self.request_label_keys.iter().rposition(|k| k == key) {
+            self.request_label_keys.remove(i);
+        } else if let Some(i) = self.constant_labels.iter().rposition(|(k, _)| k == key) {
+            self.constant_labels.remove(i);
+        }
+    }
+
+    /// The labels the naming preset puts on every model-scoped series.
+    fn preset_labels(&self) -> Vec<(String, String)> {
+        match self.naming {
+            Naming::OpenTelemetry => vec![
+                ("gen_ai_operation_name".to_owned(), self.operation.clone()),
+                ("gen_ai_provider_name".to_owned(), self.provider.clone()),
+                ("gen_ai_request_model".to_owned(), self.model.clone()),
+            ],
+            Naming::Vllm => vec![
+                ("model_name".to_owned(), self.model.clone()),
+                ("engine".to_owned(), "0".to_owned()),
+            ],
+        }
     }
 
     fn build_unchecked(self) -> Meter {
         let meter = self.assemble();
-        // Describe the catalog and set the info and start-time gauges for the recorder
-        // installed now; a recorder installed later gets them at the first request.
+        // Describe the catalog, set the info and start-time gauges, and register the request
+        // series at zero for the recorder installed now; a recorder installed later gets them
+        // at the first request.
         drop(meter.handles(Vec::new()));
         meter
     }
 
     fn assemble(self) -> Meter {
+        let mut constant_labels = self.preset_labels();
         let clock = self.clock.unwrap_or_default();
         let naming = self.naming;
-        let resolved: Vec<ResolvedMetric> = catalog::all()
+        let resolved = catalog::all()
             .map(|def| {
                 let o = self
                     .buckets
@@ -345,70 +346,53 @@ impl MeterBuilder {
                 names::resolve(def, naming, &self.prefix, o)
             })
             .collect();
-        // Unused slots hold u64::MAX, which no gap is below, so a search over the whole
-        // fixed-size array lands where a search over the real bounds would.
-        let mut itl_bounds_ns = [u64::MAX; MAX_ITL_BOUNDS];
-        let itl = resolved
-            .iter()
-            .find(|r| r.def.id == "itl")
-            .and_then(|r| r.buckets.as_ref());
-        for (slot, bound) in itl_bounds_ns.iter_mut().zip(itl.into_iter().flatten()) {
-            *slot = (bound * 1e9).round() as u64;
-        }
-        let mut itl_ranges = [(0, u64::MAX); ITL_SLOTS];
-        for (i, range) in itl_ranges.iter_mut().enumerate() {
-            let lo = if i == 0 {
-                0
-            } else {
-                itl_bounds_ns[i - 1].saturating_add(1)
-            };
-            *range = (lo, itl_bounds_ns.get(i).copied().unwrap_or(u64::MAX));
-        }
-        let mut constant_labels = match naming {
-            Naming::OpenTelemetry => vec![
-                ("gen_ai_operation_name".to_owned(), self.operation.clone()),
-                ("gen_ai_provider_name".to_owned(), self.provider.clone()),
-                ("gen_ai_request_model".to_owned(), self.model.clone()),
-            ],
-            Naming::Vllm => vec![
-                ("model_name".to_owned(), self.model.clone()),
-                ("engine".to_owned(), "0".to_owned()),
-            ],
-        };
         constant_labels.extend(
             self.constant_labels
                 .iter()
                 .map(|(k, v)| (catalog::prometheus_label(k), v.clone())),
         );
+        let names = MetricNames::new(
+            naming,
+            resolved,
+            constant_labels
+                .into_iter()
+                .map(|(k, v)| Label::new(k, v))
+                .collect(),
+        );
+        let itl = ItlLayout::new(names.buckets(id::ITL).unwrap_or_default());
         let now = clock.now();
         let start_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
+        let label_limits = self
+            .request_label_keys
+            .iter()
+            .map(|k| {
+                let limit = CardinalityLimit::new(self.label_cap, self.label_idle_timeout);
+                (k.clone(), limit)
+            })
+            .collect();
         Meter {
             inner: Arc::new(Inner {
                 window: Mutex::new(Window::new(self.window, now)),
                 clock,
-                model: self.model,
-                model_version: self.model_version,
-                operation: self.operation,
-                provider: self.provider,
-                naming,
-                constant_labels: constant_labels
-                    .into_iter()
-                    .map(|(k, v)| Label::new(k, v))
-                    .collect(),
-                request_label_keys: self.request_label_keys,
-                label_cap: self.label_cap,
-                label_values: Mutex::new(HashMap::new()),
-                resolved,
-                itl_bounds_ns,
-                itl_ranges,
+                identity: Identity {
+                    operation: self.operation,
+                    provider: self.provider,
+                    model: self.model,
+                },
+                statics: StaticSeries {
+                    model_version: self.model_version,
+                    start_unix,
+                },
+                names,
+                label_limits: Mutex::new(label_limits),
+                itl,
                 slo: self.slo,
                 totals: AtomicTotals::default(),
-                handles: Mutex::new(HandleCache::default()),
+                handles: HandleCache::default(),
                 next_request_id: AtomicU64::new(1),
                 built_at: now,
-                start_unix,
                 flush_interval: self.flush_interval.max(Duration::from_millis(1)),
                 text: self
                     .text_redactor
@@ -438,39 +422,23 @@ fn validate_buckets(id: &str, bounds: &[f64]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-pub(crate) struct Inner {
-    pub(crate) clock: Clock,
-    pub(crate) model: String,
-    pub(crate) model_version: String,
-    pub(crate) operation: String,
-    pub(crate) provider: String,
-    pub(crate) naming: Naming,
-    pub(crate) constant_labels: Vec<Label>,
-    pub(crate) request_label_keys: Vec<String>,
-    pub(crate) label_cap: usize,
-    pub(crate) label_values: Mutex<HashMap<String, HashSet<String>>>,
-    pub(crate) resolved: Vec<ResolvedMetric>,
-    /// ITL bucket bounds in nanoseconds, padded with `u64::MAX` (a fixed size lets the
-    /// per-token search unroll).
-    pub(crate) itl_bounds_ns: [u64; MAX_ITL_BOUNDS],
-    /// Per ITL bucket, the inclusive nanosecond range it holds (for the guard's fast path).
-    pub(crate) itl_ranges: [(u64, u64); ITL_SLOTS],
-    pub(crate) slo: Slo,
-    pub(crate) window: Mutex<Window>,
-    pub(crate) totals: AtomicTotals,
-    pub(crate) handles: Mutex<HandleCache>,
-    pub(crate) next_request_id: AtomicU64,
-    pub(crate) built_at: Instant,
-    pub(crate) start_unix: f64,
-    pub(crate) flush_interval: Duration,
+struct Inner {
+    clock: Clock,
+    identity: Identity,
+    statics: StaticSeries,
+    names: MetricNames,
+    /// Per declared request label key, its cardinality limit.
+    label_limits: Mutex<HashMap<String, CardinalityLimit>>,
+    itl: ItlLayout,
+    slo: Slo,
+    window: Mutex<Window>,
+    totals: AtomicTotals,
+    handles: HandleCache,
+    next_request_id: AtomicU64,
+    built_at: Instant,
+    flush_interval: Duration,
     /// Present when the user opted in to text capture.
-    pub(crate) text: Option<TextCapture>,
-}
-
-/// A poisoned lock only means another thread panicked mid-update of plain counters; the data
-/// is still usable, and the generation loop must not panic because of it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    text: Option<TextCapture>,
 }
 
 /// The entry point: one per served model. Cheap to clone (an `Arc` inside) and `Send + Sync`.
@@ -478,14 +446,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// See the [crate documentation](crate) for a complete request.
 #[derive(Clone)]
 pub struct Meter {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Meter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Meter")
-            .field("model", &self.inner.model)
-            .field("naming", &self.inner.naming)
+            .field("model", &self.inner.identity.model)
+            .field("naming", &self.inner.names.naming())
             .finish()
     }
 }
@@ -514,19 +482,14 @@ impl Meter {
         &self.inner.clock
     }
 
-    /// Starts describing a new request; [`RequestBuilder::start`] marks its arrival.
-    pub fn request(&self) -> RequestBuilder {
-        RequestBuilder::new(self.clone())
-    }
-
     /// The served model name.
     pub fn model(&self) -> &str {
-        &self.inner.model
+        &self.inner.identity.model
     }
 
     /// The naming preset in use.
     pub fn naming(&self) -> Naming {
-        self.inner.naming
+        self.inner.names.naming()
     }
 
     /// The SLO that defines goodput.
@@ -543,20 +506,14 @@ impl Meter {
 
     /// Cumulative totals since the meter was built.
     pub fn totals(&self) -> Totals {
-        let t = &self.inner.totals;
-        Totals {
-            requests_started: t.requests_started.load(Relaxed),
-            requests_ended: t.requests_ended.load(Relaxed),
-            input_tokens: t.input_tokens.load(Relaxed),
-            output_tokens: t.output_tokens.load(Relaxed),
-        }
+        self.inner.totals.load()
     }
 
     /// Percentiles, rates and goodput over the sliding window, computed in process.
     pub fn snapshot(&self) -> Snapshot {
         let now = self.now();
         let uptime = now.saturating_duration_since(self.inner.built_at);
-        let (running, waiting) = self.in_flight();
+        let (running, waiting) = self.inner.totals.in_flight();
         lock(&self.inner.window).snapshot(
             now,
             uptime,
@@ -567,58 +524,18 @@ impl Meter {
         )
     }
 
-    fn in_flight(&self) -> (u64, u64) {
-        let t = &self.inner.totals;
-        (t.running.load(Relaxed), t.waiting.load(Relaxed))
-    }
-
-    /// Every catalog metric as this meter emits it (names, OTel names, buckets), for exporters.
-    pub fn metrics(&self) -> &[ResolvedMetric] {
-        &self.inner.resolved
-    }
-
-    /// The name emitted through the `metrics` facade for a catalog metric: its Prometheus
-    /// exposition name under this meter's naming preset and prefix.
+    /// The names, label keys and buckets this meter emits: what exporters and the GPU and
+    /// quality crates need to emit series that sit beside the meter's own.
     ///
     /// ```
-    /// let meter = tokenmeter_core::Meter::default();
-    /// let goodput = tokenmeter_core::catalog::by_id("goodput").unwrap();
-    /// assert_eq!(meter.metric_name(goodput), "tokenmeter_requests_goodput_total");
+    /// use tokenmeter_core::{Meter, Naming, catalog};
+    /// let meter = Meter::builder().naming(Naming::Vllm).build();
+    /// let names = meter.metric_names();
+    /// assert_eq!(names.name(catalog::core::TTFT), "vllm:time_to_first_token_seconds");
+    /// assert_eq!(names.label_key("gen_ai.request.model"), "model_name");
     /// ```
-    pub fn metric_name(&self, def: &'static MetricDef) -> &str {
-        self.resolved(def)
-            .map_or(def.otel_name, |r| r.name.as_str())
-    }
-
-    /// The bucket bounds this meter uses for a histogram.
-    pub fn buckets(&self, def: &'static MetricDef) -> Option<&[f64]> {
-        self.resolved(def).and_then(|r| r.buckets.as_deref())
-    }
-
-    pub(crate) fn resolved(&self, def: &'static MetricDef) -> Option<&ResolvedMetric> {
-        self.inner.resolved.iter().find(|r| r.def.id == def.id)
-    }
-
-    pub(crate) fn resolved_by_id(&self, id: &str) -> &ResolvedMetric {
-        // Core ids are fixed in catalog/core.rs and resolved at build; a miss is a bug in the
-        // catalog, caught by the catalog tests, so fall back to the first entry rather than panic.
-        self.inner
-            .resolved
-            .iter()
-            .find(|r| r.def.id == id)
-            .unwrap_or(&self.inner.resolved[0])
-    }
-
-    /// The label key emitted for an OpenTelemetry attribute key (`hw.id` → `hw_id`; under the
-    /// vLLM preset `gen_ai.request.model` → `model_name`).
-    pub fn label_key(&self, otel_key: &str) -> String {
-        names::label_key(self.inner.naming, otel_key)
-    }
-
-    /// The labels every model-scoped metric carries: model, operation and provider (or vLLM's
-    /// `model_name` and `engine`), plus the builder's constant labels.
-    pub fn constant_labels(&self) -> Vec<Label> {
-        self.inner.constant_labels.clone()
+    pub fn metric_names(&self) -> &MetricNames {
+        &self.inner.names
     }
 
     /// Starts timing a model load (cold start); [`LoadGuard::done`] records it.
@@ -631,38 +548,94 @@ impl Meter {
 
     /// Records a model load (cold start) that took `duration`.
     pub fn record_model_load(&self, duration: Duration) {
-        let name = self.resolved_by_id("model_load").name.clone();
-        metrics::histogram!(name, self.inner.constant_labels.clone())
-            .record(duration.as_secs_f64());
+        let names = &self.inner.names;
+        metrics::histogram!(
+            names.name(id::MODEL_LOAD).to_owned(),
+            names.constant_labels().to_vec()
+        )
+        .record(duration.as_secs_f64());
     }
 
     /// Counts an ignored API misuse in the `misuse` self-metric.
     pub(crate) fn misuse(&self, kind: &'static str) {
-        let name = self.resolved_by_id("misuse").name.clone();
-        let mut labels = self.inner.constant_labels.clone();
-        labels.push(Label::new("kind", kind));
-        metrics::counter!(name, labels).increment(1);
+        let names = &self.inner.names;
+        metrics::counter!(
+            names.name(id::MISUSE).to_owned(),
+            names.labels(&[("kind", kind)])
+        )
+        .increment(1);
     }
 
-    /// Maps a request label value through the cardinality cap, counting overflows.
+    /// Maps a request label value through its key's cardinality limit; an overflow is counted
+    /// once per request. An undeclared key is misuse, and the label is dropped.
     pub(crate) fn capped_label(&self, key: &str, value: String) -> Option<Label> {
-        if !self.inner.request_label_keys.iter().any(|k| k == key) {
-            self.misuse("unknown_label");
-            return None;
-        }
+        let now = self.now();
+        let admission = match lock(&self.inner.label_limits).get_mut(key) {
+            Some(limit) => limit.admit(&value, now),
+            None => {
+                self.misuse("unknown_label");
+                return None;
+            }
+        };
         let emitted_key = catalog::prometheus_label(key);
-        let mut values = lock(&self.inner.label_values);
-        let set = values.entry(key.to_owned()).or_default();
-        if set.contains(&value) || set.len() < self.inner.label_cap {
-            set.insert(value.clone());
-            return Some(Label::new(emitted_key, value));
+        if admission == Admission::Overflow {
+            let names = &self.inner.names;
+            metrics::counter!(
+                names.name(id::LABEL_OVERFLOW).to_owned(),
+                names.labels(&[("label", &emitted_key)])
+            )
+            .increment(1);
         }
-        drop(values);
-        let name = self.resolved_by_id("label_overflow").name.clone();
-        let mut labels = self.inner.constant_labels.clone();
-        labels.push(Label::new("label", emitted_key.clone()));
-        metrics::counter!(name, labels).increment(1);
-        Some(Label::new(emitted_key, "other"))
+        let value = match admission {
+            Admission::Own { .. } => value,
+            _ => admission.label("").to_owned(),
+        };
+        Some(Label::new(emitted_key, value))
+    }
+
+    // What the guard, one layer up, reads and updates.
+
+    pub(crate) fn handles(&self, request_labels: Vec<Label>) -> Arc<Handles> {
+        let inner = &*self.inner;
+        inner
+            .handles
+            .get(&inner.names, &inner.statics, request_labels)
+    }
+
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    #[inline]
+    pub(crate) fn itl_layout(&self) -> &ItlLayout {
+        &self.inner.itl
+    }
+
+    #[inline]
+    pub(crate) fn flush_interval(&self) -> Duration {
+        self.inner.flush_interval
+    }
+
+    pub(crate) fn live_totals(&self) -> &AtomicTotals {
+        &self.inner.totals
+    }
+
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.inner.next_request_id.fetch_add(1, Relaxed)
+    }
+
+    pub(crate) fn text_capture(&self) -> Option<&TextCapture> {
+        self.inner.text.as_ref()
+    }
+
+    /// Adds a flush's tokens and ITL buckets (mean ns, count) to the window.
+    pub(crate) fn window_tokens(&self, now: Instant, tokens: u64, itl: &[(u64, u64)]) {
+        lock(&self.inner.window).record_tokens(now, tokens, itl);
+    }
+
+    /// Adds an ended request to the window.
+    pub(crate) fn window_end(&self, now: Instant, summary: &RequestSummary, outcome: Outcome) {
+        lock(&self.inner.window).record_end(now, summary, outcome);
     }
 }
 

@@ -13,8 +13,6 @@ use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use crate::meter::Meter;
-
 /// Default cap on the text a guard buffers per kind: 16 KiB of prompt and 16 KiB of output
 /// (see [`MeterBuilder::text_max_bytes`](crate::MeterBuilder::text_max_bytes)).
 ///
@@ -471,21 +469,24 @@ impl TextBuf {
     }
 }
 
-/// Redacts one kind's buffered text once. `None` when there is none, or when the redactor
-/// panicked (counted as misuse `redactor_panic`, warned about once per meter).
-pub(crate) fn redact<'b>(meter: &Meter, kind: TextKind, piece: &'b Piece) -> Option<Cow<'b, str>> {
-    let capture = meter.inner.text.as_ref()?;
+/// Redacts one kind's buffered text once. `Ok(None)` when there is none; `Err(RedactorPanicked)`
+/// when the redactor panicked (the text is dropped; warned about once per meter, and the caller
+/// counts it as misuse `redactor_panic`).
+pub(crate) fn redact<'b>(
+    capture: &TextCapture,
+    kind: TextKind,
+    piece: &'b Piece,
+) -> Result<Option<Cow<'b, str>>, RedactorPanicked> {
     if piece.text.is_empty() {
-        return None;
+        return Ok(None);
     }
     let text = piece.text.as_str();
     match catch_unwind(AssertUnwindSafe(|| capture.redactor.redact(kind, text))) {
-        Ok(s) => Some(s),
+        Ok(s) => Ok(Some(s)),
         Err(payload) => {
             // The payload may hold the text: drop it unread. Its own drop panicking is
             // caught too.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            meter.misuse("redactor_panic");
             if !capture.warned.swap(true, Relaxed) {
                 tracing::warn!(
                     kind = kind.as_str(),
@@ -493,42 +494,14 @@ pub(crate) fn redact<'b>(meter: &Meter, kind: TextKind, piece: &'b Piece) -> Opt
                      (counted as misuse kind=redactor_panic; warned once per meter)"
                 );
             }
-            None
+            Err(RedactorPanicked)
         }
     }
 }
 
-/// `text` as a JSON string literal, quotes included.
-pub(crate) fn json_string(text: &str, out: &mut String) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// The OpenTelemetry GenAI message shape for one text part: `[{"role":ROLE,"parts":
-/// [{"type":"text","content":TEXT}]}]` (the `gen_ai.input.messages` and
-/// `gen_ai.output.messages` schemas).
-pub(crate) fn messages_json(role: &str, text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 64);
-    out.push_str("[{\"role\":");
-    json_string(role, &mut out);
-    out.push_str(",\"parts\":[{\"type\":\"text\",\"content\":");
-    json_string(text, &mut out);
-    out.push_str("}]}]");
-    out
-}
+/// The user's redactor panicked on a text; see [`redact`].
+#[derive(Debug)]
+pub(crate) struct RedactorPanicked;
 
 #[cfg(test)]
 mod tests {
@@ -655,13 +628,5 @@ mod tests {
         let s = "a😀é";
         let got: Vec<usize> = (0..=8).map(|i| floor_char_boundary(s, i)).collect();
         assert_eq!(got, [0, 1, 1, 1, 1, 5, 5, 7, 7]);
-    }
-
-    #[test]
-    fn json_is_escaped() {
-        assert_eq!(
-            messages_json("user", "a\"b\\c\nd\u{1}é"),
-            r#"[{"role":"user","parts":[{"type":"text","content":"a\"b\\c\nd\u0001é"}]}]"#
-        );
     }
 }

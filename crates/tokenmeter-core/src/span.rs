@@ -10,25 +10,28 @@
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::meter::Meter;
-use crate::redact::{self, TextBuf, TextKind};
-
-/// Target of the span and of the per-request log event; filter on it with
-/// `tracing_subscriber::EnvFilter` (`tokenmeter=info`).
-pub(crate) const TARGET: &str = "tokenmeter::request";
+use crate::names::{REQUEST_TARGET as TARGET, attr};
+use crate::summary::RequestSummary;
 
 /// OpenTelemetry attributes are signed: `tracing-opentelemetry` exports a `u64` as a string.
 fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// What every request span of one meter says about the service.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub(crate) operation: String,
+    pub(crate) provider: String,
+    pub(crate) model: String,
+}
+
 pub(crate) fn request_span(
-    meter: &Meter,
+    inner: &Identity,
     request_id: &str,
     prompt_tokens: u64,
     parent: Option<&Span>,
 ) -> Span {
-    let inner = &meter.inner;
     let name = format!("{} {}", inner.operation, inner.model);
     macro_rules! span {
         ($($parent:expr)?) => {
@@ -77,95 +80,188 @@ pub(crate) fn request_span(
 /// What the request log and the span carry when a request ends.
 pub(crate) struct EndRecord<'a> {
     pub(crate) request_id: &'a str,
-    pub(crate) prompt_tokens: u64,
-    pub(crate) output_tokens: u64,
-    pub(crate) ttft_s: Option<f64>,
-    pub(crate) tpot_s: Option<f64>,
-    pub(crate) e2e_s: f64,
-    pub(crate) queue_s: Option<f64>,
-    pub(crate) prefill_s: Option<f64>,
-    pub(crate) decode_s: Option<f64>,
+    pub(crate) summary: &'a RequestSummary,
     pub(crate) finish_reason: &'static str,
     pub(crate) error_type: Option<&'a str>,
-    pub(crate) nan: u64,
-    pub(crate) pos_inf: u64,
-    pub(crate) neg_inf: u64,
-    /// The buffered text, when the meter captures text.
-    pub(crate) text: Option<&'a TextBuf>,
+    /// Redacted text, when the meter captures text.
+    pub(crate) text: Option<EndText<'a>>,
 }
 
-pub(crate) fn record_end(span: &Span, meter: &Meter, r: &EndRecord<'_>) {
-    let model = meter.inner.model.as_str();
-    // Each text goes through the redactor once; the result feeds both the span and the log.
-    let (mut prompt, mut output, mut prompt_cut, mut output_cut) = (None, None, None, None);
-    if let Some(t) = r.text {
-        prompt = redact::redact(meter, TextKind::Prompt, &t.prompt);
-        output = redact::redact(meter, TextKind::Output, &t.output);
-        prompt_cut = t.prompt.truncated.then_some(true);
-        output_cut = t.output.truncated.then_some(true);
+/// Captured text after the redactor ran, and whether the byte cap cut it.
+pub(crate) struct EndText<'a> {
+    pub(crate) prompt: Option<&'a str>,
+    pub(crate) output: Option<&'a str>,
+    pub(crate) prompt_truncated: bool,
+    pub(crate) output_truncated: bool,
+}
+
+/// The OpenTelemetry GenAI message shape for one text part: `[{"role":ROLE,"parts":
+/// [{"type":"text","content":TEXT}]}]` (the `gen_ai.input.messages` and
+/// `gen_ai.output.messages` schemas).
+fn messages_json(role: &str, text: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Message<'a> {
+        role: &'a str,
+        parts: [Part<'a>; 1],
     }
+    #[derive(serde::Serialize)]
+    struct Part<'a> {
+        r#type: &'static str,
+        content: &'a str,
+    }
+    let message = Message {
+        role,
+        parts: [Part {
+            r#type: "text",
+            content: text,
+        }],
+    };
+    // Strings and a fixed shape: serializing cannot fail.
+    serde_json::to_string(&[message]).unwrap_or_default()
+}
+
+pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
+    let s = r.summary;
+    let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+    let text = r.text.as_ref();
+    let prompt = text.and_then(|t| t.prompt);
+    let output = text.and_then(|t| t.output);
+    let prompt_cut = text.and_then(|t| t.prompt_truncated.then_some(true));
+    let output_cut = text.and_then(|t| t.output_truncated.then_some(true));
     if !span.is_disabled() {
-        span.record("gen_ai.usage.output_tokens", as_i64(r.output_tokens));
-        span.record("gen_ai.response.finish_reasons", r.finish_reason);
-        if let Some(t) = r.ttft_s {
-            span.record("gen_ai.response.time_to_first_chunk", t);
+        span.record(attr::OUTPUT_TOKENS, as_i64(s.output_tokens));
+        span.record(attr::FINISH_REASONS, r.finish_reason);
+        let timings = [
+            (attr::TIME_TO_FIRST_CHUNK, s.ttft),
+            (attr::TIME_PER_OUTPUT_TOKEN, s.tpot),
+            (attr::QUEUE_TIME, s.queue),
+            (attr::PREFILL_TIME, s.prefill),
+            (attr::DECODE_TIME, s.decode),
+        ];
+        for (name, t) in timings {
+            if let Some(t) = secs(t) {
+                span.record(name, t);
+            }
         }
-        if let Some(t) = r.tpot_s {
-            span.record("tokenmeter.time_per_output_token", t);
-        }
-        if let Some(t) = r.queue_s {
-            span.record("tokenmeter.queue_time", t);
-        }
-        if let Some(t) = r.prefill_s {
-            span.record("tokenmeter.prefill_time", t);
-        }
-        if let Some(t) = r.decode_s {
-            span.record("tokenmeter.decode_time", t);
-        }
-        span.record("tokenmeter.logits.nan", as_i64(r.nan));
-        span.record("tokenmeter.logits.pos_inf", as_i64(r.pos_inf));
-        span.record("tokenmeter.logits.neg_inf", as_i64(r.neg_inf));
+        let nf = s.non_finite;
+        span.record(attr::LOGITS_NAN, as_i64(nf.nan));
+        span.record(attr::LOGITS_POS_INF, as_i64(nf.pos_inf));
+        span.record(attr::LOGITS_NEG_INF, as_i64(nf.neg_inf));
         if let Some(e) = r.error_type {
-            span.record("error.type", e);
+            span.record(attr::ERROR_TYPE, e);
             span.record("otel.status_code", "ERROR");
         }
-        if let Some(p) = &prompt {
-            span.record(
-                "gen_ai.input.messages",
-                redact::messages_json("user", p).as_str(),
-            );
+        if let Some(p) = prompt {
+            span.record(attr::INPUT_MESSAGES, messages_json("user", p).as_str());
         }
-        if let Some(o) = &output {
+        if let Some(o) = output {
             span.record(
-                "gen_ai.output.messages",
-                redact::messages_json("assistant", o).as_str(),
+                attr::OUTPUT_MESSAGES,
+                messages_json("assistant", o).as_str(),
             );
         }
         if prompt_cut.is_some() || output_cut.is_some() {
-            span.record("tokenmeter.text_truncated", true);
+            span.record(attr::TEXT_TRUNCATED, true);
         }
     }
-    let ms = |s: Option<f64>| s.map(|s| s * 1e3);
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+    let nf = s.non_finite;
     tracing::info!(
         target: TARGET,
         parent: span,
         request_id = r.request_id,
         model,
-        prompt_tokens = r.prompt_tokens,
-        output_tokens = r.output_tokens,
-        ttft_ms = ms(r.ttft_s),
-        tpot_ms = ms(r.tpot_s),
-        e2e_ms = r.e2e_s * 1e3,
-        queue_ms = ms(r.queue_s),
+        prompt_tokens = s.input_tokens,
+        output_tokens = s.output_tokens,
+        ttft_ms = ms(s.ttft),
+        tpot_ms = ms(s.tpot),
+        e2e_ms = s.e2e.as_secs_f64() * 1e3,
+        queue_ms = ms(s.queue),
         finish_reason = r.finish_reason,
         error_type = r.error_type,
-        nan = r.nan,
-        pos_inf = r.pos_inf,
-        neg_inf = r.neg_inf,
-        prompt = prompt.as_deref(),
-        output = output.as_deref(),
+        nan = nf.nan,
+        pos_inf = nf.pos_inf,
+        neg_inf = nf.neg_inf,
+        prompt,
+        output,
         prompt_truncated = prompt_cut,
         output_truncated = output_cut,
         "request finished"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_escaped() {
+        assert_eq!(
+            messages_json("user", "a\"b\\c\nd\u{1}é"),
+            r#"[{"role":"user","parts":[{"type":"text","content":"a\"b\\c\nd\u0001é"}]}]"#
+        );
+    }
+
+    #[test]
+    fn the_span_declares_every_attribute_name() {
+        let id = Identity {
+            operation: "chat".into(),
+            provider: "p".into(),
+            model: "m".into(),
+        };
+        let subscriber = tracing_subscriber_stub::Everything;
+        tracing::subscriber::with_default(subscriber, || {
+            let span = request_span(&id, "r", 1, None);
+            let meta = span.metadata().expect("enabled");
+            for name in [
+                attr::OUTPUT_TOKENS,
+                attr::FINISH_REASONS,
+                attr::TIME_TO_FIRST_CHUNK,
+                attr::ERROR_TYPE,
+                attr::TIME_PER_OUTPUT_TOKEN,
+                attr::QUEUE_TIME,
+                attr::PREFILL_TIME,
+                attr::DECODE_TIME,
+                attr::LOGITS_NAN,
+                attr::LOGITS_POS_INF,
+                attr::LOGITS_NEG_INF,
+                attr::PERPLEXITY,
+                attr::MEAN_ENTROPY,
+                attr::LOW_CONFIDENCE_SHARE,
+                attr::REFUSAL,
+                attr::REPETITION,
+                attr::OUTPUT_CHARS,
+                attr::INPUT_MESSAGES,
+                attr::OUTPUT_MESSAGES,
+                attr::TEXT_TRUNCATED,
+            ] {
+                assert!(
+                    meta.fields().field(name).is_some(),
+                    "{name} is not declared"
+                );
+            }
+        });
+    }
+
+    /// A subscriber that enables every span, so its metadata can be read.
+    mod tracing_subscriber_stub {
+        use tracing::span::{Attributes, Id, Record};
+        use tracing::{Event, Metadata};
+
+        pub(super) struct Everything;
+
+        impl tracing::Subscriber for Everything {
+            fn enabled(&self, _: &Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &Attributes<'_>) -> Id {
+                Id::from_u64(1)
+            }
+            fn record(&self, _: &Id, _: &Record<'_>) {}
+            fn record_follows_from(&self, _: &Id, _: &Id) {}
+            fn event(&self, _: &Event<'_>) {}
+            fn enter(&self, _: &Id) {}
+            fn exit(&self, _: &Id) {}
+        }
+    }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use quanta::Instant;
 
-use crate::meter::Totals;
+use crate::summary::RequestSummary;
+use crate::types::{Outcome, Totals};
 
 const SLOTS: u64 = 6;
 /// Longest latency tracked exactly: one day. Longer values are clamped to it.
@@ -83,25 +84,6 @@ pub struct Snapshot {
     pub queue: LatencySummary,
     /// Cumulative totals since the meter was built.
     pub totals: Totals,
-}
-
-/// One request's contribution to the window, recorded when it ends.
-#[derive(Default)]
-pub(crate) struct Ended {
-    pub(crate) ttft: Option<Duration>,
-    pub(crate) tpot: Option<Duration>,
-    pub(crate) e2e: Duration,
-    pub(crate) queue: Option<Duration>,
-    pub(crate) outcome: Outcome,
-    pub(crate) goodput: bool,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Outcome {
-    #[default]
-    Succeeded,
-    Failed,
-    Cancelled,
 }
 
 struct Slot {
@@ -194,10 +176,10 @@ impl Window {
         }
     }
 
-    pub(crate) fn record_end(&mut self, now: Instant, e: &Ended) {
+    pub(crate) fn record_end(&mut self, now: Instant, e: &RequestSummary, outcome: Outcome) {
         let slot = self.slot(now);
         slot.ended += 1;
-        match e.outcome {
+        match outcome {
             Outcome::Succeeded => slot.succeeded += 1,
             Outcome::Failed => slot.failed += 1,
             Outcome::Cancelled => slot.cancelled += 1,

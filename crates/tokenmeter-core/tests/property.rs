@@ -9,7 +9,8 @@ use common::capture;
 use metrics_util::debugging::DebuggingRecorder;
 use proptest::prelude::*;
 use tokenmeter_core::catalog::core::ITL_BUCKETS;
-use tokenmeter_core::{Clock, ErrorKind, Finish, Meter, Slo};
+use tokenmeter_core::clock::Clock;
+use tokenmeter_core::{ErrorKind, Finish, Meter, Slo};
 
 #[derive(Clone, Debug)]
 enum End {
@@ -166,8 +167,8 @@ proptest! {
                 }
                 mock.increment(Duration::from_micros(r.tail_us));
                 match &r.end {
-                    End::Finish(f) => g.finish(*f),
-                    End::Fail => g.fail(ErrorKind::Timeout),
+                    End::Finish(f) => drop(g.finish(*f)),
+                    End::Fail => drop(g.fail(ErrorKind::Timeout)),
                     End::Drop => drop(g),
                 }
                 mock.increment(Duration::from_micros(r.idle_us));

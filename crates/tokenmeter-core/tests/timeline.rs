@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use common::{Captured, assert_close, capture};
 use metrics_util::debugging::DebuggingRecorder;
-use tokenmeter_core::{
-    Clock, ErrorKind, Finish, Meter, MeterBuilder, Mock, Naming, NonFinite, Slo,
-};
+use tokenmeter_core::clock::{Clock, Mock};
+use tokenmeter_core::{ErrorKind, Finish, Meter, MeterBuilder, Naming, NonFinite, Slo};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -430,7 +429,7 @@ fn vllm_preset_uses_vllm_names_labels_and_buckets() {
     );
     let ttft = tokenmeter_core::catalog::by_id("ttft").expect("ttft");
     assert_eq!(
-        meter.buckets(ttft).map(<[f64]>::len),
+        meter.metric_names().buckets(ttft).map(<[f64]>::len),
         Some(22),
         "vLLM's TTFT buckets"
     );
@@ -527,9 +526,12 @@ fn bad_configuration_is_a_clear_error() {
         .prefix("ok_prefix")
         .build();
     let ttft = tokenmeter_core::catalog::by_id("ttft").expect("ttft");
-    assert_eq!(m.buckets(ttft).map(<[f64]>::len), Some(16));
+    assert_eq!(m.metric_names().buckets(ttft).map(<[f64]>::len), Some(16));
     let goodput = tokenmeter_core::catalog::by_id("goodput").expect("goodput");
-    assert_eq!(m.metric_name(goodput), "ok_prefix_requests_goodput_total");
+    assert_eq!(
+        m.metric_names().name(goodput),
+        "ok_prefix_requests_goodput_total"
+    );
 }
 
 #[test]

@@ -57,10 +57,10 @@ pub mod trace_context;
 
 pub use fanout::Fanout;
 pub use log::{DEFAULT_BUFFER_LINES, LogDestination, REQUEST_TARGET, RequestLog, RequestLogWriter};
-pub use names::DEFAULT_PREFIX;
 #[cfg(feature = "prometheus")]
 pub use prometheus::{Prometheus, PrometheusExporter, PrometheusRender};
 pub use stats::{ExportStats, ExportStatsSnapshot, dropped_metric_name};
+pub use tokenmeter_core::names::DEFAULT_PREFIX;
 
 /// Errors from building or installing exporters.
 #[derive(Debug, thiserror::Error)]

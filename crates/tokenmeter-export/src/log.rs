@@ -20,7 +20,7 @@ use crate::Error;
 use crate::stats::{dropped_metric_name, dropped_metric_name_for, publish};
 
 /// The target of the core's request span and request-log event.
-pub const REQUEST_TARGET: &str = "tokenmeter::request";
+pub use tokenmeter_core::names::REQUEST_TARGET;
 
 /// Default capacity of the request log's line queue (see [`RequestLog::buffer_lines`]).
 pub const DEFAULT_BUFFER_LINES: usize = 8192;

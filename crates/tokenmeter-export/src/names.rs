@@ -8,10 +8,7 @@ use std::collections::HashMap;
 
 use tokenmeter_core::Meter;
 use tokenmeter_core::catalog::{self, MetricDef};
-
-/// The default prefix of our own metrics: the core's default (`MeterBuilder::prefix`), which
-/// the core exposes only through a built meter; a test pins the two together.
-pub const DEFAULT_PREFIX: &str = "tokenmeter";
+use tokenmeter_core::names::{DEFAULT_PREFIX, otel_label_key};
 
 /// What an exporter knows about one emitted name.
 #[derive(Clone, Debug)]
@@ -23,30 +20,11 @@ pub(crate) struct MetricInfo {
     pub(crate) buckets: Option<Vec<f64>>,
 }
 
-/// Emitted name -> catalog metric; emitted label key -> OTel attribute key.
+/// Emitted name -> catalog metric.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct NameMap {
     by_name: HashMap<String, MetricInfo>,
-    labels: HashMap<String, String>,
 }
-
-/// OTel attribute keys that may appear as labels besides the catalog's metric-specific ones.
-const CONSTANT_KEYS: &[&str] = &[
-    "gen_ai.request.model",
-    "gen_ai.response.model",
-    "gen_ai.provider.name",
-    "gen_ai.operation.name",
-    "gen_ai.token.modality",
-    "error.type",
-    "finish_reason",
-    "server.address",
-    "server.port",
-    "model.version",
-    "hw.id",
-    "hw.type",
-    "hw.name",
-    "hw.vendor",
-];
 
 impl NameMap {
     /// A map covering the default prefix under both presets, plus `prefixes` and `meters`.
@@ -71,7 +49,7 @@ impl NameMap {
         }
         // Meters last: their bucket overrides win.
         for meter in meters {
-            for r in meter.metrics() {
+            for r in meter.metric_names().metrics() {
                 map.by_name.insert(
                     r.name.clone(),
                     MetricInfo {
@@ -82,17 +60,6 @@ impl NameMap {
                 );
             }
         }
-        let keys = catalog::all()
-            .flat_map(|d| d.labels.iter().copied())
-            .chain(CONSTANT_KEYS.iter().copied());
-        for key in keys {
-            map.labels
-                .insert(catalog::prometheus_label(key), key.to_owned());
-        }
-        map.labels
-            .insert("model_name".to_owned(), "gen_ai.request.model".to_owned());
-        map.labels
-            .insert("finished_reason".to_owned(), "finish_reason".to_owned());
         map
     }
 
@@ -121,8 +88,8 @@ impl NameMap {
     }
 
     /// The OTel attribute key for an emitted label key (unknown keys pass through).
-    pub(crate) fn otel_label<'a>(&'a self, key: &'a str) -> &'a str {
-        self.labels.get(key).map_or(key, String::as_str)
+    pub(crate) fn otel_label<'a>(&self, key: &'a str) -> &'a str {
+        otel_label_key(key).unwrap_or(key)
     }
 }
 
@@ -184,10 +151,11 @@ mod tests {
     #[test]
     fn default_prefix_is_the_cores() {
         let meter = Meter::builder().build();
-        for r in meter.metrics().iter().filter(|r| r.def.own) {
+        let metrics = meter.metric_names().metrics();
+        for r in metrics.iter().filter(|r| r.def.own) {
             assert_eq!(r.otel_name, r.def.full_otel_name(DEFAULT_PREFIX));
         }
-        assert!(meter.metrics().iter().any(|r| r.def.own));
+        assert!(metrics.iter().any(|r| r.def.own));
     }
 
     #[test]

@@ -354,10 +354,11 @@ pub fn init_for(meter: &Meter) -> Result<ExportGuard, Error> {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use tokenmeter_core::{Clock, Finish};
+    use tokenmeter_core::Finish;
+    use tokenmeter_core::clock::Clock;
 
     /// One request: TTFT 30 ms, then three more tokens 10 ms apart.
-    fn run(ex: Exporters, meter: &Meter, mock: &tokenmeter_core::Mock) -> String {
+    fn run(ex: Exporters, meter: &Meter, mock: &tokenmeter_core::clock::Mock) -> String {
         let (guard, fanout) = ex.install_tracing(false).build().expect("build");
         let fanout = fanout.expect("fanout");
         metrics::with_local_recorder(&fanout, || {
@@ -390,9 +391,13 @@ mod tests {
             .buckets("ttft", &[0.123])
             .clock(clock)
             .build();
-        let itl = meter.metric_name(tokenmeter_core::catalog::by_id("itl").expect("itl"));
+        let itl = meter
+            .metric_names()
+            .name(tokenmeter_core::catalog::by_id("itl").expect("itl"));
         assert_eq!(itl, "acme_inter_token_latency_seconds");
-        let ttft = meter.metric_name(tokenmeter_core::catalog::by_id("ttft").expect("ttft"));
+        let ttft = meter
+            .metric_names()
+            .name(tokenmeter_core::catalog::by_id("ttft").expect("ttft"));
         let prom = || Prometheus::new().without_listener();
 
         let body = run(

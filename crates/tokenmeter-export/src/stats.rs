@@ -8,10 +8,9 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokenmeter_core::Meter;
-use tokenmeter_core::catalog::{self, MetricDef};
+use tokenmeter_core::catalog;
 
 /// The catalog id of the drop self-metric.
-const DROPPED_ID: &str = "export_dropped";
 
 /// Counters of what the OTLP exporters sent and dropped, shared with the export threads.
 ///
@@ -108,24 +107,21 @@ pub(crate) fn publish(metric_name: &str, signal: &'static str, reason: &'static 
     }
 }
 
-/// The catalog entry of the drop self-metric.
-pub(crate) fn dropped_def() -> Option<&'static MetricDef> {
-    catalog::by_id(DROPPED_ID)
-}
-
 /// The exposition name of the drop self-metric under `prefix`
 /// (`tokenmeter_export_dropped_total` under [`DEFAULT_PREFIX`](crate::DEFAULT_PREFIX)),
 /// derived from its catalog entry (`export_dropped`). Empty only if the catalog lacked that
 /// entry (the catalog's tests rule it out); nothing is published under an empty name.
 pub fn dropped_metric_name(prefix: &str) -> String {
-    dropped_def().map_or_else(String::new, |d| {
-        catalog::prometheus_name(&d.full_otel_name(prefix), d.kind, d.unit)
-    })
+    let d = catalog::core::EXPORT_DROPPED;
+    catalog::prometheus_name(&d.full_otel_name(prefix), d.kind, d.unit)
 }
 
 /// The exposition name of the drop self-metric as `meter` emits it (its prefix).
 pub(crate) fn dropped_metric_name_for(meter: &Meter) -> String {
-    dropped_def().map_or_else(String::new, |d| meter.metric_name(d).to_owned())
+    meter
+        .metric_names()
+        .name(catalog::core::EXPORT_DROPPED)
+        .to_owned()
 }
 
 #[cfg(test)]

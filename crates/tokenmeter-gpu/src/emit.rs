@@ -2,12 +2,13 @@
 //! the source cannot read never shows up as a zero.
 //!
 //! A handle belongs to the `metrics` recorder that was current when it was registered; each slot
-//! remembers that recorder ([`tokenmeter_core::recorder_id`]) and registers again when another
+//! keeps it in a [`tokenmeter_core::emit::RecorderScoped`] and registers again when another
 //! one is current, so a sampler started before the exporter is installed still exports.
 
 use metrics::{Counter, Gauge, Label};
+use tokenmeter_core::Meter;
 use tokenmeter_core::catalog::{MetricDef, by_id};
-use tokenmeter_core::{Meter, recorder_id};
+use tokenmeter_core::emit::RecorderScoped;
 
 /// Looks a catalog entry of `catalog/gpu.rs` up by id.
 pub(crate) fn def(id: &str) -> Option<&'static MetricDef> {
@@ -16,51 +17,39 @@ pub(crate) fn def(id: &str) -> Option<&'static MetricDef> {
 
 /// Builds `constant labels + (key, value)*` with the meter's label-key spelling.
 pub(crate) fn labels(meter: &Meter, extra: &[(&str, &str)]) -> Vec<Label> {
-    let mut out = meter.constant_labels();
-    for (k, v) in extra {
-        out.push(Label::new(meter.label_key(k), (*v).to_owned()));
-    }
-    out
+    meter.metric_names().labels(extra)
 }
 
 /// A gauge that is registered on its first value and reads NaN once its source stops answering.
 pub(crate) struct GaugeSlot {
     name: Option<String>,
     labels: Vec<Label>,
-    /// The handle and the recorder it was registered under.
-    gauge: Option<(usize, Gauge)>,
+    gauge: RecorderScoped<Gauge>,
 }
 
 impl GaugeSlot {
     pub(crate) fn new(meter: &Meter, id: &str, labels: Vec<Label>) -> Self {
         GaugeSlot {
-            name: def(id).map(|d| meter.metric_name(d).to_owned()),
+            name: def(id).map(|d| meter.metric_names().name(d).to_owned()),
             labels,
-            gauge: None,
+            gauge: RecorderScoped::new(),
         }
-    }
-
-    /// The handle for the current recorder, registering it if there is none yet or if it was
-    /// registered under another recorder.
-    fn handle(&mut self) -> Option<&Gauge> {
-        let name = self.name.as_ref()?;
-        let recorder = recorder_id();
-        if self.gauge.as_ref().is_none_or(|(r, _)| *r != recorder) {
-            self.gauge = Some((recorder, metrics::gauge!(name.clone(), self.labels.clone())));
-        }
-        self.gauge.as_ref().map(|(_, g)| g)
     }
 
     /// `Some(v)`: set (registering on first use). `None`: NaN if it was ever set, else nothing.
     pub(crate) fn set(&mut self, v: Option<f64>) {
         let v = match v {
             Some(v) => v,
-            None if self.gauge.is_some() => f64::NAN,
+            None if self.gauge.is_made() => f64::NAN,
             None => return,
         };
-        if let Some(g) = self.handle() {
-            g.set(v);
-        }
+        let Some(name) = &self.name else {
+            return;
+        };
+        let labels = &self.labels;
+        self.gauge
+            .get_or_make(|| metrics::gauge!(name.clone(), labels.clone()))
+            .set(v);
     }
 }
 
@@ -69,19 +58,16 @@ impl GaugeSlot {
 pub(crate) struct CounterSlot {
     name: Option<String>,
     labels: Vec<Label>,
-    /// The handle and the recorder it was registered under.
-    counter: Option<(usize, Counter)>,
-    /// What the current recorder's counter holds.
-    emitted: u64,
+    /// The handle, and what it holds, for the current recorder.
+    counter: RecorderScoped<(Counter, u64)>,
 }
 
 impl CounterSlot {
     pub(crate) fn new(meter: &Meter, id: &str, labels: Vec<Label>) -> Self {
         CounterSlot {
-            name: def(id).map(|d| meter.metric_name(d).to_owned()),
+            name: def(id).map(|d| meter.metric_names().name(d).to_owned()),
             labels,
-            counter: None,
-            emitted: 0,
+            counter: RecorderScoped::new(),
         }
     }
 
@@ -93,19 +79,13 @@ impl CounterSlot {
         let Some(name) = &self.name else {
             return;
         };
-        let recorder = recorder_id();
-        if self.counter.as_ref().is_none_or(|(r, _)| *r != recorder) {
-            self.counter = Some((
-                recorder,
-                metrics::counter!(name.clone(), self.labels.clone()),
-            ));
-            self.emitted = 0;
-        }
-        if total > self.emitted {
-            if let Some((_, c)) = &self.counter {
-                c.increment(total - self.emitted);
-            }
-            self.emitted = total;
+        let labels = &self.labels;
+        let (counter, emitted) = self
+            .counter
+            .get_or_make(|| (metrics::counter!(name.clone(), labels.clone()), 0));
+        if total > *emitted {
+            counter.increment(total - *emitted);
+            *emitted = total;
         }
     }
 }

@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokenmeter_core::{Instant, Meter};
+use tokenmeter_core::Meter;
+use tokenmeter_core::clock::Instant;
 
 use crate::emit::{CounterSlot, GaugeSlot, labels};
 use crate::host::{HostSample, HostSampler};

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tokenmeter_core::{Clock, Finish, Meter, Mock};
+use tokenmeter_core::clock::{Clock, Mock};
+use tokenmeter_core::{Finish, Meter};
 use tokenmeter_gpu::{
     EnergySource, FakeGpuSource, FieldError, GpuAvailability, GpuSelection, GpuSnapshot, Sampler,
 };
@@ -322,7 +323,7 @@ fn every_exported_name_is_in_the_catalog() {
     ex.read();
     let catalog: Vec<String> = tokenmeter_core::catalog::gpu::DEFS
         .iter()
-        .map(|d| meter.metric_name(d).to_owned())
+        .map(|d| meter.metric_names().name(d).to_owned())
         .collect();
     for (name, _, _) in &ex.series {
         if name.starts_with("hw_")

@@ -30,8 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use metrics::{Gauge, Label};
+use tokenmeter_core::Meter;
 use tokenmeter_core::catalog;
-use tokenmeter_core::{Meter, recorder_id};
+use tokenmeter_core::emit::{lock, recorder_id};
 
 /// The baseline file format version this crate writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -515,11 +516,12 @@ impl Gauges {
             let Some(def) = catalog::by_id(id) else {
                 return Gauge::noop();
             };
-            let mut labels: Vec<Label> = meter.constant_labels();
+            let names = meter.metric_names();
+            let mut labels: Vec<Label> = names.constant_labels().to_vec();
             if let Some(f) = feature {
-                labels.push(Label::new(meter.label_key("feature"), f));
+                labels.push(Label::new(names.label_key("feature"), f));
             }
-            metrics::gauge!(meter.metric_name(def).to_owned(), labels)
+            metrics::gauge!(names.name(def).to_owned(), labels)
         };
         Gauges {
             recorder: recorder_id(),
@@ -586,10 +588,7 @@ impl DriftMonitor {
     }
 
     fn lock(&self) -> MutexGuard<'_, Window> {
-        // Plain counters: a panic elsewhere mid-update cannot break an invariant we rely on.
-        self.window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.window)
     }
 
     /// Adds one finished request: its prompt and output lengths in tokens and, optionally,

@@ -2,14 +2,17 @@
 //! scorers and drift, recorded once when the request finishes.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aho_corasick::automaton::StateID;
 use metrics::{Counter, Histogram, Label};
-use tokenmeter_core::{Meter, RequestGuard, catalog, recorder_id};
+use tokenmeter_core::emit::{lock, recorder_id};
+use tokenmeter_core::names::attr;
+use tokenmeter_core::{Meter, RequestGuard, catalog};
 
 use crate::drift::{DriftMonitor, TokenHistogram};
-use crate::labels::CappedLabel;
+use crate::labels::{CappedLabel, NAME_IDLE_TIMEOUT};
 use crate::logprobs::{LogprobStats, LogprobSummary};
 use crate::repetition::Repetition;
 use crate::scorer::Scorer;
@@ -232,8 +235,10 @@ struct Handles {
     replacement: Counter,
     control: Counter,
     disallowed: Counter,
-    /// One per configured keyword (the ones past the cap share the `other` handle).
-    keywords: Vec<Counter>,
+    /// One per configured keyword (the ones past the cap share the `other` handle, and say so).
+    keywords: Vec<(Counter, bool)>,
+    /// `labels.overflow{label="keyword"}`: one per match counted under `other`.
+    keyword_overflow: Counter,
     feedback: Histogram,
     /// One per configured scorer (through the same cap as [`QualityMonitor::record_score`]).
     scorers: Vec<Histogram>,
@@ -246,18 +251,22 @@ impl Handles {
         config: &QualityConfig,
         scores: &Mutex<CappedLabel<Histogram>>,
     ) -> Handles {
-        let mut keyword = CappedLabel::new(config.keyword_cap);
+        // The keyword list is configuration: no slot is ever idle.
+        let mut keyword = CappedLabel::new(config.keyword_cap, Duration::MAX);
         let keywords = config
             .keywords
             .iter()
             .map(|k| {
-                keyword
+                let mut overflowed = false;
+                let c = keyword
                     .get(
                         k,
+                        meter.now(),
                         |v| counter(meter, "quality_keywords", Some(("keyword", v.to_owned()))),
-                        || overflow(meter, "keyword"),
+                        || overflowed = true,
                     )
-                    .clone()
+                    .clone();
+                (c, overflowed)
             })
             .collect();
         let scorers = {
@@ -283,6 +292,7 @@ impl Handles {
             control: counter(meter, "quality_control_chars", None),
             disallowed: counter(meter, "quality_disallowed_tokens", None),
             keywords,
+            keyword_overflow: overflow_counter(meter, "keyword"),
             feedback: histogram(meter, "quality_feedback", None),
             scorers,
         }
@@ -312,12 +322,6 @@ impl Shared {
         }
         Arc::clone(&h)
     }
-}
-
-/// Locks a mutex that holds only handles and plain counters: a panic elsewhere while it was
-/// held cannot have broken an invariant, so a poisoned lock is used as is.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Builds per-request [`RequestQuality`] monitors and records what they saw; shared by all
@@ -362,31 +366,33 @@ fn counter(meter: &Meter, id: &str, extra: Option<(&str, String)>) -> Counter {
     let Some(def) = catalog::by_id(id) else {
         return Counter::noop();
     };
-    let mut labels = meter.constant_labels();
+    let names = meter.metric_names();
+    let mut labels = names.constant_labels().to_vec();
     if let Some((k, v)) = extra {
-        labels.push(Label::new(meter.label_key(k), v));
+        labels.push(Label::new(names.label_key(k), v));
     }
-    metrics::counter!(meter.metric_name(def).to_owned(), labels)
+    metrics::counter!(names.name(def).to_owned(), labels)
 }
 
 fn histogram(meter: &Meter, id: &str, extra: Option<(&str, String)>) -> Histogram {
     let Some(def) = catalog::by_id(id) else {
         return Histogram::noop();
     };
-    let mut labels = meter.constant_labels();
+    let names = meter.metric_names();
+    let mut labels = names.constant_labels().to_vec();
     if let Some((k, v)) = extra {
-        labels.push(Label::new(meter.label_key(k), v));
+        labels.push(Label::new(names.label_key(k), v));
     }
-    metrics::histogram!(meter.metric_name(def).to_owned(), labels)
+    metrics::histogram!(names.name(def).to_owned(), labels)
+}
+
+fn overflow_counter(meter: &Meter, label: &str) -> Counter {
+    let key = meter.metric_names().label_key(label);
+    counter(meter, "label_overflow", Some(("label", key)))
 }
 
 fn overflow(meter: &Meter, label: &str) {
-    counter(
-        meter,
-        "label_overflow",
-        Some(("label", meter.label_key(label))),
-    )
-    .increment(1);
+    overflow_counter(meter, label).increment(1);
 }
 
 /// The `quality_score` histogram for a scorer name, through the scorer-name cap.
@@ -397,6 +403,7 @@ fn scorer_histogram<'a>(
 ) -> &'a Histogram {
     scores.get(
         name,
+        meter.now(),
         |v| histogram(meter, "quality_score", Some(("scorer", v.to_owned()))),
         || overflow(meter, "scorer"),
     )
@@ -422,13 +429,13 @@ impl QualityMonitor {
         }
         let phrases = PhraseSet::new(&texts)?;
 
-        let scores = Mutex::new(CappedLabel::new(config.name_cap));
+        let scores = Mutex::new(CappedLabel::new(config.name_cap, NAME_IDLE_TIMEOUT));
         let handles = Handles::resolve(meter, &config, &scores);
         Ok(QualityMonitor {
             shared: Arc::new(Shared {
                 totals: Default::default(),
                 meter: meter.clone(),
-                safety: Mutex::new(CappedLabel::new(config.name_cap)),
+                safety: Mutex::new(CappedLabel::new(config.name_cap, NAME_IDLE_TIMEOUT)),
                 config,
                 phrases,
                 patterns,
@@ -476,6 +483,7 @@ impl QualityMonitor {
         lock(&s.safety)
             .get(
                 filter,
+                s.meter.now(),
                 |v| {
                     counter(
                         &s.meter,
@@ -761,33 +769,36 @@ impl RequestQuality {
         h.replacement.increment(report.chars.replacement);
         h.control.increment(report.chars.control);
         h.disallowed.increment(report.disallowed_tokens);
-        for (counter, &n) in h.keywords.iter().zip(&report.keyword_matches) {
+        for ((counter, overflowed), &n) in h.keywords.iter().zip(&report.keyword_matches) {
             if n > 0 {
                 counter.increment(u64::from(n));
+                if *overflowed {
+                    h.keyword_overflow.increment(u64::from(n));
+                }
             }
         }
         let span = guard.span();
-        span.record("tokenmeter.refusal", report.refusal);
+        span.record(attr::REFUSAL, report.refusal);
         if let Some(r) = report.repetition {
             h.repetition.record(r);
-            span.record("tokenmeter.repetition", r);
+            span.record(attr::REPETITION, r);
         }
         if report.text_seen {
             h.output_chars.record(report.chars.chars as f64);
-            span.record("tokenmeter.output_chars", report.chars.chars);
+            span.record(attr::OUTPUT_CHARS, report.chars.chars);
         }
         let lp = report.logprobs;
         if let Some(p) = lp.perplexity {
             h.perplexity.record(p);
-            span.record("tokenmeter.perplexity", p);
+            span.record(attr::PERPLEXITY, p);
         }
         if let Some(e) = lp.mean_entropy {
             h.entropy.record(e);
-            span.record("tokenmeter.mean_entropy", e);
+            span.record(attr::MEAN_ENTROPY, e);
         }
         if let Some(l) = lp.low_confidence_share {
             h.low_confidence.record(l);
-            span.record("tokenmeter.low_confidence_share", l);
+            span.record(attr::LOW_CONFIDENCE_SHARE, l);
         }
         for (hist, score) in h.scorers.iter().zip(&report.scores) {
             if let Some(s) = score {

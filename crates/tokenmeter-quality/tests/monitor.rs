@@ -37,14 +37,14 @@ fn get<'a>(
     extra: &[(&str, &str)],
 ) -> Option<&'a DebugValue> {
     let def = catalog::by_id(id).expect("catalog id");
-    let name = meter.metric_name(def);
+    let name = meter.metric_names().name(def);
     v.iter()
         .find(|((n, labels), _)| {
             n == name
                 && extra
                     .iter()
                     .all(|(k, val)| labels.iter().any(|(lk, lv)| lk == k && lv == val))
-                && labels.len() == meter.constant_labels().len() + extra.len()
+                && labels.len() == meter.metric_names().constant_labels().len() + extra.len()
         })
         .map(|(_, d)| d)
 }
@@ -73,7 +73,7 @@ fn gauge(v: &Values, meter: &Meter, id: &str, extra: &[(&str, &str)]) -> Option<
 }
 
 fn mock_meter() -> Meter {
-    let (clock, _mock) = tokenmeter_core::Clock::mock();
+    let (clock, _mock) = tokenmeter_core::clock::Clock::mock();
     Meter::builder().model("m").clock(clock).build()
 }
 
@@ -171,7 +171,9 @@ fn a_request_is_recorded_once_with_exact_values() {
         );
         // The exposition name of one of them, spelled out.
         assert_eq!(
-            meter.metric_name(catalog::by_id("quality_refusals").expect("id")),
+            meter
+                .metric_names()
+                .name(catalog::by_id("quality_refusals").expect("id")),
             "tokenmeter_quality_refusals_total"
         );
     });
@@ -653,7 +655,7 @@ fn a_second_finish_runs_no_scorer_and_returns_the_first_report() {
 }
 
 #[test]
-fn overflow_is_counted_once_per_distinct_name() {
+fn overflow_is_counted_once_per_measurement_that_went_to_other() {
     let recorder = DebuggingRecorder::new();
     let snap = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
@@ -669,8 +671,9 @@ fn overflow_is_counted_once_per_distinct_name() {
         for f in ["pii", "jailbreak", "x", "x", "y", "x", "pii"] {
             quality.safety_filter_triggered(f);
         }
-        // A scorer named `other` below the cap is an ordinary name; past the cap, each new
-        // name counts once however often it is recorded.
+        // A scorer named `other` below the cap is an ordinary name; past the cap, every
+        // record that lands in `other` counts once (the meaning `labels.overflow` has
+        // everywhere, core's request labels included).
         for (name, score) in [
             ("other", 0.1),
             ("toxicity", 0.2),
@@ -689,9 +692,9 @@ fn overflow_is_counted_once_per_distinct_name() {
             (2, 1, 4)
         );
         let overflow = |l| counter(&v, &meter, "label_overflow", &[("label", l)]);
-        assert_eq!(overflow("filter"), 2);
-        assert_eq!(overflow("scorer"), 2);
-        assert_eq!(overflow("keyword"), 2); // c (twice in the list) and d
+        assert_eq!(overflow("filter"), 4); // x, x, y, x
+        assert_eq!(overflow("scorer"), 3); // x, x, y
+        assert_eq!(overflow("keyword"), 0); // c and d are past the cap, but never matched
         assert_eq!(
             hist(&v, &meter, "quality_score", &[("scorer", "toxicity")]),
             vec![0.2, 0.6]
@@ -751,7 +754,7 @@ fn a_monitor_built_under_one_recorder_records_to_the_next() {
     );
     assert_eq!(
         counter(&v2, &meter, "label_overflow", &[("label", "keyword")]),
-        1
+        4
     );
     assert_eq!(
         hist(
@@ -788,9 +791,10 @@ fn a_monitor_built_under_one_recorder_records_to_the_next() {
         counter(&v1, &meter, "quality_safety_triggers", &[("filter", "pii")]),
         1
     );
+    // No request was monitored under it, so no keyword match went to `other`.
     assert_eq!(
         counter(&v1, &meter, "label_overflow", &[("label", "keyword")]),
-        1
+        0
     );
     assert_eq!(gauge(&v1, &meter, "quality_drift_window", &[]), None);
     assert_eq!(drift.evaluate().window_requests, 4);

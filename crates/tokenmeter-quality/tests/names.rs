@@ -7,7 +7,7 @@ fn quality_metric_names_are_the_documented_ones() {
     let meter = Meter::default();
     let names: Vec<(&str, &str)> = catalog::quality::DEFS
         .iter()
-        .map(|d| (d.id, meter.metric_name(d)))
+        .map(|d| (d.id, meter.metric_names().name(d)))
         .collect();
     let want = [
         ("quality_perplexity", "tokenmeter_quality_perplexity"),

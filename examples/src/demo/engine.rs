@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokenmeter_core::{ErrorKind, Finish, Instant, Meter, RequestGuard};
+use tokenmeter_core::clock::Instant;
+use tokenmeter_core::{ErrorKind, Finish, Meter, RequestGuard};
 use tokio::sync::mpsc;
 
 use super::llama::KvCache;

@@ -34,7 +34,7 @@ fn server_pcts(s: &LatencySummary) -> [Option<f64>; 3] {
 /// Counter values from `/metrics` the table needs, named through the server's meter.
 fn counter(meter: &Meter, view: &ServerView, id: &str, want: &[(&str, &str)]) -> Option<f64> {
     let def = catalog::by_id(id)?;
-    let name = meter.metric_name(def);
+    let name = meter.metric_names().name(def);
     view.samples
         .contains_key(name)
         .then(|| view.sum(name, want))

@@ -21,7 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokenmeter_core::{ErrorKind, Instant, Meter, RequestGuard};
+use tokenmeter_core::clock::Instant;
+use tokenmeter_core::{ErrorKind, Meter, RequestGuard};
 use tokio::sync::mpsc;
 
 use super::chat::Message;

@@ -172,3 +172,52 @@ pub static DEFS: &[MetricDef] = &[
         "Telemetry the exporters dropped instead of blocking (signal = metrics, traces, logs; reason = queue_full, export_failed).",
         recorded: "By the export threads, when a batch or span is dropped."),
 ];
+
+// Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
+// catalog/mod.rs checks that each names the entry of its own id.
+/// The `ttft` metric.
+pub static TTFT: &MetricDef = &DEFS[0];
+/// The `tpot` metric.
+pub static TPOT: &MetricDef = &DEFS[1];
+/// The `itl` metric.
+pub static ITL: &MetricDef = &DEFS[2];
+/// The `e2e` metric.
+pub static E2E: &MetricDef = &DEFS[3];
+/// The `queue` metric.
+pub static QUEUE: &MetricDef = &DEFS[4];
+/// The `prefill` metric.
+pub static PREFILL: &MetricDef = &DEFS[5];
+/// The `decode` metric.
+pub static DECODE: &MetricDef = &DEFS[6];
+/// The `request_input_tokens` metric.
+pub static REQUEST_INPUT_TOKENS: &MetricDef = &DEFS[7];
+/// The `request_output_tokens` metric.
+pub static REQUEST_OUTPUT_TOKENS: &MetricDef = &DEFS[8];
+/// The `input_tokens` metric.
+pub static INPUT_TOKENS: &MetricDef = &DEFS[9];
+/// The `output_tokens` metric.
+pub static OUTPUT_TOKENS: &MetricDef = &DEFS[10];
+/// The `requests` metric.
+pub static REQUESTS: &MetricDef = &DEFS[11];
+/// The `requests_running` metric.
+pub static REQUESTS_RUNNING: &MetricDef = &DEFS[12];
+/// The `requests_waiting` metric.
+pub static REQUESTS_WAITING: &MetricDef = &DEFS[13];
+/// The `goodput` metric.
+pub static GOODPUT: &MetricDef = &DEFS[14];
+/// The `nonfinite_values` metric.
+pub static NONFINITE_VALUES: &MetricDef = &DEFS[15];
+/// The `nonfinite_requests` metric.
+pub static NONFINITE_REQUESTS: &MetricDef = &DEFS[16];
+/// The `model_load` metric.
+pub static MODEL_LOAD: &MetricDef = &DEFS[17];
+/// The `start_time` metric.
+pub static START_TIME: &MetricDef = &DEFS[18];
+/// The `info` metric.
+pub static INFO: &MetricDef = &DEFS[19];
+/// The `label_overflow` metric.
+pub static LABEL_OVERFLOW: &MetricDef = &DEFS[20];
+/// The `misuse` metric.
+pub static MISUSE: &MetricDef = &DEFS[21];
+/// The `export_dropped` metric.
+pub static EXPORT_DROPPED: &MetricDef = &DEFS[22];

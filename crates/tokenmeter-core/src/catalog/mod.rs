@@ -267,6 +267,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn typed_ids_name_their_own_entries() {
+        let typed = [
+            (core::TTFT, "ttft"),
+            (core::TPOT, "tpot"),
+            (core::ITL, "itl"),
+            (core::E2E, "e2e"),
+            (core::QUEUE, "queue"),
+            (core::PREFILL, "prefill"),
+            (core::DECODE, "decode"),
+            (core::REQUEST_INPUT_TOKENS, "request_input_tokens"),
+            (core::REQUEST_OUTPUT_TOKENS, "request_output_tokens"),
+            (core::INPUT_TOKENS, "input_tokens"),
+            (core::OUTPUT_TOKENS, "output_tokens"),
+            (core::REQUESTS, "requests"),
+            (core::REQUESTS_RUNNING, "requests_running"),
+            (core::REQUESTS_WAITING, "requests_waiting"),
+            (core::GOODPUT, "goodput"),
+            (core::NONFINITE_VALUES, "nonfinite_values"),
+            (core::NONFINITE_REQUESTS, "nonfinite_requests"),
+            (core::MODEL_LOAD, "model_load"),
+            (core::START_TIME, "start_time"),
+            (core::INFO, "info"),
+            (core::LABEL_OVERFLOW, "label_overflow"),
+            (core::MISUSE, "misuse"),
+            (core::EXPORT_DROPPED, "export_dropped"),
+        ];
+        assert_eq!(typed.len(), core::DEFS.len());
+        for (def, id) in typed {
+            assert_eq!(def.id, id);
+        }
+    }
+
+    #[test]
     fn names_match_the_reference_table() {
         // shared/reference/otel-genai.md §4.4, default settings.
         let cases = [
