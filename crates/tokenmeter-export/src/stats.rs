@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tokenmeter_core::Meter;
 use tokenmeter_core::catalog;
 
-/// The catalog id of the drop self-metric.
-
 /// Counters of what the OTLP exporters sent and dropped, shared with the export threads.
 ///
 /// A drop is an item that will never reach the collector: a span that found the bounded
