@@ -48,6 +48,28 @@ pub(super) struct Limits {
     pub(super) request_timeout: Duration,
 }
 
+impl Limits {
+    /// # Errors
+    ///
+    /// [`Error::Config`] for zero connections, more than tokio's semaphore holds
+    /// (`usize::MAX >> 3`), or a zero timeout.
+    pub(super) fn check(&self) -> Result<(), Error> {
+        if !(1..=Semaphore::MAX_PERMITS).contains(&self.max_connections) {
+            return Err(Error::Config(format!(
+                "Prometheus max_connections must be from 1 to {}, got {}",
+                Semaphore::MAX_PERMITS,
+                self.max_connections
+            )));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::Config(
+                "Prometheus request_timeout must be non-zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The running listener: its thread, stopped and joined on drop.
 #[derive(Debug)]
 pub(super) struct Listener {
@@ -58,6 +80,7 @@ pub(super) struct Listener {
 
 impl Listener {
     /// Serves `listener` on a thread of its own until dropped. Returns once the runtime is up.
+    /// `limits` must have passed [`Limits::check`].
     ///
     /// # Errors
     ///
@@ -456,6 +479,7 @@ pub(super) mod tests {
     fn zero_limits_are_a_config_error() {
         for p in [
             Prometheus::new().max_connections(0),
+            Prometheus::new().max_connections(usize::MAX),
             Prometheus::new().request_timeout(Duration::ZERO),
         ] {
             let err = p.listen(loopback()).build().expect_err("must fail");

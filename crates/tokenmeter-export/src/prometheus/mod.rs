@@ -112,8 +112,9 @@ impl Prometheus {
 
     /// The listener serves at most `n` connections at once (default 128); further peers wait
     /// in the kernel's accept queue until a connection ends, each of which ends within the
-    /// [`request_timeout`](Self::request_timeout). Must be at least 1 (else
-    /// [`Error::Config`] at [`build`](Self::build)).
+    /// [`request_timeout`](Self::request_timeout). Must be at least 1 and at most
+    /// `usize::MAX >> 3` (tokio's semaphore bound), else [`Error::Config`] at
+    /// [`build`](Self::build).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.limits.max_connections = n;
         self
@@ -215,21 +216,12 @@ impl Prometheus {
     /// # Errors
     ///
     /// [`Error::Bind`] when the listen address cannot be bound (port already taken, address
-    /// not local); [`Error::Config`] for an empty bucket list, a non-finite bound, zero
+    /// not local); [`Error::Config`] for an empty bucket list, a non-finite bound, an out-of-range
     /// [`max_connections`](Self::max_connections) or a zero
     /// [`request_timeout`](Self::request_timeout); [`Error::Io`] when the listener thread or
     /// its runtime cannot be started.
     pub fn build(self) -> Result<PrometheusExporter, Error> {
-        if self.limits.max_connections == 0 {
-            return Err(Error::Config(
-                "Prometheus max_connections must be at least 1".into(),
-            ));
-        }
-        if self.limits.request_timeout.is_zero() {
-            return Err(Error::Config(
-                "Prometheus request_timeout must be non-zero".into(),
-            ));
-        }
+        self.limits.check()?;
         let registry = Arc::new(Registry::new(self.config()?));
         let render = PrometheusRender {
             registry: Arc::clone(&registry),
