@@ -1,5 +1,6 @@
 //! Prometheus exposition: every histogram with its catalog bucket bounds (so no summary is
-//! ever rendered), a small scrape listener of our own on 127.0.0.1:9464 by default, or a
+//! ever rendered), a scrape listener on 127.0.0.1:9464 by default (hyper on a thread and
+//! runtime of the exporter's own, bounded and with deadlines: see `listener`), or a
 //! [`PrometheusRender`] to mount `/metrics` in the server's own router.
 //!
 //! The storage and the text format are our own ([`PrometheusRecorder`]): counters and gauges
