@@ -253,6 +253,9 @@ pub(super) mod tests {
     /// Bounds every client read and write, so a listener that hangs fails a test rather
     /// than hanging it. Far above every deadline the tests configure.
     const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+    /// A deadline short enough to keep the tests quick, long enough for a loaded machine to
+    /// serve a one-counter scrape within it.
+    const SHORT_DEADLINE: Duration = Duration::from_secs(1);
     const GET_METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
 
     fn loopback() -> SocketAddr {
@@ -352,7 +355,7 @@ pub(super) mod tests {
         let (_prom, addr) = exporter(
             Prometheus::new()
                 .max_connections(2)
-                .request_timeout(Duration::from_millis(200)),
+                .request_timeout(SHORT_DEADLINE),
         );
         // Both slots go to silent peers; their head deadline frees them for the scrape.
         let idle = [connect(addr), connect(addr)];
@@ -399,7 +402,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_silent_connection_is_closed_at_the_deadline() {
-        let (_prom, addr) = exporter(Prometheus::new().request_timeout(Duration::from_millis(100)));
+        let (_prom, addr) = exporter(Prometheus::new().request_timeout(SHORT_DEADLINE));
         let mut silent = connect(addr);
         let resp = read_to_close(&mut silent);
         assert!(
