@@ -1,5 +1,6 @@
 //! Prometheus exposition: every histogram with its catalog bucket bounds (so no summary is
-//! ever rendered), a small scrape listener of our own on 127.0.0.1:9464 by default, or a
+//! ever rendered), a scrape listener on 127.0.0.1:9464 by default (hyper on a thread and
+//! runtime of the exporter's own, bounded and with deadlines: see `listener`), or a
 //! [`PrometheusRender`] to mount `/metrics` in the server's own router.
 //!
 //! The storage and the text format are our own ([`PrometheusRecorder`]): counters and gauges
@@ -12,11 +13,9 @@
 //! the tests compare our exposition with its output for the same operations.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokenmeter_core::Meter;
@@ -25,8 +24,11 @@ use tokenmeter_core::catalog;
 use crate::Error;
 use crate::names::NameMap;
 
+mod listener;
 mod registry;
 mod text;
+
+use listener::{Limits, Listener};
 
 pub use registry::PrometheusRecorder;
 use registry::{Bounds, Config, Registry};
@@ -63,6 +65,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[must_use]
 pub struct Prometheus {
     addr: Option<SocketAddr>,
+    limits: Limits,
     idle_timeout: Option<Duration>,
     prefixes: Vec<String>,
     meters: Vec<Meter>,
@@ -74,6 +77,10 @@ impl Default for Prometheus {
     fn default() -> Self {
         Prometheus {
             addr: Some(DEFAULT_ADDR),
+            limits: Limits {
+                max_connections: listener::DEFAULT_MAX_CONNECTIONS,
+                request_timeout: listener::DEFAULT_REQUEST_TIMEOUT,
+            },
             idle_timeout: None,
             prefixes: Vec::new(),
             meters: Vec::new(),
@@ -84,7 +91,8 @@ impl Default for Prometheus {
 }
 
 impl Prometheus {
-    /// The defaults: listener on 127.0.0.1:9464, no idle timeout.
+    /// The defaults: listener on 127.0.0.1:9464 serving up to 128 connections at once with a
+    /// 10 s deadline each, no idle timeout.
     pub fn new() -> Self {
         Self::default()
     }
@@ -100,6 +108,26 @@ impl Prometheus {
     /// No listener: serve [`PrometheusExporter::render`] from your own HTTP router.
     pub fn without_listener(mut self) -> Self {
         self.addr = None;
+        self
+    }
+
+    /// The listener serves at most `n` connections at once (default 128); further peers wait
+    /// in the kernel's accept queue until a connection ends, each of which ends within the
+    /// [`request_timeout`](Self::request_timeout). Must be at least 1 and at most
+    /// `usize::MAX >> 3` (tokio's semaphore bound), else [`Error::Config`] at
+    /// [`build`](Self::build).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n;
+        self
+    }
+
+    /// The deadline of one scrape connection, from accept to the response's last byte
+    /// (default 10 s, Prometheus's default `scrape_timeout`); past it the connection is
+    /// closed. The request head must also arrive within 5 s, or within `timeout` when that is
+    /// shorter. Raise it with Prometheus's `scrape_timeout` for very large expositions. Must
+    /// be non-zero (else [`Error::Config`] at [`build`](Self::build)).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.request_timeout = timeout;
         self
     }
 
@@ -189,36 +217,29 @@ impl Prometheus {
     /// # Errors
     ///
     /// [`Error::Bind`] when the listen address cannot be bound (port already taken, address
-    /// not local); [`Error::Config`] for an empty bucket list or a non-finite bound;
-    /// [`Error::Io`] when the listener thread cannot be spawned.
+    /// not local); [`Error::Config`] for an empty bucket list, a non-finite bound, an out-of-range
+    /// [`max_connections`](Self::max_connections) or a zero
+    /// [`request_timeout`](Self::request_timeout); [`Error::Io`] when the listener thread or
+    /// its runtime cannot be started.
     pub fn build(self) -> Result<PrometheusExporter, Error> {
+        self.limits.check()?;
         let registry = Arc::new(Registry::new(self.config()?));
         let render = PrometheusRender {
             registry: Arc::clone(&registry),
             last_len: Arc::new(AtomicUsize::new(0)),
         };
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let mut listener_thread = None;
+        let mut listener = None;
         let mut local_addr = None;
         if let Some(addr) = self.addr {
-            let listener =
-                TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
-            let bound = listener.local_addr().map_err(Error::Io)?;
-            local_addr = Some(bound);
-            let (r, stop) = (render.clone(), shutdown.clone());
-            listener_thread = Some(
-                std::thread::Builder::new()
-                    .name("tokenmeter-prometheus".into())
-                    .spawn(move || serve(&listener, &r, &stop))
-                    .map_err(Error::Io)?,
-            );
+            let socket = TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+            local_addr = Some(socket.local_addr().map_err(Error::Io)?);
+            listener = Some(Listener::spawn(socket, render.clone(), self.limits)?);
         }
         Ok(PrometheusExporter {
             recorder: Some(PrometheusRecorder { registry }),
             render,
             local_addr,
-            shutdown,
-            listener_thread,
+            _listener: listener,
         })
     }
 
@@ -259,14 +280,14 @@ impl PrometheusRender {
 }
 
 /// A running Prometheus exporter: the recorder (until installed or taken), a renderer, and the
-/// listener thread, stopped on drop.
+/// listener, stopped on drop (its open connections are closed and its thread joined).
 #[derive(Debug)]
 pub struct PrometheusExporter {
     recorder: Option<PrometheusRecorder>,
     render: PrometheusRender,
     local_addr: Option<SocketAddr>,
-    shutdown: Arc<AtomicBool>,
-    listener_thread: Option<JoinHandle<()>>,
+    /// Held for its drop, which stops the listener.
+    _listener: Option<Listener>,
 }
 
 impl PrometheusExporter {
@@ -292,107 +313,13 @@ impl PrometheusExporter {
     }
 }
 
-impl Drop for PrometheusExporter {
-    fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-        // Wake the accept loop; it sees the flag and exits. If the wake-up connection cannot
-        // be made, the accept thread is left blocked (detached) rather than hanging the drop.
-        let woke = self.local_addr.is_some_and(|addr| {
-            TcpStream::connect_timeout(&wake_addr(addr), Duration::from_millis(500)).is_ok()
-        });
-        if let Some(t) = self.listener_thread.take()
-            && woke
-        {
-            let _ = t.join();
-        }
-    }
-}
-
-fn wake_addr(addr: SocketAddr) -> SocketAddr {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
-        }
-        _ => addr,
-    }
-}
-
-fn serve(listener: &TcpListener, render: &PrometheusRender, stop: &AtomicBool) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(mut stream) = conn else { continue };
-        // A stalled client holds the listener for at most these timeouts.
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-        let _ = respond(&mut stream, render);
-    }
-}
-
-fn respond(stream: &mut TcpStream, render: &PrometheusRender) -> std::io::Result<()> {
-    let mut buf = [0u8; 8192];
-    let mut len = 0;
-    while len < buf.len() {
-        let n = stream.read(&mut buf[len..])?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => ("200 OK", CONTENT_TYPE, render.render()),
-        ("GET" | "HEAD", "/") => (
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "tokenmeter: see /metrics\n".to_owned(),
-        ),
-        ("GET" | "HEAD", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "method not allowed\n".to_owned(),
-        ),
-    };
-    let header = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(header.as_bytes())?;
-    if method != "HEAD" {
-        stream.write_all(body.as_bytes())?;
-    }
-    stream.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use listener::tests::get;
     use metrics::{Key, Label, Recorder};
     use std::collections::BTreeMap;
-
-    fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    }
+    use std::io::Write;
 
     #[test]
     fn serves_metrics_with_catalog_buckets_and_no_summary() {
