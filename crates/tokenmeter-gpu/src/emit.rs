@@ -7,7 +7,7 @@
 
 use metrics::{Counter, Gauge, Label};
 use tokenmeter_core::catalog::{MetricDef, by_id};
-use tokenmeter_core::{Meter, recorder_id};
+use tokenmeter_core::{Meter, Naming, recorder_id};
 
 /// Looks a catalog entry of `catalog/gpu.rs` up by id.
 pub(crate) fn def(id: &str) -> Option<&'static MetricDef> {
@@ -20,6 +20,26 @@ pub(crate) fn labels(meter: &Meter, extra: &[(&str, &str)]) -> Vec<Label> {
     for (k, v) in extra {
         out.push(Label::new(meter.label_key(k), (*v).to_owned()));
     }
+    out
+}
+
+/// Builds the labels of a node series (per GPU, host): the meter's constant labels without the
+/// model-scoped ones (model, operation and provider; vLLM's `model_name` and `engine`), since
+/// one sampler reads the GPUs for every model of the process. A label the server added with
+/// `constant_label` (a region, a replica) stays.
+pub(crate) fn node_labels(meter: &Meter, extra: &[(&str, &str)]) -> Vec<Label> {
+    let mut model_scoped = [
+        "gen_ai.request.model",
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+    ]
+    .map(|k| meter.label_key(k))
+    .to_vec();
+    if meter.naming() == Naming::Vllm {
+        model_scoped.push("engine".to_owned());
+    }
+    let mut out = labels(meter, extra);
+    out.retain(|l| !model_scoped.iter().any(|k| k == l.key()));
     out
 }
 
@@ -61,6 +81,21 @@ impl GaugeSlot {
         if let Some(g) = self.handle() {
             g.set(v);
         }
+    }
+}
+
+impl GaugeSlot {
+    /// The source is gone for good: sets `v` once if the series exists, then drops the handle
+    /// and never registers again, so an exporter that evicts series no handle can update
+    /// (tokenmeter's Prometheus exporter with an idle timeout) can drop it.
+    pub(crate) fn retire(&mut self, v: f64) {
+        if self.gauge.is_some()
+            && let Some(g) = self.handle()
+        {
+            g.set(v);
+        }
+        self.gauge = None;
+        self.name = None;
     }
 }
 

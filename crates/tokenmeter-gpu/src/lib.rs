@@ -47,8 +47,8 @@ pub use fake::FakeGpuSource;
 pub use host::HostSample;
 pub use nvml::NvmlSource;
 pub use sampler::{
-    Derived, EnergySource, GpuAvailability, GpuSample, GpuSelection, GpuSnapshot, Sampler,
-    SamplerBuilder, SamplerHandle,
+    Derived, EnergySource, GpuAvailability, GpuSample, GpuSelection, GpuSnapshot, ModelShare,
+    Sampler, SamplerBuilder, SamplerHandle,
 };
 pub use source::{
     DeviceError, Field, FieldError, GpuIdentity, GpuReading, GpuSource, MemoryReading, SourceError,

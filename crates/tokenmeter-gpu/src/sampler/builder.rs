@@ -7,8 +7,9 @@ use tokenmeter_core::Meter;
 
 use crate::source::GpuSource;
 
+use super::accounting::Accounts;
 use super::host::HostState;
-use super::window::DerivedState;
+use super::window::NodeWindow;
 use super::{GpuAvailability, Sampler, SamplerHandle};
 
 /// Which GPUs the sampler reports.
@@ -27,6 +28,7 @@ pub enum GpuSelection {
 /// Configures a [`Sampler`].
 pub struct SamplerBuilder {
     pub(super) meter: Meter,
+    pub(super) meters: Vec<Meter>,
     pub(super) interval: Duration,
     pub(super) window: Duration,
     pub(super) selection: GpuSelection,
@@ -38,6 +40,7 @@ pub struct SamplerBuilder {
 impl std::fmt::Debug for SamplerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SamplerBuilder")
+            .field("meters", &(1 + self.meters.len()))
             .field("interval", &self.interval)
             .field("window", &self.window)
             .field("selection", &self.selection)
@@ -49,6 +52,30 @@ impl std::fmt::Debug for SamplerBuilder {
 }
 
 impl SamplerBuilder {
+    /// Also attaches `meter`: another model served in this process on the same GPUs.
+    ///
+    /// One sampler reads the GPUs for every meter of the process, so each GPU is read and
+    /// exported once (its series carry no model label) and never billed twice. Each interval's
+    /// GPU energy and GPU time are split across the attached meters in proportion to the output
+    /// tokens each generated in that interval (equally when none generated any), in integers
+    /// with the largest-remainder method, so the parts add up exactly to the whole. Each meter
+    /// gets its own per-token figures and `energy.attributed` counter, under its own labels.
+    /// A meter whose labels equal an attached one's (the same meter twice) is attached once.
+    ///
+    /// ```
+    /// use tokenmeter_gpu::{FakeGpuSource, Sampler};
+    /// let chat = tokenmeter_core::Meter::builder().model("chat-8b").build();
+    /// let embed = tokenmeter_core::Meter::builder().model("embed-1b").build();
+    /// let fake = FakeGpuSource::new().with_gpu("H100", FakeGpuSource::typical_reading());
+    /// let mut sampler = Sampler::builder(&chat).meter(&embed).source(fake).host(false).build();
+    /// let snap = sampler.sample_once();
+    /// assert_eq!(snap.models.len(), 2);
+    /// ```
+    pub fn meter(mut self, meter: &Meter) -> Self {
+        self.meters.push(meter.clone());
+        self
+    }
+
     /// Time between samples (default 1 s). Zero is raised to 1 ms.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval.max(Duration::from_millis(1));
@@ -99,6 +126,10 @@ impl SamplerBuilder {
         } else {
             GpuAvailability::Disabled
         };
+        let mut accounts = Accounts::default();
+        for meter in std::iter::once(&self.meter).chain(&self.meters) {
+            accounts.attach(meter);
+        }
         Sampler {
             interval: self.interval,
             window: self.window,
@@ -108,7 +139,9 @@ impl SamplerBuilder {
             source: self.source,
             availability,
             gpus: Vec::new(),
-            derived: DerivedState::new(&self.meter),
+            node: NodeWindow::default(),
+            accounts,
+            inbox: Arc::new(Mutex::new(Vec::new())),
             meter: self.meter,
             started: None,
             samples: 0,

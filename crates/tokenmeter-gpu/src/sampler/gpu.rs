@@ -2,17 +2,18 @@
 //! GPU-seconds and energy.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use serde::Serialize;
 use tokenmeter_core::{Instant, Meter};
 
-use crate::emit::{CounterSlot, GaugeSlot, labels};
+use crate::emit::{CounterSlot, GaugeSlot, node_labels};
 use crate::source::{
     DeviceError, Field, FieldError, GpuIdentity, GpuReading, GpuSource, THROTTLE_REASONS,
 };
 
 use super::GpuSelection;
-use super::energy::{EnergySource, GpuEnergy};
+use super::energy::{EnergyEvent, EnergySource, GpuEnergy};
 
 /// The latest reading of one GPU. `None` fields were not available (never a stand-in zero).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -107,8 +108,38 @@ struct GpuMetrics {
     status_ok: GaugeSlot,
     status_failed: GaugeSlot,
     energy: CounterSlot,
-    ecc_corrected: CounterSlot,
-    ecc_uncorrected: CounterSlot,
+    ecc_corrected: RawCounter,
+    ecc_uncorrected: RawCounter,
+}
+
+/// A counter fed with a raw lifetime count that can be reset (driver reload, GPU reset): the
+/// exported total starts at the first raw value and grows by each increase; after a decrease
+/// the raw value counts from zero, as Prometheus's `rate()` does, so no event is lost.
+struct RawCounter {
+    slot: CounterSlot,
+    last: Option<u64>,
+    total: u64,
+}
+
+impl RawCounter {
+    fn new(slot: CounterSlot) -> Self {
+        RawCounter {
+            slot,
+            last: None,
+            total: 0,
+        }
+    }
+
+    /// A good reading; a failed one is skipped (the next good one covers the gap).
+    fn observe(&mut self, raw: u64) {
+        let growth = match self.last {
+            Some(prev) if raw >= prev => raw - prev,
+            _ => raw,
+        };
+        self.total = self.total.saturating_add(growth);
+        self.last = Some(raw);
+        self.slot.advance_to(self.total);
+    }
 }
 
 impl GpuMetrics {
@@ -122,7 +153,7 @@ impl GpuMetrics {
         let with = |extra: &[(&str, &str)]| {
             let mut all: Vec<(&str, &str)> = base.to_vec();
             all.extend_from_slice(extra);
-            labels(meter, &all)
+            node_labels(meter, &all)
         };
         let g = |metric: &str| GaugeSlot::new(meter, metric, with(&[]));
         let gpu = ("hw.type", "gpu");
@@ -165,16 +196,16 @@ impl GpuMetrics {
                 with(&[gpu, ("hw.state", "failed")]),
             ),
             energy: CounterSlot::new(meter, "gpu.energy", with(&[gpu])),
-            ecc_corrected: CounterSlot::new(
+            ecc_corrected: RawCounter::new(CounterSlot::new(
                 meter,
                 "gpu.errors",
                 with(&[gpu, ("error.type", "corrected")]),
-            ),
-            ecc_uncorrected: CounterSlot::new(
+            )),
+            ecc_uncorrected: RawCounter::new(CounterSlot::new(
                 meter,
                 "gpu.errors",
                 with(&[gpu, ("error.type", "uncorrected")]),
-            ),
+            )),
         }
     }
 }
@@ -189,7 +220,8 @@ pub(super) struct GpuState {
     warned: HashSet<&'static str>,
     peak_memory: Option<u64>,
     pub(super) energy: GpuEnergy,
-    pub(super) gpu_seconds: f64,
+    /// Time this GPU was reported and answering (the basis of cost).
+    pub(super) gpu_time: Duration,
     last_active_at: Option<Instant>,
 }
 
@@ -204,7 +236,7 @@ impl GpuState {
             warned: HashSet::new(),
             peak_memory: None,
             energy: GpuEnergy::default(),
-            gpu_seconds: 0.0,
+            gpu_time: Duration::ZERO,
             last_active_at: None,
         }
     }
@@ -216,7 +248,7 @@ impl GpuState {
         selection: &GpuSelection,
     ) -> Option<GpuSample> {
         if self.lost {
-            return self.active.then(|| self.lost_sample());
+            return self.lost_sample();
         }
         let reading = match source.read(&self.id) {
             Ok(r) => r,
@@ -228,7 +260,7 @@ impl GpuState {
                     self.id.index, self.id.name, self.id.uuid
                 );
                 self.mark_lost();
-                return self.active.then(|| self.lost_sample());
+                return self.lost_sample();
             }
         };
         self.reads += 1;
@@ -243,7 +275,7 @@ impl GpuState {
         }
         self.log_missing(&reading);
         if let Some(t0) = self.last_active_at {
-            self.gpu_seconds += now.saturating_duration_since(t0).as_secs_f64();
+            self.gpu_time += now.saturating_duration_since(t0);
         }
         self.last_active_at = Some(now);
         Some(self.apply(reading, now))
@@ -310,11 +342,11 @@ impl GpuState {
         });
         let ecc_corrected = r.ecc_corrected.ok();
         if let Some(v) = ecc_corrected {
-            m.ecc_corrected.advance_to(v);
+            m.ecc_corrected.observe(v);
         }
         let ecc_uncorrected = r.ecc_uncorrected.ok();
         if let Some(v) = ecc_uncorrected {
-            m.ecc_uncorrected.advance_to(v);
+            m.ecc_uncorrected.observe(v);
         }
         let pcie_tx = r.pcie_tx_bytes_per_s.ok();
         m.pcie_tx.set(pcie_tx);
@@ -323,10 +355,17 @@ impl GpuState {
         m.status_ok.set(Some(1.0));
         m.status_failed.set(Some(0.0));
 
-        self.energy.update(r.energy_counter_j.ok(), power, now);
-        if let Some(e) = self.energy.total_j {
-            // Whole joules: `metrics` counters are integers.
-            self.metrics.energy.advance_to(e.max(0.0).floor() as u64);
+        if let Some(EnergyEvent::Stalled { counter_j }) =
+            self.energy.update(r.energy_counter_j.ok(), power, now)
+        {
+            tracing::warn!(
+                gpu = self.id.index, uuid = %self.id.uuid,
+                "tokenmeter-gpu: GPU {} ({}): energy counter stuck at {counter_j} J while power is drawn; integrating power until it moves",
+                self.id.index, self.id.name
+            );
+        }
+        if let Some(e) = self.energy_whole_j() {
+            self.metrics.energy.advance_to(e);
         }
 
         GpuSample {
@@ -357,6 +396,19 @@ impl GpuState {
         }
     }
 
+    /// Energy since start in whole joules, as the `hw.energy` counter exports it (`metrics`
+    /// counters are integers) and as the accounting splits it.
+    pub(super) fn energy_whole_j(&self) -> Option<u64> {
+        self.energy.total_j.map(|e| e.max(0.0).floor() as u64)
+    }
+
+    /// The GPU is gone: every gauge of it is set once to 0 and released. A lost GPU draws,
+    /// holds and moves nothing the node can use, so node sums (`sum(hw_power_watts)`) stay
+    /// finite and right, where NaN would turn them NaN for as long as the process lives;
+    /// `hw.status{hw.state="failed"}` = 1 is what dashboards filter averages and minima on.
+    /// Released series can be dropped by an exporter that evicts series no handle can update
+    /// (tokenmeter's Prometheus exporter with an idle timeout). Counters (energy, ECC) keep
+    /// their totals.
     fn mark_lost(&mut self) {
         let m = &mut self.metrics;
         for slot in [
@@ -374,22 +426,27 @@ impl GpuState {
             &mut m.clock_memory,
             &mut m.pcie_tx,
             &mut m.pcie_rx,
+            &mut m.memory_peak,
         ] {
-            slot.set(None);
+            slot.retire(0.0);
         }
         for slot in &mut m.throttle {
-            slot.set(None);
-        }
-        if self.active {
-            m.status_ok.set(Some(0.0));
-            m.status_failed.set(Some(1.0));
+            slot.retire(0.0);
         }
         self.energy.lost();
         self.last_active_at = None;
     }
 
-    fn lost_sample(&self) -> GpuSample {
-        GpuSample {
+    /// A lost GPU's sample (what was measured before the loss is kept) and its state series,
+    /// set at every sample so a recorder installed later gets them too. `None` while the GPU
+    /// is not reported.
+    fn lost_sample(&mut self) -> Option<GpuSample> {
+        if !self.active {
+            return None;
+        }
+        self.metrics.status_ok.set(Some(0.0));
+        self.metrics.status_failed.set(Some(1.0));
+        Some(GpuSample {
             index: self.id.index,
             uuid: self.id.uuid.clone(),
             name: self.id.name.clone(),
@@ -414,7 +471,7 @@ impl GpuState {
             ecc_uncorrected: None,
             pcie_tx_bytes_per_s: None,
             pcie_rx_bytes_per_s: None,
-        }
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 
 use tokenmeter_core::Meter;
 
-use crate::emit::{CounterSlot, GaugeSlot, labels};
+use crate::emit::{CounterSlot, GaugeSlot, node_labels};
 use crate::host::{HostSample, HostSampler};
 
 pub(super) struct HostState {
@@ -27,10 +27,10 @@ pub(super) struct HostState {
 
 impl HostState {
     pub(super) fn new(meter: &Meter) -> Self {
-        let none = || labels(meter, &[]);
+        let none = || node_labels(meter, &[]);
         let g = |id: &str| GaugeSlot::new(meter, id, none());
         let dir =
-            |id: &str, k: &str, v: &str| CounterSlot::new(meter, id, labels(meter, &[(k, v)]));
+            |id: &str, k: &str, v: &str| CounterSlot::new(meter, id, node_labels(meter, &[(k, v)]));
         HostState {
             sampler: HostSampler::new(),
             cpu: g("process.cpu.utilization"),
@@ -45,12 +45,12 @@ impl HostState {
             sys_mem_used: GaugeSlot::new(
                 meter,
                 "system.memory.usage",
-                labels(meter, &[("system.memory.state", "used")]),
+                node_labels(meter, &[("system.memory.state", "used")]),
             ),
             sys_mem_free: GaugeSlot::new(
                 meter,
                 "system.memory.usage",
-                labels(meter, &[("system.memory.state", "free")]),
+                node_labels(meter, &[("system.memory.state", "free")]),
             ),
             sys_mem_total: g("system.memory.limit"),
             sys_disk_read: dir("system.disk.io", "disk.io.direction", "read"),

@@ -1,10 +1,12 @@
 //! The sampler: reads the GPU source and the host once per interval, emits metrics, derives
 //! energy and cost per token, and keeps the latest [`GpuSnapshot`].
 //!
-//! One-way stack: [`gpu`] (per-GPU state and series) and [`host`] (host series) are leaves;
-//! [`window`] derives the per-token figures from them; this module holds the [`Sampler`] that
-//! drives them; [`builder`] configures it and [`thread`] runs it.
+//! One-way stack: [`energy`] (one GPU's energy figure), [`gpu`] (per-GPU state and series) and
+//! [`host`] (host series) are leaves; [`window`] derives the per-token figures over the window
+//! and [`accounting`] splits energy and cost across the attached meters; this module holds the
+//! [`Sampler`] that drives them; [`builder`] configures it and [`thread`] runs it.
 
+mod accounting;
 mod builder;
 mod energy;
 mod gpu;
@@ -22,15 +24,17 @@ use crate::host::HostSample;
 use crate::nvml::NvmlSource;
 use crate::source::{GpuIdentity, GpuSource};
 
+pub use accounting::ModelShare;
 pub use builder::{GpuSelection, SamplerBuilder};
 pub use energy::EnergySource;
 pub use gpu::GpuSample;
 pub use thread::SamplerHandle;
 pub use window::Derived;
 
+use accounting::Accounts;
 use gpu::GpuState;
 use host::HostState;
-use window::DerivedState;
+use window::NodeWindow;
 
 /// Whether GPU metrics are being read, and if not, why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -64,8 +68,12 @@ pub struct GpuSnapshot {
     /// This process and the machine (`None` when host sampling is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<HostSample>,
-    /// Energy and cost per token over the window.
+    /// Energy and cost per token over the window, for the whole node (every reported GPU,
+    /// every attached meter).
     pub derived: Derived,
+    /// Each attached meter's share of the node's energy and cost, in attachment order; the
+    /// shares add up to the node's whole (see [`SamplerBuilder::meter`]).
+    pub models: Vec<ModelShare>,
 }
 
 /// Reads GPUs and the host, emits their metrics and keeps the latest [`GpuSnapshot`].
@@ -94,7 +102,10 @@ pub struct Sampler {
     source: Option<Box<dyn GpuSource>>,
     availability: GpuAvailability,
     gpus: Vec<GpuState>,
-    derived: DerivedState,
+    node: NodeWindow,
+    accounts: Accounts,
+    /// Meters attached through a [`SamplerHandle`] since the last sample.
+    inbox: Arc<Mutex<Vec<Meter>>>,
     started: Option<Instant>,
     samples: u64,
     shared: Arc<Mutex<Option<GpuSnapshot>>>,
@@ -112,12 +123,15 @@ impl std::fmt::Debug for Sampler {
 }
 
 impl Sampler {
-    /// Starts configuring a sampler for `meter` (whose clock times the samples and whose
-    /// output-token total feeds the per-token figures). GPUs are read through NVML unless
-    /// [`SamplerBuilder::source`] or [`SamplerBuilder::without_gpu`] says otherwise.
+    /// Starts configuring the process's sampler with `meter` attached: its clock times the
+    /// samples, its naming and non-model constant labels name the GPU and host series, and its
+    /// output tokens earn it a share of the energy and cost. Attach the process's other meters
+    /// with [`SamplerBuilder::meter`] or [`attach`](Self::attach). GPUs are read through NVML
+    /// unless [`SamplerBuilder::source`] or [`SamplerBuilder::without_gpu`] says otherwise.
     pub fn builder(meter: &Meter) -> SamplerBuilder {
         SamplerBuilder {
             meter: meter.clone(),
+            meters: Vec::new(),
             interval: Duration::from_secs(1),
             window: Duration::from_secs(60),
             selection: GpuSelection::All,
@@ -125,6 +139,12 @@ impl Sampler {
             host: true,
             source: Some(Box::new(NvmlSource::new())),
         }
+    }
+
+    /// Attaches another meter (another model served on the same GPUs) from the next sample
+    /// on; see [`SamplerBuilder::meter`].
+    pub fn attach(&mut self, meter: &Meter) {
+        self.accounts.attach(meter);
     }
 
     /// The configured interval.
@@ -157,13 +177,26 @@ impl Sampler {
             }
         }
         let host = self.host.as_mut().map(|h| h.sample());
-        let derived = self.derived.update(
-            &self.meter,
-            now,
-            self.window,
-            &self.gpus,
-            self.price_per_gpu_hour,
-        );
+        for meter in std::mem::take(&mut *lock(&self.inbox)) {
+            self.accounts.attach(&meter);
+        }
+        let reported = || self.gpus.iter().filter(|g| g.active);
+        let sum = |a: Option<f64>, e: f64| Some(a.unwrap_or(0.0) + e);
+        let energy = reported().filter_map(|g| g.energy.total_j).fold(None, sum);
+        let whole_joules = reported()
+            .filter_map(GpuState::energy_whole_j)
+            .fold(None, |a: Option<u64>, e| {
+                Some(a.unwrap_or(0).saturating_add(e))
+            });
+        let gpu_time: Duration = reported().map(|g| g.gpu_time).sum();
+        let price = self.price_per_gpu_hour;
+        let models = self
+            .accounts
+            .update(now, self.window, whole_joules, gpu_time, price);
+        let tokens = self.accounts.tokens_since_start();
+        let derived = self
+            .node
+            .update(now, self.window, energy, tokens, gpu_time, price);
         let snap = GpuSnapshot {
             sample: self.samples,
             elapsed_s: now.saturating_duration_since(started).as_secs_f64(),
@@ -171,6 +204,7 @@ impl Sampler {
             gpus,
             host,
             derived,
+            models,
         };
         *lock(&self.shared) = Some(snap.clone());
         snap

@@ -4,6 +4,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use tokenmeter_core::Meter;
+
 use super::{GpuSnapshot, Sampler, lock};
 
 impl Sampler {
@@ -15,6 +17,7 @@ impl Sampler {
     pub fn spawn(self) -> std::io::Result<SamplerHandle> {
         let (tx, rx) = mpsc::channel::<()>();
         let shared = Arc::clone(&self.shared);
+        let inbox = Arc::clone(&self.inbox);
         let thread = std::thread::Builder::new()
             .name("tokenmeter-gpu".into())
             .spawn(move || run(self, rx))?;
@@ -22,6 +25,7 @@ impl Sampler {
             stop: Some(tx),
             thread: Some(thread),
             shared,
+            inbox,
         })
     }
 }
@@ -60,12 +64,20 @@ pub struct SamplerHandle {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<Mutex<Option<GpuSnapshot>>>,
+    inbox: Arc<Mutex<Vec<Meter>>>,
 }
 
 impl SamplerHandle {
     /// The latest snapshot, or `None` before the first sample completes.
     pub fn latest(&self) -> Option<GpuSnapshot> {
         lock(&self.shared).clone()
+    }
+
+    /// Attaches another meter (another model served on the same GPUs) from the sampler's next
+    /// sample on; see [`SamplerBuilder::meter`](crate::SamplerBuilder::meter). Never blocks on
+    /// a sample in progress for longer than a lock of a short list.
+    pub fn attach(&self, meter: &Meter) {
+        lock(&self.inbox).push(meter.clone());
     }
 
     /// Stops the thread and waits for it (at most the duration of one sample in progress).

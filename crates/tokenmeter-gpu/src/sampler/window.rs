@@ -1,22 +1,19 @@
-//! The energy window: energy, tokens and GPU-seconds over the sliding window, and the
-//! per-token figures derived from them.
+//! The energy window: energy, tokens and GPU time of the node over the sliding window, and
+//! the per-token figures derived from them (one formula, shared with the per-model shares).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokenmeter_core::{Instant, Meter};
+use tokenmeter_core::Instant;
 
-use crate::emit::{GaugeSlot, labels};
-
-use super::gpu::GpuState;
-
-/// Figures derived over the sampler window from GPU energy and the meter's output-token total.
+/// Figures derived over the sampler window for the whole node: the energy of every reported
+/// GPU and the output tokens of every attached meter.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Derived {
     /// Span of the window actually covered, seconds (grows to the configured window).
     pub window_s: f64,
-    /// Output tokens in the window (from `meter.totals().output_tokens`).
+    /// Output tokens in the window (from `meter.totals().output_tokens` of every attached meter).
     pub window_output_tokens: u64,
     /// Energy of the reported GPUs in the window, joules.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -30,7 +27,8 @@ pub struct Derived {
     /// Cost of 1000 output tokens over the window, in the currency of the configured price.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_per_1k_output_tokens: Option<f64>,
-    /// Output tokens since the sampler started.
+    /// Output tokens of the attached meters since the sampler started (a meter attached later
+    /// counts from its attachment).
     pub output_tokens_since_start: u64,
     /// Energy of the reported GPUs since the sampler started, joules.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,98 +37,100 @@ pub struct Derived {
     pub gpu_seconds_since_start: f64,
 }
 
-#[derive(Clone, Copy)]
-struct WindowPoint {
-    at: Instant,
+/// The per-token figures of one window: `(J per token, tokens per J, cost per 1k tokens)`.
+/// Each is absent, never 0 or infinite, when its denominator or its numerator is zero: no
+/// token, no energy (a GPU that served tokens used energy; zero means the figure is unknown),
+/// no GPU time.
+pub(super) fn per_token(
     energy_j: Option<f64>,
     tokens: u64,
-    gpu_seconds: f64,
-}
-
-pub(super) struct DerivedState {
-    points: VecDeque<WindowPoint>,
-    first_tokens: Option<u64>,
-    j_per_token: GaugeSlot,
-    tokens_per_j: GaugeSlot,
-    cost: GaugeSlot,
-}
-
-impl DerivedState {
-    pub(super) fn new(meter: &Meter) -> Self {
-        let l = labels(meter, &[]);
-        DerivedState {
-            points: VecDeque::new(),
-            first_tokens: None,
-            j_per_token: GaugeSlot::new(meter, "gpu.energy_per_output_token", l.clone()),
-            tokens_per_j: GaugeSlot::new(meter, "gpu.output_tokens_per_joule", l.clone()),
-            cost: GaugeSlot::new(meter, "gpu.cost_per_1k_output_tokens", l),
-        }
+    gpu_time: Duration,
+    price_per_gpu_hour: Option<f64>,
+) -> (Option<f64>, Option<f64>, Option<f64>) {
+    if tokens == 0 {
+        return (None, None, None);
     }
+    let t = tokens as f64;
+    let energy = energy_j.filter(|e| *e > 0.0);
+    let gpu_s = gpu_time.as_secs_f64();
+    let cost = price_per_gpu_hour
+        .filter(|_| gpu_s > 0.0)
+        .map(|p| p * gpu_s / 3600.0 / t * 1000.0);
+    (energy.map(|e| e / t), energy.map(|e| t / e), cost)
+}
 
-    pub(super) fn update(
-        &mut self,
-        meter: &Meter,
-        now: Instant,
-        window: Duration,
-        gpus: &[GpuState],
-        price: Option<f64>,
-    ) -> Derived {
-        let tokens = meter.totals().output_tokens;
-        let first_tokens = *self.first_tokens.get_or_insert(tokens);
-        let active = gpus.iter().filter(|g| g.active);
-        let energy = active
-            .clone()
-            .filter_map(|g| g.energy.total_j)
-            .fold(None, |acc: Option<f64>, e| Some(acc.unwrap_or(0.0) + e));
-        let gpu_seconds: f64 = active.clone().map(|g| g.gpu_seconds).sum();
-        let any_gpu = active.count() > 0;
-        let point = WindowPoint {
-            at: now,
-            energy_j: energy,
-            tokens,
-            gpu_seconds,
-        };
+/// One end of the window.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Point<E> {
+    pub(super) at: Instant,
+    pub(super) energy_j: Option<E>,
+    pub(super) tokens: u64,
+    pub(super) gpu_time: Duration,
+}
+
+/// Points over the sliding window; the oldest one kept is at most `window` before the newest.
+#[derive(Debug, Default)]
+pub(super) struct Window<E> {
+    points: VecDeque<Point<E>>,
+}
+
+impl<E: Copy> Window<E> {
+    /// Adds `point` and returns the oldest point still in the window (maybe `point` itself).
+    pub(super) fn push(&mut self, point: Point<E>, window: Duration) -> Point<E> {
         self.points.push_back(point);
-        while self.points.len() >= 2 && now.saturating_duration_since(self.points[1].at) >= window {
+        while self.points.len() >= 2
+            && point.at.saturating_duration_since(self.points[1].at) >= window
+        {
             self.points.pop_front();
         }
-        let oldest = self.points.front().copied().unwrap_or(point);
-        let window_s = now.saturating_duration_since(oldest.at).as_secs_f64();
-        let d_tokens = tokens.saturating_sub(oldest.tokens);
-        // Energy over the window: needs a figure at both ends (a GPU whose energy became known
+        self.points.front().copied().unwrap_or(point)
+    }
+}
+
+/// The node's window.
+#[derive(Debug, Default)]
+pub(super) struct NodeWindow {
+    window: Window<f64>,
+}
+
+impl NodeWindow {
+    /// Adds this sample's node totals and derives the figures over the window.
+    /// `tokens_since_start` is the output tokens of the attached meters since each attached.
+    pub(super) fn update(
+        &mut self,
+        now: Instant,
+        window: Duration,
+        energy_j: Option<f64>,
+        tokens_since_start: u64,
+        gpu_time: Duration,
+        price: Option<f64>,
+    ) -> Derived {
+        let point = Point {
+            at: now,
+            energy_j,
+            tokens: tokens_since_start,
+            gpu_time,
+        };
+        let oldest = self.window.push(point, window);
+        let d_tokens = tokens_since_start.saturating_sub(oldest.tokens);
+        // Energy over the window needs a figure at both ends (a GPU whose energy became known
         // mid-window would otherwise count from zero).
-        let d_energy = match (energy, oldest.energy_j) {
+        let d_energy = match (energy_j, oldest.energy_j) {
             (Some(e1), Some(e0)) if e1 >= e0 => Some(e1 - e0),
             _ => None,
         };
-        let j_per_token = match d_energy {
-            Some(e) if d_tokens > 0 => Some(e / d_tokens as f64),
-            _ => None,
-        };
-        let tokens_per_j = match d_energy {
-            Some(e) if e > 0.0 && d_tokens > 0 => Some(d_tokens as f64 / e),
-            _ => None,
-        };
-        let d_gpu_s = gpu_seconds - oldest.gpu_seconds;
-        let cost = match price {
-            Some(p) if any_gpu && d_tokens > 0 && window_s > 0.0 => {
-                Some(p * d_gpu_s / 3600.0 / d_tokens as f64 * 1000.0)
-            }
-            _ => None,
-        };
-        self.j_per_token.set(j_per_token);
-        self.tokens_per_j.set(tokens_per_j);
-        self.cost.set(cost);
+        let d_gpu = gpu_time.saturating_sub(oldest.gpu_time);
+        let (j_per_token, tokens_per_j, cost) = per_token(d_energy, d_tokens, d_gpu, price);
         Derived {
-            window_s,
+            window_s: now.saturating_duration_since(oldest.at).as_secs_f64(),
             window_output_tokens: d_tokens,
             window_energy_j: d_energy,
             joules_per_output_token: j_per_token,
             output_tokens_per_joule: tokens_per_j,
             cost_per_1k_output_tokens: cost,
-            output_tokens_since_start: tokens.saturating_sub(first_tokens),
-            energy_since_start_j: energy,
-            gpu_seconds_since_start: gpu_seconds,
+            output_tokens_since_start: tokens_since_start,
+            energy_since_start_j: energy_j,
+            gpu_seconds_since_start: gpu_time.as_secs_f64(),
         }
     }
 }
