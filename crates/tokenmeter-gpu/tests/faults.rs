@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Exported, generate, meter, warnings};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokenmeter_core::{Clock, Meter};
-use tokenmeter_gpu::{EnergySource, FakeGpuSource, FieldError, Sampler};
+use tokenmeter_gpu::{EnergySource, FakeGpuSource, FieldError, GpuAvailability, Sampler};
 
 fn failed() -> FieldError {
     FieldError::Failed("timeout (fake)".into())
@@ -312,6 +312,65 @@ fn shares_add_up_exactly_with_uneven_tokens_idle_intervals_and_late_meters() {
     assert_eq!(snap.gpus[0].energy_j, Some(1110.0));
     let gpu_ns: f64 = snap.models.iter().map(|m| m.gpu_seconds).sum();
     assert_eq!(gpu_ns, snap.derived.gpu_seconds_since_start);
+}
+
+#[test]
+fn a_second_sampler_on_the_same_gpus_reports_none_of_them() {
+    // NVML reads the machine's GPUs from every sampler; the fake does when told to. This is
+    // the only test that claims process-wide, so parallel tests cannot take its GPUs.
+    let fake = FakeGpuSource::new()
+        .with_gpu("A", FakeGpuSource::typical_reading())
+        .process_wide();
+    let (chat, _mock) = meter();
+    let embed = Meter::builder().model("embed").build();
+    let mut first = Sampler::builder(&chat)
+        .source(fake.clone())
+        .host(false)
+        .build();
+    assert_eq!(first.sample_once().gpus.len(), 1);
+    let mut second = Sampler::builder(&embed)
+        .source(fake.clone())
+        .host(false)
+        .build();
+    let (snap, logs) = warnings(|| second.sample_once());
+    assert_eq!(snap.gpu_availability, GpuAvailability::NoGpu);
+    assert!(snap.gpus.is_empty());
+    assert!(
+        logs[0].contains("already reported by another sampler"),
+        "{logs:?}"
+    );
+    // Once the first sampler is gone its GPUs can be claimed again.
+    drop(first);
+    let mut third = Sampler::builder(&embed).source(fake).host(false).build();
+    assert_eq!(third.sample_once().gpus.len(), 1);
+}
+
+#[test]
+fn a_meter_attached_to_a_running_sampler_gets_its_share() {
+    let (chat, _mock) = meter();
+    let embed = Meter::builder().model("embed").build();
+    let fake = FakeGpuSource::new().with_gpu("A", FakeGpuSource::typical_reading());
+    let handle = Sampler::builder(&chat)
+        .source(fake)
+        .host(false)
+        .interval(Duration::from_millis(1))
+        .start()
+        .unwrap();
+    handle.attach(&embed);
+    // The thread picks the meter up at its next sample; wait for that sample, bounded.
+    let t0 = std::time::Instant::now();
+    let models = loop {
+        let models: Vec<String> = handle
+            .latest()
+            .map(|s| s.models.into_iter().map(|m| m.model).collect())
+            .unwrap_or_default();
+        if models.len() == 2 || t0.elapsed() > Duration::from_secs(60) {
+            break models;
+        }
+        std::thread::yield_now();
+    };
+    handle.stop();
+    assert_eq!(models, vec!["m".to_owned(), "embed".to_owned()]);
 }
 
 // ---- case 4: a lost GPU leaves NaN series forever --------------------------------------------

@@ -142,6 +142,7 @@ impl SamplerBuilder {
             node: NodeWindow::default(),
             accounts,
             inbox: Arc::new(Mutex::new(Vec::new())),
+            claims: Default::default(),
             meter: self.meter,
             started: None,
             samples: 0,

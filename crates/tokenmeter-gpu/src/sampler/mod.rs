@@ -8,6 +8,7 @@
 
 mod accounting;
 mod builder;
+mod claim;
 mod energy;
 mod gpu;
 mod host;
@@ -32,6 +33,7 @@ pub use thread::SamplerHandle;
 pub use window::Derived;
 
 use accounting::Accounts;
+use claim::Claims;
 use gpu::GpuState;
 use host::HostState;
 use window::NodeWindow;
@@ -106,6 +108,7 @@ pub struct Sampler {
     accounts: Accounts,
     /// Meters attached through a [`SamplerHandle`] since the last sample.
     inbox: Arc<Mutex<Vec<Meter>>>,
+    claims: Claims,
     started: Option<Instant>,
     samples: u64,
     shared: Arc<Mutex<Option<GpuSnapshot>>>,
@@ -225,7 +228,7 @@ impl Sampler {
                 tracing::warn!(error = %e, "tokenmeter-gpu: {e}; GPU metrics are disabled, host metrics continue");
             }
             Ok(list) => {
-                let chosen: Vec<GpuIdentity> = list
+                let mut chosen: Vec<GpuIdentity> = list
                     .into_iter()
                     .filter(|d| match &self.selection {
                         GpuSelection::Only(keys) => keys
@@ -234,6 +237,19 @@ impl Sampler {
                         _ => true,
                     })
                     .collect();
+                if source.process_wide() {
+                    let taken = self.claims.claim(&mut chosen);
+                    if !taken.is_empty() {
+                        let list: Vec<String> = taken
+                            .iter()
+                            .map(|g| format!("{} ({})", g.index, g.uuid))
+                            .collect();
+                        tracing::warn!(
+                            "tokenmeter-gpu: GPU {} already reported by another sampler of this process; this one leaves them out (attach this meter to that sampler with SamplerHandle::attach or SamplerBuilder::meter, so each GPU is exported and billed once)",
+                            list.join(", ")
+                        );
+                    }
+                }
                 if chosen.is_empty() {
                     self.availability = GpuAvailability::NoGpu;
                     tracing::warn!(
