@@ -23,16 +23,17 @@ use super::window::{Point, Window, per_token};
 pub struct ModelShare {
     /// The meter's model name.
     pub model: String,
-    /// Output tokens of this meter since it was attached to the sampler.
+    /// Output tokens of this meter since the sampler's first sample after it was attached
+    /// ("since attached" below).
     pub output_tokens_since_start: u64,
-    /// GPU energy attributed to this model since it was attached, whole joules (the value of
-    /// its `energy.attributed` counter). Absent until the GPUs' energy is known.
+    /// GPU energy attributed to this model since attached, whole joules (the value of its
+    /// `energy.attributed` counter). Absent until the GPUs' energy is known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub energy_j: Option<u64>,
-    /// GPU-seconds attributed to this model since it was attached (the basis of its cost).
+    /// GPU-seconds attributed to this model since attached (the basis of its cost).
     pub gpu_seconds: f64,
-    /// Cost attributed to this model since it was attached, in the currency of the configured
-    /// price per GPU-hour.
+    /// Cost attributed to this model since attached, in the currency of the configured price
+    /// per GPU-hour; absent without a price.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
     /// Output tokens of this meter in the window.

@@ -180,8 +180,9 @@ impl Sampler {
             }
         }
         let host = self.host.as_mut().map(|h| h.sample());
-        for meter in std::mem::take(&mut *lock(&self.inbox)) {
-            self.accounts.attach(&meter);
+        let attached = std::mem::take(&mut *lock(&self.inbox));
+        for meter in &attached {
+            self.accounts.attach(meter);
         }
         let reported = || self.gpus.iter().filter(|g| g.active);
         let sum = |a: Option<f64>, e: f64| Some(a.unwrap_or(0.0) + e);
