@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Exported, generate, meter, warnings};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tokenmeter_core::{Clock, Meter};
+use tokenmeter_core::{Clock, Meter, Naming};
 use tokenmeter_gpu::{EnergySource, FakeGpuSource, FieldError, GpuAvailability, Sampler};
 
 fn failed() -> FieldError {
@@ -312,6 +312,56 @@ fn shares_add_up_exactly_with_uneven_tokens_idle_intervals_and_late_meters() {
     assert_eq!(snap.gpus[0].energy_j, Some(1110.0));
     let gpu_ns: f64 = snap.models.iter().map(|m| m.gpu_seconds).sum();
     assert_eq!(gpu_ns, snap.derived.gpu_seconds_since_start);
+}
+
+#[test]
+fn node_series_keep_the_servers_constant_labels_but_no_model_label_under_either_preset() {
+    for naming in [Naming::OpenTelemetry, Naming::Vllm] {
+        let rec = DebuggingRecorder::new();
+        let mut ex = Exported::new(&rec);
+        let meter = Meter::builder()
+            .model("chat")
+            .naming(naming)
+            .constant_label("region", "eu-west-1")
+            .build();
+        let fake = FakeGpuSource::new().with_gpu("A", FakeGpuSource::typical_reading());
+        let mut s = Sampler::builder(&meter).source(fake).build();
+        metrics::with_local_recorder(&rec, || s.sample_once());
+        ex.read();
+        let keys = |name: &str| -> Vec<String> {
+            let (_, l, _) = ex.series.iter().find(|(n, _, _)| n == name).unwrap();
+            l.iter().map(|(k, _)| k.clone()).collect()
+        };
+        for name in ["hw_power_watts", "process_memory_usage_bytes"] {
+            assert!(
+                keys(name).contains(&"region".to_owned()),
+                "{naming:?} {name}"
+            );
+            for model_scoped in [
+                "gen_ai_request_model",
+                "gen_ai_operation_name",
+                "gen_ai_provider_name",
+                "model_name",
+                "engine",
+            ] {
+                assert!(
+                    !keys(name).iter().any(|k| k == model_scoped),
+                    "{naming:?} {name}: {:?}",
+                    keys(name)
+                );
+            }
+        }
+        // The model's own series keep its label (the attributed energy counter is registered
+        // at the first sample, at 0 J).
+        let model_key = match naming {
+            Naming::OpenTelemetry => "gen_ai_request_model",
+            Naming::Vllm => "model_name",
+        };
+        assert!(
+            keys("tokenmeter_energy_attributed_joules_total").contains(&model_key.to_owned()),
+            "{naming:?}"
+        );
+    }
 }
 
 #[test]
