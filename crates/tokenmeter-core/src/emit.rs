@@ -76,6 +76,11 @@ impl<T> RecorderScoped<T> {
         self.value.is_some()
     }
 
+    /// Drops the value; the next [`get_or_make`](Self::get_or_make) makes it again.
+    pub fn clear(&mut self) {
+        self.value = None;
+    }
+
     /// The value for the current recorder: made with `make` when there is none, or when it was
     /// made under another recorder (the old one is dropped).
     pub fn get_or_make(&mut self, make: impl FnOnce() -> T) -> &mut T {

@@ -333,6 +333,7 @@ impl MeterBuilder {
 
     fn assemble(self) -> Meter {
         let mut constant_labels = self.preset_labels();
+        let preset_len = constant_labels.len();
         let clock = self.clock.unwrap_or_default();
         let naming = self.naming;
         let resolved = catalog::all()
@@ -358,6 +359,7 @@ impl MeterBuilder {
                 .into_iter()
                 .map(|(k, v)| Label::new(k, v))
                 .collect(),
+            preset_len,
         );
         let itl = ItlLayout::new(names.buckets(id::ITL).unwrap_or_default());
         let now = clock.now();

@@ -217,7 +217,10 @@ pub(crate) fn resolve(
 pub struct MetricNames {
     naming: Naming,
     resolved: Vec<ResolvedMetric>,
+    /// The preset's labels (model, operation, provider; vLLM's `model_name`, `engine`), then
+    /// the builder's constant labels.
     constant_labels: Vec<Label>,
+    preset_labels: usize,
 }
 
 impl MetricNames {
@@ -225,11 +228,13 @@ impl MetricNames {
         naming: Naming,
         resolved: Vec<ResolvedMetric>,
         constant_labels: Vec<Label>,
+        preset_labels: usize,
     ) -> Self {
         MetricNames {
             naming,
             resolved,
             constant_labels,
+            preset_labels,
         }
     }
 
@@ -279,7 +284,22 @@ impl MetricNames {
 
     /// The constant labels followed by `extra` (OpenTelemetry keys, spelled for this preset).
     pub fn labels(&self, extra: &[(&str, &str)]) -> Vec<Label> {
-        let mut out = self.constant_labels.clone();
+        self.with_extra(&self.constant_labels, extra)
+    }
+
+    /// The labels of a node series (a GPU, the host), shared by every model of the process:
+    /// the builder's constant labels (a region, a replica) without the model-scoped ones the
+    /// preset adds, followed by `extra`.
+    pub fn node_labels(&self, extra: &[(&str, &str)]) -> Vec<Label> {
+        let own = self
+            .constant_labels
+            .get(self.preset_labels..)
+            .unwrap_or_default();
+        self.with_extra(own, extra)
+    }
+
+    fn with_extra(&self, base: &[Label], extra: &[(&str, &str)]) -> Vec<Label> {
+        let mut out = base.to_vec();
         out.extend(
             extra
                 .iter()

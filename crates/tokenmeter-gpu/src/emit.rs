@@ -20,6 +20,13 @@ pub(crate) fn labels(meter: &Meter, extra: &[(&str, &str)]) -> Vec<Label> {
     meter.metric_names().labels(extra)
 }
 
+/// Builds the labels of a node series (per GPU, host): the meter's constant labels without the
+/// model-scoped ones, since one sampler reads the GPUs for every model of the process. A label
+/// the server added with `constant_label` (a region, a replica) stays.
+pub(crate) fn node_labels(meter: &Meter, extra: &[(&str, &str)]) -> Vec<Label> {
+    meter.metric_names().node_labels(extra)
+}
+
 /// A gauge that is registered on its first value and reads NaN once its source stops answering.
 pub(crate) struct GaugeSlot {
     name: Option<String>,
@@ -50,6 +57,17 @@ impl GaugeSlot {
         self.gauge
             .get_or_make(|| metrics::gauge!(name.clone(), labels.clone()))
             .set(v);
+    }
+
+    /// The source is gone for good: sets `v` once if the series exists, then drops the handle
+    /// and never registers again, so an exporter that evicts series no handle can update
+    /// (tokenmeter's Prometheus exporter with an idle timeout) can drop it.
+    pub(crate) fn retire(&mut self, v: f64) {
+        if self.gauge.is_made() {
+            self.set(Some(v));
+        }
+        self.gauge.clear();
+        self.name = None;
     }
 }
 

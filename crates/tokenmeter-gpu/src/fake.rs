@@ -12,6 +12,7 @@ struct FakeState {
     devices_error: Option<SourceError>,
     gpus: Vec<FakeGpu>,
     reads: u64,
+    process_wide: bool,
 }
 
 #[derive(Debug)]
@@ -106,6 +107,13 @@ impl FakeGpuSource {
         }
     }
 
+    /// Makes the source claim its GPUs process-wide, as NVML does
+    /// ([`GpuSource::process_wide`]): a second sampler on a clone of it reports none of them.
+    pub fn process_wide(self) -> Self {
+        self.lock().process_wide = true;
+        self
+    }
+
     /// Changes GPU `index`'s reading with `f`. Unknown indices are ignored.
     pub fn update(&self, index: u32, f: impl FnOnce(&mut GpuReading)) {
         if let Some(g) = self.lock().gpus.get_mut(index as usize) {
@@ -151,7 +159,7 @@ impl FakeGpuSource {
     }
 
     fn lock(&self) -> MutexGuard<'_, FakeState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        tokenmeter_core::emit::lock(&self.state)
     }
 }
 
@@ -169,6 +177,10 @@ impl GpuSource for FakeGpuSource {
             return Err(e.clone());
         }
         Ok(st.gpus.iter().map(|g| g.identity.clone()).collect())
+    }
+
+    fn process_wide(&self) -> bool {
+        self.lock().process_wide
     }
 
     fn read(&mut self, gpu: &GpuIdentity) -> Result<GpuReading, DeviceError> {

@@ -6,18 +6,23 @@
 //!   without the NVIDIA driver);
 //! - reads this process and the machine (CPU, memory, peak RSS, threads, open files, disk and
 //!   network I/O) through `sysinfo`;
-//! - derives GPU energy per output token, output tokens per joule and cost per 1k output tokens
-//!   over a sliding window, from the meter's own output-token total;
+//! - splits the GPUs' energy and GPU time across every meter (model) attached to it, by the
+//!   output tokens each generated in each interval, so the parts add up exactly to the whole,
+//!   and derives each model's energy per output token, output tokens per joule and cost per 1k
+//!   output tokens over a sliding window;
 //! - emits everything through the `metrics` facade under the names in
-//!   `tokenmeter_core::catalog::gpu`, and keeps the latest [`GpuSnapshot`] for in-process use.
+//!   `tokenmeter_core::catalog::gpu` (GPU and host series without a model label: one sampler
+//!   serves the whole process), and keeps the latest [`GpuSnapshot`] for in-process use.
 //!
-//! It never touches the generation loop: the only shared state it reads is the meter's
+//! It never touches the generation loop: the only shared state it reads is the meters'
 //! cumulative totals (relaxed atomic loads).
 //!
-//! Anything the source cannot read — no driver, no GPU, a GPU lost mid-run, a call the GPU does
-//! not support — is logged once with `tracing::warn!` and left absent: the metric is never
-//! registered, or reads NaN from the moment its source stops answering; no zero poses as a
-//! reading, and nothing panics.
+//! Anything the source cannot read — no driver, no GPU, a call the GPU does not support — is
+//! logged once with `tracing::warn!` and left absent: the metric is never registered, or reads
+//! NaN while its source stops answering; no zero poses as a reading, and nothing panics.
+//! Counters survive failed reads, resets and stalls (a stuck energy counter is bridged with
+//! integrated power). A GPU lost mid-run is marked `hw.status{hw.state="failed"}` and its
+//! gauges are set to 0 once, so node sums stay finite (see `docs/gpu.md`).
 //!
 //! ```
 //! use std::time::Duration;
@@ -47,8 +52,8 @@ pub use fake::FakeGpuSource;
 pub use host::HostSample;
 pub use nvml::NvmlSource;
 pub use sampler::{
-    Derived, EnergySource, GpuAvailability, GpuSample, GpuSelection, GpuSnapshot, Sampler,
-    SamplerBuilder, SamplerHandle,
+    Derived, EnergySource, GpuAvailability, GpuSample, GpuSelection, GpuSnapshot, ModelShare,
+    Sampler, SamplerBuilder, SamplerHandle,
 };
 pub use source::{
     DeviceError, Field, FieldError, GpuIdentity, GpuReading, GpuSource, MemoryReading, SourceError,

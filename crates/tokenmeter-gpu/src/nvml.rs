@@ -87,6 +87,10 @@ impl Conv {
 }
 
 impl GpuSource for NvmlSource {
+    fn process_wide(&self) -> bool {
+        true
+    }
+
     fn init(&mut self) -> Result<(), SourceError> {
         if self.nvml.is_none() {
             self.nvml = Some(Nvml::init().map_err(source_error)?);

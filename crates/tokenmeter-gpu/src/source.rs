@@ -160,6 +160,14 @@ pub trait GpuSource: Send {
     /// # Errors
     /// [`DeviceError::Lost`] when the GPU cannot be addressed any more.
     fn read(&mut self, gpu: &GpuIdentity) -> Result<GpuReading, DeviceError>;
+
+    /// True when every instance of this source reads the same physical GPUs (NVML reads the
+    /// machine's), so that two samplers in one process would export each GPU twice and bill
+    /// it twice. The sampler then lets one sampler at a time report a GPU (by UUID) and tells
+    /// the others to attach their meter to it instead. Default `false`.
+    fn process_wide(&self) -> bool {
+        false
+    }
 }
 
 impl<S: GpuSource + ?Sized> GpuSource for Box<S> {
@@ -171,5 +179,8 @@ impl<S: GpuSource + ?Sized> GpuSource for Box<S> {
     }
     fn read(&mut self, gpu: &GpuIdentity) -> Result<GpuReading, DeviceError> {
         (**self).read(gpu)
+    }
+    fn process_wide(&self) -> bool {
+        (**self).process_wide()
     }
 }

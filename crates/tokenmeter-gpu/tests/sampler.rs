@@ -2,151 +2,15 @@
 //! faults, thread start/stop. Time comes from the meter's mock clock; no test sleeps.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tokenmeter_core::clock::{Clock, Mock};
-use tokenmeter_core::{Finish, Meter};
+use common::{Exported, GIB, generate, meter, warnings};
+use metrics_util::debugging::DebuggingRecorder;
 use tokenmeter_gpu::{
     EnergySource, FakeGpuSource, FieldError, GpuAvailability, GpuSelection, GpuSnapshot, Sampler,
 };
-
-// ---- helpers ---------------------------------------------------------------------------------
-
-fn meter() -> (Meter, Arc<Mock>) {
-    let (clock, mock) = Clock::mock();
-    (Meter::builder().model("m").clock(clock).build(), mock)
-}
-
-/// Adds `n` output tokens to the meter's totals through a real request.
-fn generate(meter: &Meter, n: u32) {
-    let mut g = meter.request().start();
-    g.tokens(n);
-    g.finish(Finish::Stop);
-}
-
-/// Exported series: (name, labels, value). Counters accumulate across reads (the debugging
-/// recorder hands out deltas); gauges hold the last read.
-type Series = (String, Vec<(String, String)>, DebugValue);
-
-struct Exported {
-    snap: Snapshotter,
-    series: Vec<Series>,
-}
-
-impl Exported {
-    fn new(rec: &DebuggingRecorder) -> Self {
-        Exported {
-            snap: rec.snapshotter(),
-            series: Vec::new(),
-        }
-    }
-
-    fn read(&mut self) {
-        for (ck, _, _, v) in self.snap.snapshot().into_vec() {
-            let name = ck.key().name().to_string();
-            let mut labels: Vec<(String, String)> = ck
-                .key()
-                .labels()
-                .map(|l| (l.key().to_string(), l.value().to_string()))
-                .collect();
-            labels.sort();
-            match self
-                .series
-                .iter_mut()
-                .find(|(n, l, _)| *n == name && *l == labels)
-            {
-                Some((_, _, old)) => {
-                    *old = match (&*old, v) {
-                        (DebugValue::Counter(a), DebugValue::Counter(b)) => {
-                            DebugValue::Counter(a + b)
-                        }
-                        (_, v) => v,
-                    }
-                }
-                None => self.series.push((name, labels, v)),
-            }
-        }
-    }
-
-    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        self.series
-            .iter()
-            .find(|(n, l, _)| {
-                n == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
-            .map(|(_, _, v)| v)
-    }
-
-    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        match self.find(name, labels) {
-            Some(DebugValue::Gauge(v)) => Some(v.0),
-            Some(other) => panic!("{name} is not a gauge: {other:?}"),
-            None => None,
-        }
-    }
-
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
-        match self.find(name, labels) {
-            Some(DebugValue::Counter(v)) => Some(*v),
-            Some(other) => panic!("{name} is not a counter: {other:?}"),
-            None => None,
-        }
-    }
-
-    fn names_starting(&self, prefix: &str) -> Vec<&str> {
-        self.series
-            .iter()
-            .map(|(n, _, _)| n.as_str())
-            .filter(|n| n.starts_with(prefix))
-            .collect()
-    }
-}
-
-/// Warnings (and errors) logged while `f` runs on this thread.
-fn warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
-    use tracing::field::{Field, Visit};
-    use tracing::{Event, Level, Metadata, Subscriber, span};
-
-    struct Capture(Arc<Mutex<Vec<String>>>);
-    struct Msg(String);
-    impl Visit for Msg {
-        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            if field.name() == "message" {
-                self.0 = format!("{value:?}");
-            }
-        }
-    }
-    impl Subscriber for Capture {
-        fn enabled(&self, _: &Metadata<'_>) -> bool {
-            true
-        }
-        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-            span::Id::from_u64(1)
-        }
-        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-        fn event(&self, e: &Event<'_>) {
-            if *e.metadata().level() <= Level::WARN {
-                let mut m = Msg(String::new());
-                e.record(&mut m);
-                self.0.lock().unwrap().push(m.0);
-            }
-        }
-        fn enter(&self, _: &span::Id) {}
-        fn exit(&self, _: &span::Id) {}
-    }
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let out = tracing::subscriber::with_default(Capture(lines.clone()), f);
-    let lines = lines.lock().unwrap().clone();
-    (out, lines)
-}
-
-const GIB: u64 = 1 << 30;
 
 // ---- readings --------------------------------------------------------------------------------
 
@@ -291,11 +155,26 @@ fn typical_reading_is_exported_with_otel_names_and_labels() {
         ex.counter("hw_energy_joules_total", &with(&[("hw_type", "gpu")])),
         Some(0)
     );
-    // Model-scoped constant labels ride along so the figures join with token metrics.
-    assert!(
-        ex.find("hw_power_watts", &[("gen_ai_request_model", "m")])
-            .is_some()
-    );
+    // One sampler serves every model of the process: GPU and host series carry no model
+    // label (issue 16, case 3); the per-model figures do.
+    let labels_of = |name: &str| -> Vec<String> {
+        ex.series
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .flat_map(|(_, l, _)| l.iter().map(|(k, _)| k.clone()))
+            .collect()
+    };
+    for name in ["hw_power_watts", "hw_energy_joules_total", "hw_status"] {
+        let keys = labels_of(name);
+        assert!(!keys.is_empty(), "{name}");
+        for model_scoped in [
+            "gen_ai_request_model",
+            "gen_ai_operation_name",
+            "gen_ai_provider_name",
+        ] {
+            assert!(!keys.iter().any(|k| k == model_scoped), "{name}: {keys:?}");
+        }
+    }
     // No tokens yet: per-token figures are absent, not zero.
     assert!(
         ex.gauge("tokenmeter_energy_per_output_token_joules", &[])
@@ -382,11 +261,11 @@ fn energy_counter_reset_restarts_from_the_new_value() {
     s.sample_once(); // +100
     control.set_energy_counter(0, 5.0); // driver reloaded
     mock.increment(Duration::from_secs(1));
-    s.sample_once(); // +0, new baseline
+    s.sample_once(); // +5: the counter restarted from 0 within the interval (Prometheus's rule)
     control.set_energy_counter(0, 25.0);
     mock.increment(Duration::from_secs(1));
     let snap = s.sample_once(); // +20
-    assert_eq!(snap.gpus[0].energy_j, Some(120.0));
+    assert_eq!(snap.gpus[0].energy_j, Some(125.0));
 }
 
 #[test]
@@ -468,6 +347,8 @@ fn joules_and_cost_per_token_over_the_window() {
         generate(&meter, 500);
         control.set_energy_counter(0, 1600.0);
         control.set_energy_counter(1, 1400.0);
+        // B then idles at 0 W: its counter standing still is no stall to bridge.
+        control.set_power(1, 0.0);
         mock.increment(Duration::from_secs(5));
         s.sample_once() // t=5: +1000 J, 500 tokens, 2 GPUs x 5 s
     });
@@ -663,7 +544,7 @@ fn failing_enumeration_logs_once() {
 }
 
 #[test]
-fn gpu_lost_mid_run_turns_its_metrics_absent_and_logs_once() {
+fn gpu_lost_mid_run_zeroes_its_gauges_once_marks_it_failed_and_logs_once() {
     let rec = DebuggingRecorder::new();
     let mut ex = Exported::new(&rec);
     let (meter, mock) = meter();
@@ -676,11 +557,14 @@ fn gpu_lost_mid_run_turns_its_metrics_absent_and_logs_once() {
         metrics::with_local_recorder(&rec, || {
             s.sample_once();
             control.set_energy_counter(0, 1050.0);
+            control.set_energy_counter(1, 1300.0);
             mock.increment(Duration::from_secs(1));
             s.sample_once();
             control.lose(0);
+            control.set_energy_counter(1, 1600.0);
             mock.increment(Duration::from_secs(1));
             s.sample_once();
+            control.set_energy_counter(1, 1900.0);
             mock.increment(Duration::from_secs(1));
             s.sample_once()
         })
@@ -700,10 +584,19 @@ fn gpu_lost_mid_run_turns_its_metrics_absent_and_logs_once() {
     // What was measured before the loss is kept.
     assert_eq!(lost.energy_j, Some(50.0));
     assert_eq!(lost.memory_peak_bytes, Some(40 * GIB));
+    // Its gauges were set to 0 once (never NaN: node sums stay finite) ...
     let a = [("hw_id", "0")];
-    assert!(ex.gauge("hw_gpu_utilization_ratio", &a).unwrap().is_nan());
-    assert!(ex.gauge("hw_power_watts", &a).unwrap().is_nan());
-    assert!(ex.gauge("hw_temperature_celsius", &a).unwrap().is_nan());
+    assert_eq!(ex.gauge("hw_gpu_utilization_ratio", &a), Some(0.0));
+    assert_eq!(ex.gauge("hw_power_watts", &a), Some(0.0));
+    assert_eq!(ex.gauge("hw_temperature_celsius", &a), Some(0.0));
+    assert_eq!(
+        ex.gauge(
+            "tokenmeter_gpu_throttle",
+            &[("hw_id", "0"), ("reason", "sw_power_cap")]
+        ),
+        Some(0.0)
+    );
+    // ... and the state series says why, for dashboards to filter on.
     assert_eq!(
         ex.gauge("hw_status", &[("hw_id", "0"), ("hw_state", "failed")]),
         Some(1.0)
@@ -718,6 +611,12 @@ fn gpu_lost_mid_run_turns_its_metrics_absent_and_logs_once() {
     assert!(!b.lost);
     assert_eq!(b.power_w, Some(300.0));
     assert_eq!(ex.gauge("hw_power_watts", &[("hw_id", "1")]), Some(300.0));
+    assert_eq!(
+        ex.counter("hw_energy_joules_total", &[("hw_id", "1")]),
+        Some(900)
+    );
+    // Cost stops charging the lost GPU: A for 1 s, B for 3 s.
+    assert_eq!(snap.derived.gpu_seconds_since_start, 4.0);
     // The lost GPU is not read again.
     let reads = control.reads();
     s.sample_once();

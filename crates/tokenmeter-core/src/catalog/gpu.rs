@@ -4,8 +4,10 @@
 //! `hw.temperature`, `hw.errors`, `hw.status`) where they define the metric; process and machine
 //! metrics use the `process.*` / `system.*` conventions; everything else is ours (`own: true`,
 //! under the meter's prefix). A metric whose source cannot read it (no driver, no GPU, a call
-//! the GPU does not support, a GPU that was lost) is never registered, or is set to NaN once its
-//! source stops answering: a missing reading is never exported as a zero.
+//! the GPU does not support) is never registered, or is set to NaN once its source stops
+//! answering: a missing reading is never exported as a zero. A lost GPU is the exception: its
+//! gauges are set to 0 once, next to `hw.status{hw.state="failed"}` = 1, so node sums stay
+//! finite. Per-GPU and host series carry no model label: one sampler serves every model.
 
 use super::{MetricDef, MetricKind};
 
@@ -98,18 +100,21 @@ pub static DEFS: &[MetricDef] = &[
         recorded: EACH_SAMPLE),
     def!("gpu.status", "hw.status", own: false, Gauge, "",
         labels: &["hw.id", "hw.name", "gpu.uuid", "hw.type", "hw.state"],
-        "1 for the GPU's current state, 0 for the other: hw.state ok while NVML answers for the GPU, failed once it is lost (its other metrics then read NaN).",
+        "1 for the GPU's current state, 0 for the other: hw.state ok while NVML answers for the GPU, failed once it is lost (its gauges are then set to 0 once and no longer updated; filter on this to leave it out of averages and minima).",
         recorded: "Every sampler interval, per GPU found at start."),
     // ---- derived over the sampler window ----
     def!("gpu.energy_per_output_token", "energy.per_output_token", own: true, Gauge, "J", labels: &[],
-        "GPU energy per output token over the sampler window: energy of the sampled GPUs / output tokens (from the meter's totals) in the window.",
-        recorded: "Every sampler interval, when the window holds at least one output token and the energy of at least one GPU."),
+        "GPU energy per output token over the sampler window: this model's attributed energy / its output tokens (from the meter's totals) in the window.",
+        recorded: "Every sampler interval, when the window holds at least one output token and a positive energy (zero energy is unknown, never free)."),
     def!("gpu.output_tokens_per_joule", "energy.output_tokens_per_joule", own: true, Gauge, "{token}/J", labels: &[],
         "Output tokens per joule of GPU energy over the sampler window (the inverse of energy.per_output_token).",
         recorded: "Every sampler interval, when the window holds a positive energy and at least one output token."),
+    def!("gpu.energy.attributed", "energy.attributed", own: true, Counter, "J", labels: &[],
+        "GPU energy attributed to this model since its meter was attached to the sampler, in whole joules: each interval's growth of the GPUs' hw.energy is split across the process's models in proportion to their output tokens in the interval (equally when none generated any), so the models' counters add up exactly to the GPUs'.",
+        recorded: "Every sampler interval, per attached meter, once the energy of at least one GPU is known."),
     def!("gpu.cost_per_1k_output_tokens", "cost.per_1k_output_tokens", own: true, Gauge, "{USD}", labels: &[],
-        "Cost of 1000 output tokens over the sampler window: configured price per GPU-hour x sampled GPUs x window hours / output tokens x 1000.",
-        recorded: "Every sampler interval, when a price per GPU-hour is configured, at least one GPU is sampled and the window holds output tokens."),
+        "Cost of 1000 output tokens over the sampler window: configured price per GPU-hour x the GPU-hours attributed to this model / its output tokens x 1000 (GPU time is split across models like energy).",
+        recorded: "Every sampler interval, when a price per GPU-hour is configured, GPU time was attributed and the window holds output tokens."),
     // ---- process ----
     def!("process.cpu.utilization", "process.cpu.utilization", own: false, Gauge, "1", labels: &[],
         "CPU time used by this process over the last sample period / (period x logical CPUs).",
