@@ -140,7 +140,7 @@ impl RequestBuilder {
             phase: Phase::Waiting,
             scheduled: false,
             text,
-            ended_at: arrival,
+            enqueued_at: arrival,
             outcome: Outcome::Succeeded,
         }
     }
@@ -184,10 +184,13 @@ pub struct RequestGuard {
     meter: Meter,
     /// Valid when `n > 0`.
     last: Instant,
+    /// The next flush; once the request ended, the end instant (there is no next flush).
     next_flush: Instant,
     n: u64,
     phase: Phase,
     scheduled: bool,
+    /// How the request ended; valid when `phase` is `Ended`.
+    outcome: Outcome,
     /// Inter-token latencies since the last flush, per exported bucket.
     itl: ItlAccumulator,
     handles: Arc<Handles>,
@@ -203,9 +206,8 @@ pub struct RequestGuard {
     non_finite: NonFinite,
     /// Buffered text when the meter captures text (opt-in); taken at the end.
     text: Option<Box<TextBuf>>,
-    /// When and how the request ended; valid when `phase` is `Ended`.
-    ended_at: Instant,
-    outcome: Outcome,
+    /// When it entered the engine's queue (arrival unless [`enqueued`](Self::enqueued) said).
+    enqueued_at: Instant,
 }
 
 impl std::fmt::Debug for RequestGuard {
@@ -234,14 +236,51 @@ impl RequestGuard {
             }
             return;
         }
-        let now = self.not_before(now, self.arrival);
+        let now = self.not_before(now, self.enqueued_at);
         self.scheduled = true;
         self.scheduled_at = now;
         self.enter_running();
-        self.handles
-            .queue
-            .record(now.saturating_duration_since(self.arrival).as_secs_f64());
+        self.handles.queue.record(
+            now.saturating_duration_since(self.enqueued_at)
+                .as_secs_f64(),
+        );
         tracing::debug!(target: REQUEST_TARGET, parent: &self.span, "gen_ai.request.scheduled");
+    }
+
+    /// Marks the moment the request entered the engine's queue, when that is later than its
+    /// arrival (e.g. the HTTP server tokenizes first). Queue time then counts from here, as
+    /// vLLM's `request_queue_time_seconds` does, while TTFT and E2E still count from arrival.
+    /// Without this call the queue starts at arrival. Ignored (misuse `enqueued_late`) once the
+    /// request was scheduled or produced a token; an instant before arrival is clamped to it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokenmeter_core::{Finish, Meter};
+    /// let (clock, mock) = quanta::Clock::mock();
+    /// let meter = Meter::builder().clock(clock).build();
+    /// let mut req = meter.request().start(); // HTTP arrival
+    /// mock.increment(Duration::from_millis(40));
+    /// req.enqueued(); // tokenized, handed to the engine
+    /// mock.increment(Duration::from_millis(20));
+    /// req.scheduled();
+    /// mock.increment(Duration::from_millis(40));
+    /// req.token();
+    /// let s = req.finish(Finish::Stop);
+    /// assert_eq!(s.queue, Some(Duration::from_millis(20)));
+    /// assert_eq!(s.ttft, Some(Duration::from_millis(100)));
+    /// ```
+    pub fn enqueued(&mut self) {
+        let now = self.meter.now();
+        self.enqueued_at_instant(now);
+    }
+
+    /// [`enqueued`](Self::enqueued) at an instant read with [`Meter::now`].
+    pub fn enqueued_at_instant(&mut self, now: Instant) {
+        if self.phase != Phase::Waiting {
+            self.meter.misuse("enqueued_late");
+            return;
+        }
+        self.enqueued_at = self.not_before(now, self.arrival);
     }
 
     /// Records one output token now: one clock read.
@@ -414,7 +453,7 @@ impl RequestGuard {
     ) -> RequestSummary {
         if self.phase == Phase::Ended {
             self.meter.misuse("finish_twice");
-            return self.derive(self.ended_at, self.outcome);
+            return self.derive(self.next_flush, self.outcome);
         }
         let floor = if self.n > 0 { self.last } else { self.arrival };
         let now = self.meter.now();
@@ -429,6 +468,7 @@ impl RequestGuard {
     fn derive(&self, now: Instant, outcome: Outcome) -> RequestSummary {
         let timeline = Timeline {
             arrival: self.arrival,
+            enqueued: self.enqueued_at,
             scheduled: self.scheduled.then_some(self.scheduled_at),
             tokens: (self.n > 0).then_some((self.first, self.last)),
             output_tokens: self.n,
@@ -499,7 +539,7 @@ impl RequestGuard {
         }
         t.requests_ended.fetch_add(1, Relaxed);
         self.phase = Phase::Ended;
-        self.ended_at = now;
+        self.next_flush = now;
         self.outcome = outcome;
         self.meter.window_end(now, s, outcome);
     }

@@ -2,7 +2,8 @@
 //! then recorded (metrics, window), reported (span, log) and returned to the caller.
 //!
 //! Definitions (docs/definitions.md): arrival t0 is `start()`; TTFT = first token − t0;
-//! TPOT = (last − first) / (n − 1) for n ≥ 2; queue = `scheduled()` − t0; prefill = first token −
+//! TPOT = (last − first) / (n − 1) for n ≥ 2; queue = `scheduled()` − engine-queue entry
+//! (`enqueued()`, else t0); prefill = first token −
 //! `scheduled()`; decode = last − first; E2E = end − t0.
 
 use std::time::Duration;
@@ -47,7 +48,8 @@ pub struct RequestSummary {
     pub tpot: Option<Duration>,
     /// Arrival to end.
     pub e2e: Duration,
-    /// Arrival to `scheduled()`; `None` when the request was never scheduled explicitly.
+    /// Entry into the engine queue (arrival, or `enqueued()`) to `scheduled()`; `None` when the
+    /// request was never scheduled explicitly.
     pub queue: Option<Duration>,
     /// `scheduled()` to the first token; `None` without both.
     pub prefill: Option<Duration>,
@@ -62,6 +64,8 @@ pub struct RequestSummary {
 /// The instants a guard keeps, from which [`RequestSummary`] is derived.
 pub(crate) struct Timeline {
     pub(crate) arrival: Instant,
+    /// Entry into the engine's queue (the arrival unless the server said otherwise).
+    pub(crate) enqueued: Instant,
     pub(crate) scheduled: Option<Instant>,
     /// First and last token, when there was one.
     pub(crate) tokens: Option<(Instant, Instant)>,
@@ -82,7 +86,7 @@ impl RequestSummary {
                 .filter(|_| n >= 2)
                 .map(|(first, last)| Duration::from_nanos(nanos(since(last, first)) / (n - 1))),
             e2e: since(end, t.arrival),
-            queue: t.scheduled.map(|s| since(s, t.arrival)),
+            queue: t.scheduled.map(|s| since(s, t.enqueued)),
             prefill: t
                 .scheduled
                 .zip(t.tokens)

@@ -626,3 +626,177 @@ fn a_guard_is_small() {
     let total = std::mem::size_of::<tokenmeter_core::RequestGuard>() + heap;
     assert!(total <= 512, "a guard holds {total} bytes");
 }
+
+/// Issue 12 §5: three one-off tenants at start-up; an hour later `acme` sends 100 requests.
+#[test]
+fn an_idle_label_value_gives_its_slot_back() {
+    let (meter, mock) = mock_meter(Meter::builder().request_labels(["tenant"], 3));
+    let c = recorded(|| {
+        for t in ["t1", "t2", "t3"] {
+            drop(
+                meter
+                    .request()
+                    .label("tenant", t)
+                    .start()
+                    .finish(Finish::Stop),
+            );
+        }
+        drop(
+            meter
+                .request()
+                .label("tenant", "acme")
+                .start()
+                .finish(Finish::Stop),
+        );
+        mock.increment(Duration::from_secs(3600));
+        for _ in 0..100 {
+            drop(
+                meter
+                    .request()
+                    .label("tenant", "acme")
+                    .start()
+                    .finish(Finish::Stop),
+            );
+        }
+    });
+    let requests = "tokenmeter_requests_total";
+    assert_eq!(c.counter(requests, &["tenant=acme"]), 100);
+    assert_eq!(c.counter(requests, &["tenant=other"]), 1);
+    // One overflow: the one request `acme` sent while the three held their slots.
+    assert_eq!(
+        c.counter("tokenmeter_labels_overflow_total", &["label=tenant"]),
+        1
+    );
+}
+
+/// Issue 12 §1: every way a label can collide or be reserved is a `ConfigError` naming it,
+/// and `build` drops it, so no series carries a label name twice.
+#[test]
+fn colliding_and_reserved_labels_are_rejected_by_name() {
+    let collides = |b: MeterBuilder, key: &str| {
+        assert_eq!(
+            b.try_build().err(),
+            Some(tokenmeter_core::ConfigError::LabelCollision(key.to_owned())),
+            "{key}"
+        );
+    };
+    let vllm = || Meter::builder().naming(Naming::Vllm);
+    collides(vllm().constant_label("engine", "replica-7"), "engine");
+    collides(vllm().constant_label("model_name", "x"), "model_name");
+    collides(
+        vllm().constant_label("finished_reason", "x"),
+        "finished_reason",
+    );
+    collides(Meter::builder().constant_label("le", "1"), "le");
+    collides(Meter::builder().constant_label("quantile", "1"), "quantile");
+    collides(Meter::builder().constant_label("__name__", "x"), "__name__");
+    collides(
+        Meter::builder().constant_label("gen_ai.request.model", "x"),
+        "gen_ai.request.model",
+    );
+    collides(
+        Meter::builder().constant_label("gen_ai_request_model", "x"),
+        "gen_ai_request_model",
+    );
+    collides(
+        Meter::builder().constant_label("error.type", "x"),
+        "error.type",
+    );
+    collides(
+        Meter::builder()
+            .constant_label("region", "a")
+            .constant_label("region", "b"),
+        "region",
+    );
+    collides(
+        Meter::builder()
+            .constant_label("tenant", "a")
+            .request_labels(["tenant"], 10),
+        "tenant",
+    );
+    collides(Meter::builder().request_labels(["kind"], 10), "kind");
+    assert!(vllm().constant_label("region", "eu").try_build().is_ok());
+
+    // `build` keeps the meter and drops the label: every series' label names stay unique.
+    let c = recorded(|| {
+        let meter = vllm()
+            .constant_label("engine", "replica-7")
+            .constant_label("region", "eu")
+            .build();
+        drop(meter.request().start().finish(Finish::Stop));
+    });
+    for key in c
+        .counters
+        .keys()
+        .chain(c.gauges.keys())
+        .chain(c.histograms.keys())
+    {
+        let labels: Vec<&str> = key
+            .split_once('{')
+            .map(|(_, l)| l.trim_end_matches('}'))
+            .unwrap_or("")
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('=').next().unwrap_or(""))
+            .collect();
+        let mut unique = labels.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(labels.len(), unique.len(), "{key}");
+        assert!(!key.contains("replica-7"), "{key}");
+    }
+    assert_eq!(
+        c.counter("vllm:request_success_total", &["engine=0", "region=eu"]),
+        1
+    );
+}
+
+/// Issue 12 §7: arrival at 0, engine queue at 40 ms, scheduled at 60 ms, first token at 100 ms:
+/// TTFT 0.100 s from arrival, queue time 0.020 s from the engine queue, as vLLM reports them.
+#[test]
+fn queue_time_counts_from_the_engine_queue_when_the_server_says_so() {
+    let (meter, mock) = mock_meter(Meter::builder().naming(Naming::Vllm));
+    let c = recorded(|| {
+        let mut req = meter.request().start();
+        mock.increment(40 * MS);
+        req.enqueued();
+        mock.increment(20 * MS);
+        req.scheduled();
+        mock.increment(40 * MS);
+        req.token();
+        req.enqueued(); // too late: ignored and counted
+        let s = req.finish(Finish::Stop);
+        assert_eq!((s.ttft, s.queue), (Some(100 * MS), Some(20 * MS)));
+    });
+    assert_eq!(c.hist("vllm:time_to_first_token_seconds", &[]), [0.1]);
+    assert_eq!(c.hist("vllm:request_queue_time_seconds", &[]), [0.02]);
+    assert_eq!(
+        c.counter("tokenmeter_misuse_total", &["kind=enqueued_late"]),
+        1
+    );
+}
+
+/// `finish` returns the measured values; a second end returns the same ones and is misuse.
+#[test]
+fn finish_returns_the_measured_values_once_and_again_on_a_second_end() {
+    let (meter, mock) = mock_meter(Meter::builder().slo(Slo::new().ttft(50 * MS)));
+    let mut req = meter.request().prompt_tokens(7).start();
+    mock.increment(10 * MS);
+    req.scheduled();
+    for _ in 0..4 {
+        mock.increment(10 * MS);
+        req.token();
+    }
+    mock.increment(5 * MS);
+    let first = req.finish(Finish::Stop);
+    assert_eq!(first.ttft, Some(20 * MS));
+    assert_eq!(first.tpot, Some(10 * MS));
+    assert_eq!(first.e2e, 55 * MS);
+    assert_eq!(first.queue, Some(10 * MS));
+    assert_eq!(first.prefill, Some(10 * MS));
+    assert_eq!(first.decode, Some(30 * MS));
+    assert_eq!((first.input_tokens, first.output_tokens), (7, 4));
+    assert!(first.goodput);
+    mock.increment(100 * MS);
+    assert_eq!(req.fail(ErrorKind::Internal), first);
+}
