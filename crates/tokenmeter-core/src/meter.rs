@@ -324,10 +324,9 @@ impl MeterBuilder {
 
     fn build_unchecked(self) -> Meter {
         let meter = self.assemble();
-        // Describe the catalog, set the info and start-time gauges, and register the request
-        // series at zero for the recorder installed now; a recorder installed later gets them
-        // at the first request.
-        drop(meter.handles(Vec::new()));
+        // For the recorder installed now; a recorder installed later gets them from its
+        // exporter, or at the first request.
+        meter.register_series();
         meter
     }
 
@@ -538,6 +537,17 @@ impl Meter {
     /// ```
     pub fn metric_names(&self) -> &MetricNames {
         &self.inner.names
+    }
+
+    /// Registers the meter's request series (counters, gauges and histograms of its constant
+    /// label set), its info and start-time gauges and the catalog's descriptions with the
+    /// `metrics` recorder current now, at zero, so dashboards and `rate()`/`absent()` rules see
+    /// them before the first request. The meter does this when it is built; exporters installed
+    /// later call it for the meters handed to them (`Exporters::meter`, `init_for`), and a
+    /// server that installs its own recorder after building the meter can call it too.
+    /// Idempotent.
+    pub fn register_series(&self) {
+        drop(self.handles(Vec::new()));
     }
 
     /// Starts timing a model load (cold start); [`LoadGuard::done`] records it.

@@ -221,10 +221,13 @@ impl Exporters {
     /// [`ExportGuard::tracing_installed`] and add [`ExportGuard::tracing_layers`] to yours.
     pub fn install(self) -> Result<ExportGuard, Error> {
         let tracing = self.tracing;
+        let meters = self.meters.clone();
         let (mut guard, fanout) = self.build()?;
         if let Some(f) = fanout {
             metrics::set_global_recorder(f).map_err(|_| Error::RecorderAlreadySet)?;
         }
+        // Meters built before the recorder existed show their series at zero from now on.
+        meters.iter().for_each(Meter::register_series);
         if tracing {
             let layers = guard.tracing_layers();
             if !layers.is_empty() {

@@ -251,10 +251,13 @@ impl Prometheus {
     /// As [`build`](Self::build), plus [`Error::RecorderAlreadySet`] when a global recorder is
     /// already installed (compose with [`crate::Exporters`] instead).
     pub fn install(self) -> Result<PrometheusExporter, Error> {
+        let meters = self.meters.clone();
         let mut exporter = self.build()?;
         if let Some(recorder) = exporter.recorder.take() {
             metrics::set_global_recorder(recorder).map_err(|_| Error::RecorderAlreadySet)?;
         }
+        // Meters built before the recorder existed show their series at zero from now on.
+        meters.iter().for_each(Meter::register_series);
         Ok(exporter)
     }
 }
@@ -390,6 +393,29 @@ mod tests {
         rec.register_gauge(&Key::from_name("tokenmeter_requests_running"), &meta)
             .set(3.0);
         assert!(prom.render().contains("tokenmeter_requests_running 3"));
+    }
+
+    /// Issue 12 §8: a meter's request series exist at zero before its first request, even
+    /// when the meter was built before the recorder.
+    #[test]
+    fn request_series_exist_at_zero_before_any_traffic() {
+        let meter = Meter::builder().model("m").build();
+        let mut prom = Prometheus::new().without_listener().build().expect("build");
+        let rec = prom.take_recorder().expect("recorder");
+        metrics::with_local_recorder(&rec, || meter.register_series());
+        let text = prom.render();
+        let m = r#"gen_ai_operation_name="chat",gen_ai_provider_name="tokenmeter",gen_ai_request_model="m""#;
+        for line in [
+            format!("gen_ai_server_time_to_first_token_seconds_count{{{m}}} 0"),
+            format!("tokenmeter_requests_total{{{m},finish_reason=\"stop\"}} 0"),
+            format!("tokenmeter_requests_running{{{m}}} 0"),
+            format!("tokenmeter_output_tokens_total{{{m}}} 0"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 
     fn meta() -> metrics::Metadata<'static> {
