@@ -16,7 +16,8 @@ use tracing::Span;
 use crate::catalog::core as id;
 use crate::handles::Handles;
 use crate::itl::{ItlAccumulator, nanos};
-use crate::meter::Meter;
+use crate::liveness::Slot;
+use crate::meter::{ADAPTER_LABEL, Meter};
 use crate::names::REQUEST_TARGET;
 use crate::redact::{self, TextBuf, TextKind};
 use crate::span::{self, EndRecord, EndText};
@@ -49,6 +50,31 @@ pub struct RequestBuilder {
     labels: Vec<Label>,
     request_id: Option<String>,
     parent: Option<Span>,
+    params: Params,
+}
+
+/// The request's parameters, as the client asked.
+#[derive(Debug, Default)]
+struct Params {
+    /// Sequences generated for the request (`None`: 1).
+    n: Option<u32>,
+    max_tokens: Option<u64>,
+    adapter: Option<String>,
+}
+
+/// What the guard knows besides tokens and instants: the request's parameters, and what the
+/// engine told it (preemptions, prefix-cache hits, speculative decoding, sequence lengths).
+/// Boxed on first use, so a guard that needs none stays small.
+#[derive(Debug, Default)]
+struct Facts {
+    n: Option<u32>,
+    max_tokens: Option<u64>,
+    preemptions: u64,
+    prefix_hits: u64,
+    spec_draft_tokens: u64,
+    spec_accepted_tokens: u64,
+    /// The longest finished sequence, when the server reported sequences (n > 1).
+    longest_sequence: Option<u64>,
 }
 
 impl RequestBuilder {
@@ -59,7 +85,34 @@ impl RequestBuilder {
             labels: Vec::new(),
             request_id: None,
             parent: None,
+            params: Params::default(),
         }
+    }
+
+    /// The request's `n`: how many sequences the engine generates for it (default 1).
+    /// Recorded in `request.params.n` (vLLM's `request_params_n`). With `n > 1`, report each
+    /// sequence's length with [`RequestGuard::sequence_finished`] so the longest one is known.
+    pub fn n(mut self, n: u32) -> Self {
+        self.params.n = Some(n);
+        self
+    }
+
+    /// The request's `max_tokens` (its output budget), recorded in
+    /// `request.params.max_tokens` (vLLM's `request_params_max_tokens`) and on the span as
+    /// `gen_ai.request.max_tokens`.
+    pub fn max_tokens(mut self, max_tokens: u64) -> Self {
+        self.params.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// The adapter (e.g. a LoRA) that serves this request: the [`ADAPTER_LABEL`] label of its
+    /// series, capped like any request label (declare it with
+    /// [`MeterBuilder::adapters`](crate::MeterBuilder::adapters); otherwise the label is dropped
+    /// and counted as misuse `unknown_label`), and the span's `tokenmeter.adapter`, uncapped.
+    pub fn adapter(mut self, name: impl Into<String>) -> Self {
+        let name: String = name.into();
+        self.params.adapter = Some(name.clone());
+        self.label(ADAPTER_LABEL, name)
     }
 
     /// The prompt length in tokens.
@@ -114,12 +167,22 @@ impl RequestBuilder {
             self.prompt_tokens,
             self.parent.as_ref(),
         );
+        let p = self.params;
+        span::record_params(&span, p.n, p.max_tokens, p.adapter.as_deref());
+        let facts = (p.n.is_some() || p.max_tokens.is_some()).then(|| {
+            Box::new(Facts {
+                n: p.n,
+                max_tokens: p.max_tokens,
+                ..Facts::default()
+            })
+        });
         let totals = meter.live_totals();
         totals.requests_started.fetch_add(1, Relaxed);
         totals.input_tokens.fetch_add(self.prompt_tokens, Relaxed);
         totals.waiting.fetch_add(1, Relaxed);
         handles.input_tokens.increment(self.prompt_tokens);
         handles.waiting.increment(1.0);
+        let slot = meter.liveness().register();
         let next_flush = arrival + meter.flush_interval();
         let text = meter.text_capture().map(|c| TextBuf::new(c.max_bytes));
         RequestGuard {
@@ -142,6 +205,8 @@ impl RequestBuilder {
             text,
             enqueued_at: arrival,
             outcome: Outcome::Succeeded,
+            slot,
+            facts,
         }
     }
 }
@@ -154,6 +219,9 @@ enum Phase {
     Running,
     /// At least one token: the per-token fast path.
     Decoding,
+    /// Sent back to the waiting queue by the engine (counts as waiting); `scheduled()`
+    /// re-admits it.
+    Preempted,
     Ended,
 }
 
@@ -191,6 +259,9 @@ pub struct RequestGuard {
     scheduled: bool,
     /// How the request ended; valid when `phase` is `Ended`.
     outcome: Outcome,
+    /// Its liveness slot (last progress, stored when scheduled, at flushes, at preemption);
+    /// here, it fills the padding before `itl`.
+    slot: Slot,
     /// Inter-token latencies since the last flush, per exported bucket.
     itl: ItlAccumulator,
     handles: Arc<Handles>,
@@ -208,6 +279,7 @@ pub struct RequestGuard {
     text: Option<Box<TextBuf>>,
     /// When it entered the engine's queue (arrival unless [`enqueued`](Self::enqueued) said).
     enqueued_at: Instant,
+    facts: Option<Box<Facts>>,
 }
 
 impl std::fmt::Debug for RequestGuard {
@@ -222,7 +294,9 @@ impl std::fmt::Debug for RequestGuard {
 
 impl RequestGuard {
     /// Marks the moment the engine admits the request (prefill begins): ends its queue time.
-    /// Later calls are ignored.
+    /// After a [`preempted`](Self::preempted) it re-admits the request (it counts as running
+    /// again; queue time stays the first admission's, as in vLLM). Other later calls are
+    /// ignored.
     pub fn scheduled(&mut self) {
         let now = self.meter.now();
         self.scheduled_at_instant(now);
@@ -230,6 +304,10 @@ impl RequestGuard {
 
     /// [`scheduled`](Self::scheduled) at an instant read with [`Meter::now`].
     pub fn scheduled_at_instant(&mut self, now: Instant) {
+        if self.phase == Phase::Preempted {
+            self.readmit(now);
+            return;
+        }
         if self.phase != Phase::Waiting {
             if self.phase == Phase::Ended {
                 self.meter.misuse("scheduled_after_end");
@@ -240,6 +318,7 @@ impl RequestGuard {
         self.scheduled = true;
         self.scheduled_at = now;
         self.enter_running();
+        self.meter.liveness().progress(self.slot, now);
         self.handles.queue.record(
             now.saturating_duration_since(self.enqueued_at)
                 .as_secs_f64(),
@@ -355,6 +434,15 @@ impl RequestGuard {
             self.meter.misuse("token_after_end");
             return;
         }
+        if self.phase == Phase::Preempted {
+            // A token means the engine runs it again: re-admitted without saying so.
+            self.meter.misuse("token_while_preempted");
+            self.readmit(now);
+            if self.phase == Phase::Decoding {
+                self.tokens_at(k, now);
+                return;
+            }
+        }
         let now = self.not_before(now, self.arrival);
         if self.phase == Phase::Waiting {
             self.enter_running();
@@ -378,6 +466,168 @@ impl RequestGuard {
         }
         tracing::debug!(target: REQUEST_TARGET, parent: &self.span, "gen_ai.first_token");
         self.next_flush = now + self.meter.flush_interval();
+        self.meter.liveness().progress(self.slot, now);
+    }
+
+    /// The engine preempted the running request now (e.g. its KV blocks were reclaimed):
+    /// it goes back to the waiting queue until [`scheduled`](Self::scheduled) re-admits it.
+    /// Counted in `requests.preemptions` (vLLM's `num_preemptions`) and per request.
+    /// TTFT is still recorded once, at the first token; the stall shows in ITL, decode and
+    /// inference time (vLLM's recompute mode: the tokens are not lost, only delayed).
+    /// A request that is not running (waiting, already preempted, ended) is left as it is and
+    /// counted as misuse `preempted_not_running`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokenmeter_core::{Finish, Meter};
+    /// let (clock, mock) = quanta::Clock::mock();
+    /// let meter = Meter::builder().clock(clock).build();
+    /// let mut req = meter.request().start();
+    /// req.scheduled();
+    /// mock.increment(Duration::from_millis(10));
+    /// req.token();
+    /// req.preempted();
+    /// mock.increment(Duration::from_millis(100));
+    /// req.scheduled(); // re-admitted: recompute its KV
+    /// mock.increment(Duration::from_millis(10));
+    /// req.token();
+    /// let s = req.finish(Finish::Stop);
+    /// assert_eq!(s.preemptions, 1);
+    /// assert_eq!(s.decode, Some(Duration::from_millis(110)));
+    /// ```
+    ///
+    /// It reads no clock: the preemption's instant does not enter any measured value.
+    pub fn preempted(&mut self) {
+        if !matches!(self.phase, Phase::Running | Phase::Decoding) {
+            self.meter.misuse("preempted_not_running");
+            return;
+        }
+        self.phase = Phase::Preempted;
+        self.facts().preemptions += 1;
+        let t = self.meter.live_totals();
+        t.running.fetch_sub(1, Relaxed);
+        t.waiting.fetch_add(1, Relaxed);
+        self.handles.running.decrement(1.0);
+        self.handles.waiting.increment(1.0);
+        self.handles.preemptions.increment(1);
+        self.meter.liveness().idle(self.slot);
+        tracing::debug!(target: REQUEST_TARGET, parent: &self.span, "gen_ai.preempted");
+    }
+
+    /// Back from preemption to running (decoding when it already has tokens).
+    #[cold]
+    fn readmit(&mut self, now: Instant) {
+        self.enter_running();
+        if self.n > 0 {
+            self.phase = Phase::Decoding;
+        }
+        self.meter.liveness().progress(self.slot, now);
+        tracing::debug!(target: REQUEST_TARGET, parent: &self.span, "gen_ai.rescheduled");
+    }
+
+    /// The engine looked `queried` prompt tokens up in its prefix cache and found `hits` of
+    /// them (their KV is reused, not computed): vLLM's `prefix_cache_queries` and
+    /// `prefix_cache_hits` (hit rate = hits / queries), and the request's cached prompt
+    /// tokens (`gen_ai.usage.cache_read.input_tokens` on the span and `cached_tokens` in the
+    /// request log). Call it at admission; calls add up. `hits > queried` is clamped to
+    /// `queried` and counted as misuse `prefix_hits_above_queries`; a call after the end is
+    /// ignored (misuse `prefix_cache_after_end`).
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter};
+    /// let meter = Meter::default();
+    /// let mut req = meter.request().prompt_tokens(100).start();
+    /// req.prefix_cache(100, 64); // the 64-token system prompt was cached
+    /// req.scheduled();
+    /// req.token();
+    /// assert_eq!(req.finish(Finish::Stop).cached_prompt_tokens, 64);
+    /// ```
+    pub fn prefix_cache(&mut self, queried: u64, hits: u64) {
+        if self.phase == Phase::Ended {
+            self.meter.misuse("prefix_cache_after_end");
+            return;
+        }
+        let hits = if hits > queried {
+            self.meter.misuse("prefix_hits_above_queries");
+            queried
+        } else {
+            hits
+        };
+        let f = self.facts();
+        f.prefix_hits = f.prefix_hits.saturating_add(hits);
+        self.handles.prefix_queries.increment(queried);
+        self.handles.prefix_hits.increment(hits);
+    }
+
+    /// One speculative-decoding step of this request: `proposed` draft tokens, of which the
+    /// first `accepted` were accepted. Feeds vLLM's `spec_decode_num_drafts` (one per call
+    /// with `proposed > 0`), `_num_draft_tokens`, `_num_accepted_tokens` and
+    /// `_num_accepted_tokens_per_pos` (positions `0..accepted`). The tokens the step emits
+    /// (the accepted ones plus the bonus token) still go through
+    /// [`tokens_at`](Self::tokens_at), so ITL stays per token.
+    ///
+    /// The meter must declare the draft length
+    /// ([`MeterBuilder::speculative_tokens`](crate::MeterBuilder::speculative_tokens));
+    /// without it the call counts as misuse `spec_decode_undeclared` (the request's own
+    /// counts still add up). `accepted > proposed` is clamped to `proposed` (misuse
+    /// `spec_accepted_above_proposed`); positions at or past the declared length are not
+    /// counted per position (misuse `spec_position_undeclared`).
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter};
+    /// let meter = Meter::builder().speculative_tokens(3).build();
+    /// let mut req = meter.request().start();
+    /// req.scheduled();
+    /// req.token();
+    /// let now = meter.now();
+    /// req.spec_decode(3, 2);
+    /// req.tokens_at(3, now); // 2 accepted + the bonus token
+    /// let s = req.finish(Finish::Stop);
+    /// assert_eq!((s.spec_draft_tokens, s.spec_accepted_tokens), (3, 2));
+    /// ```
+    pub fn spec_decode(&mut self, proposed: u32, accepted: u32) {
+        if self.phase == Phase::Ended {
+            self.meter.misuse("spec_decode_after_end");
+            return;
+        }
+        let accepted = if accepted > proposed {
+            self.meter.misuse("spec_accepted_above_proposed");
+            proposed
+        } else {
+            accepted
+        };
+        let f = self.facts();
+        f.spec_draft_tokens = f.spec_draft_tokens.saturating_add(u64::from(proposed));
+        f.spec_accepted_tokens = f.spec_accepted_tokens.saturating_add(u64::from(accepted));
+        let Some(spec) = &self.handles.spec else {
+            self.meter.misuse("spec_decode_undeclared");
+            return;
+        };
+        if proposed > 0 {
+            spec.drafts.increment(1);
+        }
+        spec.draft_tokens.increment(u64::from(proposed));
+        spec.accepted_tokens.increment(u64::from(accepted));
+        let accepted = usize::try_from(accepted).unwrap_or(usize::MAX);
+        for c in spec.accepted_per_position.iter().take(accepted) {
+            c.increment(1);
+        }
+        if accepted > spec.accepted_per_position.len() {
+            self.meter.misuse("spec_position_undeclared");
+        }
+    }
+
+    /// With `n > 1`: one of the request's sequences finished with `output_tokens` tokens. The
+    /// longest is recorded in `request.max_generation_tokens` (vLLM's
+    /// `request_max_num_generation_tokens`); without this call that is the request's output
+    /// tokens (right for `n = 1`).
+    pub fn sequence_finished(&mut self, output_tokens: u64) {
+        let longest = self.facts().longest_sequence.get_or_insert(0);
+        *longest = (*longest).max(output_tokens);
+    }
+
+    fn facts(&mut self) -> &mut Facts {
+        self.facts.get_or_insert_with(Box::default)
     }
 
     /// Clamps an instant that lies before `floor` (a caller's clock gone backwards).
@@ -391,6 +641,7 @@ impl RequestGuard {
     }
 
     fn enter_running(&mut self) {
+        // From waiting, or back from preemption (both count as waiting).
         self.phase = Phase::Running;
         let t = self.meter.live_totals();
         t.waiting.fetch_sub(1, Relaxed);
@@ -424,6 +675,9 @@ impl RequestGuard {
             .fetch_add(tokens, Relaxed);
         self.meter.window_tokens(now, tokens, &itl[..used]);
         self.next_flush = now + self.meter.flush_interval();
+        if self.phase == Phase::Decoding {
+            self.meter.liveness().progress(self.slot, self.last);
+        }
     }
 
     /// Ends the request successfully and returns its measured values. A second end is
@@ -476,6 +730,12 @@ impl RequestGuard {
         let mut s = RequestSummary::derive(&timeline, now, self.prompt);
         s.goodput = outcome == Outcome::Succeeded && self.meter.slo().met(s.ttft, s.tpot);
         s.non_finite = self.non_finite;
+        if let Some(f) = &self.facts {
+            s.preemptions = f.preemptions;
+            s.cached_prompt_tokens = f.prefix_hits;
+            s.spec_draft_tokens = f.spec_draft_tokens;
+            s.spec_accepted_tokens = f.spec_accepted_tokens;
+        }
         s
     }
 
@@ -496,6 +756,19 @@ impl RequestGuard {
         if let Some(d) = s.decode {
             h.decode.record(secs(d));
         }
+        if let Some(d) = s.inference {
+            h.inference.record(secs(d));
+        }
+        let f = self.facts.as_deref();
+        h.request_preemptions.record(s.preemptions as f64);
+        h.params_n
+            .record(f64::from(f.and_then(|f| f.n).unwrap_or(1)));
+        if let Some(m) = f.and_then(|f| f.max_tokens) {
+            h.params_max_tokens.record(m as f64);
+        }
+        let longest = f.and_then(|f| f.longest_sequence);
+        h.max_generation_tokens
+            .record(longest.unwrap_or(s.output_tokens) as f64);
         h.request_input_tokens.record(s.input_tokens as f64);
         h.request_output_tokens.record(s.output_tokens as f64);
         match reason {
@@ -527,7 +800,7 @@ impl RequestGuard {
         }
         let t = self.meter.live_totals();
         match self.phase {
-            Phase::Waiting => {
+            Phase::Waiting | Phase::Preempted => {
                 t.waiting.fetch_sub(1, Relaxed);
                 h.waiting.decrement(1.0);
             }
@@ -538,6 +811,7 @@ impl RequestGuard {
             Phase::Ended => {}
         }
         t.requests_ended.fetch_add(1, Relaxed);
+        self.meter.liveness().unregister(self.slot);
         self.phase = Phase::Ended;
         self.next_flush = now;
         self.outcome = outcome;
@@ -574,6 +848,8 @@ impl RequestGuard {
             finish_reason: reason.map_or("error", Finish::as_str),
             error_type: error,
             text,
+            n: self.facts.as_ref().and_then(|f| f.n),
+            max_tokens: self.facts.as_ref().and_then(|f| f.max_tokens),
         };
         span::record_end(&self.span, self.meter.model(), &record);
     }
@@ -685,6 +961,16 @@ impl RequestGuard {
     /// quality fields it declares.
     pub fn span(&self) -> &Span {
         &self.span
+    }
+
+    /// Preemptions so far.
+    pub fn preemptions(&self) -> u64 {
+        self.facts.as_ref().map_or(0, |f| f.preemptions)
+    }
+
+    /// Whether the request is preempted now (waiting to be re-admitted).
+    pub fn is_preempted(&self) -> bool {
+        self.phase == Phase::Preempted
     }
 
     /// The arrival instant.

@@ -32,10 +32,29 @@ pub(crate) struct Handles {
     pub(crate) ended: [Counter; Finish::COUNT],
     pub(crate) nonfinite: [Counter; 3],
     pub(crate) nonfinite_requests: Counter,
+    pub(crate) preemptions: Counter,
+    pub(crate) request_preemptions: Histogram,
+    pub(crate) prefix_queries: Counter,
+    pub(crate) prefix_hits: Counter,
+    pub(crate) params_n: Histogram,
+    pub(crate) params_max_tokens: Histogram,
+    pub(crate) max_generation_tokens: Histogram,
+    pub(crate) inference: Histogram,
+    /// Present when the meter declared speculative decoding.
+    pub(crate) spec: Option<SpecHandles>,
+}
+
+/// Speculative-decoding counters, resolved when the meter declared draft positions.
+pub(crate) struct SpecHandles {
+    pub(crate) drafts: Counter,
+    pub(crate) draft_tokens: Counter,
+    pub(crate) accepted_tokens: Counter,
+    /// One per draft position, 0-based.
+    pub(crate) accepted_per_position: Vec<Counter>,
 }
 
 impl Handles {
-    fn resolve(names: &MetricNames, labels: Vec<Label>) -> Self {
+    fn resolve(names: &MetricNames, labels: Vec<Label>, spec_positions: usize) -> Self {
         let hist = |def: &'static MetricDef| {
             metrics::histogram!(names.name(def).to_owned(), labels.clone())
         };
@@ -58,7 +77,28 @@ impl Handles {
         });
         let nonfinite = ["nan", "pos_inf", "neg_inf"]
             .map(|kind| with(id::NONFINITE_VALUES, "kind".into(), kind));
+        let spec = (spec_positions > 0).then(|| SpecHandles {
+            drafts: counter(id::SPEC_DRAFTS),
+            draft_tokens: counter(id::SPEC_DRAFT_TOKENS),
+            accepted_tokens: counter(id::SPEC_ACCEPTED_TOKENS),
+            accepted_per_position: (0..spec_positions)
+                .map(|p| {
+                    let mut l = labels.clone();
+                    l.push(Label::new("position", p.to_string()));
+                    metrics::counter!(names.name(id::SPEC_ACCEPTED_PER_POSITION).to_owned(), l)
+                })
+                .collect(),
+        });
         Handles {
+            preemptions: counter(id::PREEMPTIONS),
+            request_preemptions: hist(id::REQUEST_PREEMPTIONS),
+            prefix_queries: counter(id::PREFIX_CACHE_QUERIES),
+            prefix_hits: counter(id::PREFIX_CACHE_HITS),
+            params_n: hist(id::REQUEST_PARAMS_N),
+            params_max_tokens: hist(id::REQUEST_PARAMS_MAX_TOKENS),
+            max_generation_tokens: hist(id::REQUEST_MAX_GENERATION_TOKENS),
+            inference: hist(id::INFERENCE),
+            spec,
             ttft: hist(id::TTFT),
             tpot: hist(id::TPOT),
             itl: hist(id::ITL),
@@ -124,12 +164,20 @@ const MAX_CACHED_LABEL_SETS: usize = 4096;
 /// Handles per request-label set, for the current recorder. When another recorder is current
 /// (an exporter installed after the meter was built), the cache starts afresh and the static
 /// series are emitted to the new recorder.
-#[derive(Default)]
 pub(crate) struct HandleCache {
     sets: Mutex<RecorderScoped<HashMap<Vec<Label>, Arc<Handles>>>>,
+    /// Speculative-decoding draft positions the meter declared (0: none).
+    spec_positions: usize,
 }
 
 impl HandleCache {
+    pub(crate) fn new(spec_positions: usize) -> Self {
+        HandleCache {
+            sets: Mutex::default(),
+            spec_positions,
+        }
+    }
+
     /// The handles for a request carrying `request_labels` (already capped), after the
     /// constant labels.
     pub(crate) fn get(
@@ -152,10 +200,86 @@ impl HandleCache {
         }
         let mut labels = names.constant_labels().to_vec();
         labels.extend(request_labels.iter().cloned());
-        let h = Arc::new(Handles::resolve(names, labels));
+        let h = Arc::new(Handles::resolve(names, labels, self.spec_positions));
         if sets.len() < MAX_CACHED_LABEL_SETS {
             sets.insert(request_labels, Arc::clone(&h));
         }
         h
     }
+}
+
+/// The per-engine series ([`Meter::engine_step`](crate::Meter::engine_step)), resolved once
+/// per recorder under the meter's constant labels. The KV and waiting-by-reason series are made
+/// when an engine first reports them, so an engine that has no KV cache shows none (not 0).
+pub(crate) struct EngineHandles {
+    pub(crate) batch_sequences: Gauge,
+    pub(crate) iteration_tokens: Histogram,
+    pub(crate) last_step: Gauge,
+    kv_usage: Option<Gauge>,
+    /// (used, total).
+    kv_blocks: Option<(Gauge, Gauge)>,
+    /// `reason` = (capacity, deferred).
+    waiting: Option<(Gauge, Gauge)>,
+}
+
+impl EngineHandles {
+    pub(crate) fn resolve(names: &MetricNames) -> Self {
+        let labels = names.constant_labels();
+        EngineHandles {
+            batch_sequences: metrics::gauge!(
+                names.name(id::BATCH_SEQUENCES).to_owned(),
+                labels.to_vec()
+            ),
+            iteration_tokens: metrics::histogram!(
+                names.name(id::ITERATION_TOKENS).to_owned(),
+                labels.to_vec()
+            ),
+            last_step: metrics::gauge!(
+                names.name(id::ENGINE_LAST_STEP).to_owned(),
+                labels.to_vec()
+            ),
+            kv_usage: None,
+            kv_blocks: None,
+            waiting: None,
+        }
+    }
+
+    fn gauge(names: &MetricNames, def: &'static MetricDef) -> Gauge {
+        metrics::gauge!(names.name(def).to_owned(), names.constant_labels().to_vec())
+    }
+
+    pub(crate) fn kv_usage(&mut self, names: &MetricNames) -> &Gauge {
+        self.kv_usage
+            .get_or_insert_with(|| Self::gauge(names, id::KV_CACHE_USAGE))
+    }
+
+    pub(crate) fn kv_blocks(&mut self, names: &MetricNames) -> &(Gauge, Gauge) {
+        self.kv_blocks.get_or_insert_with(|| {
+            (
+                Self::gauge(names, id::KV_CACHE_BLOCKS_USED),
+                Self::gauge(names, id::KV_CACHE_BLOCKS_TOTAL),
+            )
+        })
+    }
+
+    pub(crate) fn waiting(&mut self, names: &MetricNames) -> &(Gauge, Gauge) {
+        self.waiting.get_or_insert_with(|| {
+            let by = |reason: &'static str| {
+                metrics::gauge!(
+                    names.name(id::REQUESTS_WAITING_BY_REASON).to_owned(),
+                    names.labels(&[("reason", reason)])
+                )
+            };
+            (by("capacity"), by("deferred"))
+        })
+    }
+}
+
+/// The stalled-requests gauge under the meter's constant labels (set rarely: at a health check,
+/// at most once a second from engine steps).
+pub(crate) fn stalled_gauge(names: &MetricNames) -> Gauge {
+    metrics::gauge!(
+        names.name(id::REQUESTS_STALLED).to_owned(),
+        names.constant_labels().to_vec()
+    )
 }

@@ -34,15 +34,19 @@
 //! The modules form a one-way stack (a module uses only those listed before it):
 //! [`catalog`] and `types` (finish reasons, error kinds, non-finite counts, totals, SLO) at the
 //! bottom; then the leaves [`names`], [`emit`], [`cardinality`], `itl` (the ITL bucket layout
-//! and accumulator), `summary` (a request's derived values), `window`, `handles`, `redact`
-//! and `span`, none of which knows the meter; then `meter`; then `guard` on top.
+//! and accumulator), `summary` (a request's derived values), `window`, `handles`, `redact`,
+//! `span` and `liveness` (engine steps, per-request progress, [`Health`]), none of which knows
+//! the meter; then `meter`; then `guard` and `engine` (per-engine state: [`EngineStep`],
+//! [`Meter::health`]) on top.
 
 pub mod cardinality;
 pub mod catalog;
 pub mod emit;
+mod engine;
 mod guard;
 mod handles;
 mod itl;
+mod liveness;
 mod meter;
 pub mod names;
 mod redact;
@@ -57,9 +61,11 @@ pub mod clock {
     pub use quanta::{Clock, Instant, Mock};
 }
 
+pub use engine::EngineStep;
 pub use guard::{MAX_TOKENS_PER_STEP, RequestBuilder, RequestGuard};
 pub use itl::MAX_ITL_BOUNDS;
-pub use meter::{ConfigError, LoadGuard, Meter, MeterBuilder};
+pub use liveness::{DEFAULT_STALL_THRESHOLD, Health};
+pub use meter::{ADAPTER_LABEL, ConfigError, LoadGuard, MAX_SPEC_POSITIONS, Meter, MeterBuilder};
 pub use names::{MetricNames, Naming, ResolvedMetric};
 pub use redact::{
     DEFAULT_TEXT_MAX_BYTES, MaskEmailsAndNumbers, Redact, TextKind, Then, Truncate, Verbatim,

@@ -10,9 +10,11 @@ use quanta::{Clock, Instant};
 
 use crate::cardinality::{Admission, CardinalityLimit};
 use crate::catalog::{self, core as id};
+use crate::emit::RecorderScoped;
 use crate::emit::lock;
-use crate::handles::{HandleCache, Handles, StaticSeries};
+use crate::handles::{EngineHandles, HandleCache, Handles, StaticSeries};
 use crate::itl::{ItlLayout, MAX_ITL_BOUNDS};
+use crate::liveness::{DEFAULT_STALL_THRESHOLD, Liveness};
 use crate::names::{self, MetricNames, Naming};
 use crate::redact::{DEFAULT_TEXT_MAX_BYTES, Redact, TextCapture};
 use crate::span::Identity;
@@ -83,7 +85,17 @@ pub struct MeterBuilder {
     flush_interval: Duration,
     text_redactor: Option<Box<dyn Redact>>,
     text_max_bytes: usize,
+    stall_threshold: Duration,
+    spec_positions: usize,
+    adapter_cap: Option<usize>,
 }
+
+/// The request label key that carries the adapter (LoRA) that served a request; see
+/// [`MeterBuilder::adapters`].
+pub const ADAPTER_LABEL: &str = "adapter";
+
+/// Most speculative-decoding draft positions [`MeterBuilder::speculative_tokens`] accepts.
+pub const MAX_SPEC_POSITIONS: usize = 64;
 
 impl Default for MeterBuilder {
     fn default() -> Self {
@@ -105,6 +117,9 @@ impl Default for MeterBuilder {
             flush_interval: Duration::from_secs(1),
             text_redactor: None,
             text_max_bytes: DEFAULT_TEXT_MAX_BYTES,
+            stall_threshold: DEFAULT_STALL_THRESHOLD,
+            spec_positions: 0,
+            adapter_cap: None,
         }
     }
 }
@@ -234,6 +249,54 @@ impl MeterBuilder {
         self
     }
 
+    /// How long a running request may go without progress (a token, or being scheduled)
+    /// before it counts as stalled, and the engine without a step (while work is in flight)
+    /// before [`Meter::health`] calls it frozen (default 30 s). Progress is seen at the
+    /// guard's flushes, so keep it well above the
+    /// [`flush_interval`](Self::flush_interval).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let meter = tokenmeter_core::Meter::builder().stall_threshold(Duration::from_secs(10)).build();
+    /// assert_eq!(meter.health().stall_threshold, Duration::from_secs(10));
+    /// ```
+    pub fn stall_threshold(mut self, threshold: Duration) -> Self {
+        self.stall_threshold = threshold;
+        self
+    }
+
+    /// Declares speculative decoding with up to `k` draft tokens per step: the meter then
+    /// emits the speculative-decoding counters (drafts, draft and accepted tokens, and
+    /// accepted tokens per position `0..k`) that
+    /// [`RequestGuard::spec_decode`](crate::RequestGuard::spec_decode) feeds. Without it
+    /// (`k = 0`, the default) those series do not exist, as in vLLM without a speculative
+    /// config. `k` above [`MAX_SPEC_POSITIONS`] is clamped to it.
+    ///
+    /// ```
+    /// let meter = tokenmeter_core::Meter::builder().speculative_tokens(4).build();
+    /// let mut req = meter.request().start();
+    /// req.spec_decode(4, 3); // 4 drafted, 3 accepted
+    /// req.tokens(4);         // the 3 accepted plus the bonus token
+    /// ```
+    pub fn speculative_tokens(mut self, k: usize) -> Self {
+        self.spec_positions = k.min(MAX_SPEC_POSITIONS);
+        self
+    }
+
+    /// Declares the [`ADAPTER_LABEL`] request label (the LoRA adapter that served a request,
+    /// set with [`RequestBuilder::adapter`](crate::RequestBuilder::adapter)) with its own
+    /// cardinality cap: adapters past `cap` distinct names are emitted as `other`.
+    ///
+    /// ```
+    /// let meter = tokenmeter_core::Meter::builder().adapters(8).build();
+    /// let mut req = meter.request().adapter("sql-lora").start();
+    /// req.token(); // counted under adapter="sql-lora"
+    /// ```
+    pub fn adapters(mut self, cap: usize) -> Self {
+        self.adapter_cap = Some(cap);
+        self
+    }
+
     /// Builds the meter, or says which option is invalid.
     ///
     /// # Errors
@@ -286,12 +349,13 @@ impl MeterBuilder {
         let keys = self
             .constant_labels
             .iter()
-            .map(|(k, _)| k)
-            .chain(&self.request_label_keys);
+            .map(|(k, _)| k.as_str())
+            .chain(self.request_label_keys.iter().map(String::as_str))
+            .chain(self.adapter_cap.map(|_| ADAPTER_LABEL));
         for key in keys {
             let emitted = catalog::prometheus_label(key);
             if names::is_reserved_label(self.naming, &emitted) || taken.contains(&emitted) {
-                return Err(ConfigError::LabelCollision(key.clone()));
+                return Err(ConfigError::LabelCollision(key.to_owned()));
             }
             taken.push(emitted);
         }
@@ -300,7 +364,9 @@ impl MeterBuilder {
 
     /// Removes the last label (constant or request key) spelled `key`.
     fn drop_label(&mut self, key: &str) {
-        if let Some(i) = self.request_label_keys.iter().rposition(|k| k == key) {
+        if key == ADAPTER_LABEL && self.adapter_cap.is_some() {
+            self.adapter_cap = None;
+        } else if let Some(i) = self.request_label_keys.iter().rposition(|k| k == key) {
             self.request_label_keys.remove(i);
         } else if let Some(i) = self.constant_labels.iter().rposition(|(k, _)| k == key) {
             self.constant_labels.remove(i);
@@ -365,7 +431,7 @@ impl MeterBuilder {
         let start_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let label_limits = self
+        let mut label_limits: HashMap<String, CardinalityLimit> = self
             .request_label_keys
             .iter()
             .map(|k| {
@@ -373,6 +439,12 @@ impl MeterBuilder {
                 (k.clone(), limit)
             })
             .collect();
+        if let Some(cap) = self.adapter_cap {
+            label_limits.insert(
+                ADAPTER_LABEL.to_owned(),
+                CardinalityLimit::new(cap, self.label_idle_timeout),
+            );
+        }
         Meter {
             inner: Arc::new(Inner {
                 window: Mutex::new(Window::new(self.window, now)),
@@ -391,7 +463,9 @@ impl MeterBuilder {
                 itl,
                 slo: self.slo,
                 totals: AtomicTotals::default(),
-                handles: HandleCache::default(),
+                handles: HandleCache::new(self.spec_positions),
+                liveness: Liveness::new(now, self.stall_threshold),
+                engine: Mutex::new(RecorderScoped::new()),
                 next_request_id: AtomicU64::new(1),
                 built_at: now,
                 flush_interval: self.flush_interval.max(Duration::from_millis(1)),
@@ -440,6 +514,9 @@ struct Inner {
     flush_interval: Duration,
     /// Present when the user opted in to text capture.
     text: Option<TextCapture>,
+    liveness: Liveness,
+    /// Per-engine series, made at the first engine step.
+    engine: Mutex<RecorderScoped<EngineHandles>>,
 }
 
 /// The entry point: one per served model. Cheap to clone (an `Arc` inside) and `Send + Sync`.
@@ -638,6 +715,26 @@ impl Meter {
 
     pub(crate) fn text_capture(&self) -> Option<&TextCapture> {
         self.inner.text.as_ref()
+    }
+
+    pub(crate) fn liveness(&self) -> &Liveness {
+        &self.inner.liveness
+    }
+
+    /// Runs `f` on the per-engine handles (made for the current recorder on first use).
+    pub(crate) fn with_engine_handles<R>(
+        &self,
+        f: impl FnOnce(&mut EngineHandles, &MetricNames) -> R,
+    ) -> R {
+        let names = &self.inner.names;
+        let mut scoped = lock(&self.inner.engine);
+        f(scoped.get_or_make(|| EngineHandles::resolve(names)), names)
+    }
+
+    /// Unix time (seconds) of an instant of the meter's clock.
+    pub(crate) fn unix_seconds(&self, at: Instant) -> f64 {
+        let since_built = at.saturating_duration_since(self.inner.built_at);
+        self.inner.statics.start_unix + since_built.as_secs_f64()
     }
 
     /// Adds a flush's tokens and ITL buckets (mean ns, count) to the window.

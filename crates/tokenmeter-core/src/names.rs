@@ -61,6 +61,22 @@ pub mod attr {
     pub const OUTPUT_MESSAGES: &str = "gen_ai.output.messages";
     /// Whether the captured text was cut at the byte cap (bool).
     pub const TEXT_TRUNCATED: &str = "tokenmeter.text_truncated";
+    /// `gen_ai.usage.cache_read.input_tokens` (int): prompt tokens served from the prefix cache.
+    pub const CACHED_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
+    /// `gen_ai.request.max_tokens` (int), when the request set it.
+    pub const MAX_TOKENS: &str = "gen_ai.request.max_tokens";
+    /// `gen_ai.request.choice.count` (int): the request's `n`, when it set one.
+    pub const CHOICE_COUNT: &str = "gen_ai.request.choice.count";
+    /// Inference time: first scheduling to the last token (double, seconds).
+    pub const INFERENCE_TIME: &str = "tokenmeter.inference_time";
+    /// Times the engine preempted the request (int).
+    pub const PREEMPTIONS: &str = "tokenmeter.preemptions";
+    /// Speculative-decoding draft tokens proposed (int).
+    pub const SPEC_DRAFT_TOKENS: &str = "tokenmeter.spec_decode.draft_tokens";
+    /// Speculative-decoding draft tokens accepted (int).
+    pub const SPEC_ACCEPTED_TOKENS: &str = "tokenmeter.spec_decode.accepted_tokens";
+    /// The adapter (LoRA) that served the request (string).
+    pub const ADAPTER: &str = "tokenmeter.adapter";
 }
 
 /// Which family of names the meter emits.

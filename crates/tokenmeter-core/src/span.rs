@@ -68,6 +68,14 @@ pub(crate) fn request_span(
                 gen_ai.input.messages = Empty,
                 gen_ai.output.messages = Empty,
                 tokenmeter.text_truncated = Empty,
+                gen_ai.usage.cache_read.input_tokens = Empty,
+                gen_ai.request.max_tokens = Empty,
+                gen_ai.request.choice.count = Empty,
+                tokenmeter.inference_time = Empty,
+                tokenmeter.preemptions = Empty,
+                tokenmeter.spec_decode.draft_tokens = Empty,
+                tokenmeter.spec_decode.accepted_tokens = Empty,
+                tokenmeter.adapter = Empty,
             )
         };
     }
@@ -85,6 +93,31 @@ pub(crate) struct EndRecord<'a> {
     pub(crate) error_type: Option<&'a str>,
     /// Redacted text, when the meter captures text.
     pub(crate) text: Option<EndText<'a>>,
+    /// The request's `n`, when it set one.
+    pub(crate) n: Option<u32>,
+    pub(crate) max_tokens: Option<u64>,
+}
+
+/// Records the request's parameters on its span at start (the request log reads `n` and
+/// `max_tokens` at the end; the adapter it finds on the span).
+pub(crate) fn record_params(
+    span: &Span,
+    n: Option<u32>,
+    max_tokens: Option<u64>,
+    adapter: Option<&str>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(m) = max_tokens {
+        span.record(attr::MAX_TOKENS, as_i64(m));
+    }
+    if let Some(n) = n {
+        span.record(attr::CHOICE_COUNT, i64::from(n));
+    }
+    if let Some(a) = adapter {
+        span.record(attr::ADAPTER, a);
+    }
 }
 
 /// Captured text after the redactor ran, and whether the byte cap cut it.
@@ -137,11 +170,18 @@ pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
             (attr::QUEUE_TIME, s.queue),
             (attr::PREFILL_TIME, s.prefill),
             (attr::DECODE_TIME, s.decode),
+            (attr::INFERENCE_TIME, s.inference),
         ];
         for (name, t) in timings {
             if let Some(t) = secs(t) {
                 span.record(name, t);
             }
+        }
+        span.record(attr::CACHED_INPUT_TOKENS, as_i64(s.cached_prompt_tokens));
+        span.record(attr::PREEMPTIONS, as_i64(s.preemptions));
+        if s.spec_draft_tokens > 0 {
+            span.record(attr::SPEC_DRAFT_TOKENS, as_i64(s.spec_draft_tokens));
+            span.record(attr::SPEC_ACCEPTED_TOKENS, as_i64(s.spec_accepted_tokens));
         }
         let nf = s.non_finite;
         span.record(attr::LOGITS_NAN, as_i64(nf.nan));
@@ -177,6 +217,13 @@ pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
         tpot_ms = ms(s.tpot),
         e2e_ms = s.e2e.as_secs_f64() * 1e3,
         queue_ms = ms(s.queue),
+        inference_ms = ms(s.inference),
+        cached_tokens = s.cached_prompt_tokens,
+        preemptions = s.preemptions,
+        spec_draft_tokens = (s.spec_draft_tokens > 0).then_some(s.spec_draft_tokens),
+        spec_accepted_tokens = (s.spec_draft_tokens > 0).then_some(s.spec_accepted_tokens),
+        max_tokens = r.max_tokens,
+        n = r.n,
         finish_reason = r.finish_reason,
         error_type = r.error_type,
         nan = nf.nan,
@@ -234,6 +281,14 @@ mod tests {
                 attr::INPUT_MESSAGES,
                 attr::OUTPUT_MESSAGES,
                 attr::TEXT_TRUNCATED,
+                attr::CACHED_INPUT_TOKENS,
+                attr::MAX_TOKENS,
+                attr::CHOICE_COUNT,
+                attr::INFERENCE_TIME,
+                attr::PREEMPTIONS,
+                attr::SPEC_DRAFT_TOKENS,
+                attr::SPEC_ACCEPTED_TOKENS,
+                attr::ADAPTER,
             ] {
                 assert!(
                     meta.fields().field(name).is_some(),

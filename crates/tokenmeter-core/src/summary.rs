@@ -4,7 +4,7 @@
 //! Definitions (docs/definitions.md): arrival t0 is `start()`; TTFT = first token − t0;
 //! TPOT = (last − first) / (n − 1) for n ≥ 2; queue = `scheduled()` − engine-queue entry
 //! (`enqueued()`, else t0); prefill = first token −
-//! `scheduled()`; decode = last − first; E2E = end − t0.
+//! `scheduled()`; decode = last − first; inference = last − first `scheduled()`; E2E = end − t0.
 
 use std::time::Duration;
 
@@ -59,6 +59,17 @@ pub struct RequestSummary {
     pub goodput: bool,
     /// Non-finite values seen in its logits.
     pub non_finite: NonFinite,
+    /// First `scheduled()` to the last token (prefill + decode, preemptions included: vLLM's
+    /// inference time); `None` without both.
+    pub inference: Option<Duration>,
+    /// Times the engine preempted it.
+    pub preemptions: u64,
+    /// Prompt tokens found in the prefix cache (their KV was reused).
+    pub cached_prompt_tokens: u64,
+    /// Speculative-decoding draft tokens proposed for it.
+    pub spec_draft_tokens: u64,
+    /// Of those, accepted.
+    pub spec_accepted_tokens: u64,
 }
 
 /// The instants a guard keeps, from which [`RequestSummary`] is derived.
@@ -92,8 +103,11 @@ impl RequestSummary {
                 .zip(t.tokens)
                 .map(|(s, (first, _))| since(first, s)),
             decode: t.tokens.map(|(first, last)| since(last, first)),
-            goodput: false,
-            non_finite: NonFinite::default(),
+            inference: t
+                .scheduled
+                .zip(t.tokens)
+                .map(|(s, (_, last))| since(last, s)),
+            ..RequestSummary::default()
         }
     }
 }

@@ -56,6 +56,15 @@ pub const VLLM_TOKEN_BUCKETS: &[f64] = &[
     50000.0, 100000.0,
 ];
 
+/// vLLM's bounds for `iteration_tokens_total` (tokens scheduled in one engine step); ours too.
+pub const ITERATION_TOKEN_BUCKETS: &[f64] = &[
+    1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+];
+/// vLLM's bounds for `request_params_n` (parallel sequences per request); ours too.
+pub const N_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0];
+/// vLLM's bounds for `request_num_preemptions` (preemptions per finished request); ours too.
+pub const PREEMPTION_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0];
+
 const FIN: &[&str] = &["finish_reason", "error.type"];
 
 macro_rules! def {
@@ -165,14 +174,94 @@ pub static DEFS: &[MetricDef] = &[
         recorded: "At request start, for each capped value."),
     def!("misuse", "misuse", own: true, vllm: None,
         Counter, "{event}", labels: &["kind"], buckets: None, vllm_buckets: None,
-        "Ignored API misuse: kind = finish_twice, token_after_end, clock_backwards, scheduled_after_end, enqueued_late, non_finite_after_end, unknown_label, tokens_too_many, redactor_panic (a text redactor panicked; that text was dropped).",
+        "Ignored API misuse: kind = finish_twice, token_after_end, clock_backwards, scheduled_after_end, enqueued_late, non_finite_after_end, unknown_label, tokens_too_many, redactor_panic (a text redactor panicked; that text was dropped), preempted_not_running, token_while_preempted (re-admitted), prefix_hits_above_queries, prefix_cache_after_end, spec_accepted_above_proposed, spec_decode_undeclared, spec_position_undeclared, spec_decode_after_end, step_repeated (an engine step at the same instant as the last, ignored), kv_usage_out_of_range (outside 0-1 or NaN, not recorded), kv_blocks_above_total.",
         recorded: "When the misuse happens."),
     def!("export_dropped", "export.dropped", own: true, vllm: None,
         Counter, "{item}", labels: &["signal", "reason"], buckets: None, vllm_buckets: None,
         "Telemetry the exporters dropped instead of blocking (signal = metrics, traces, logs; reason = queue_full, export_failed).",
         recorded: "By the export threads, when a batch or span is dropped."),
+    // Engine state (issue 13): appended so the indexes above stay.
+    def!("preemptions", "requests.preemptions", own: true, vllm: Some("vllm:num_preemptions_total"),
+        Counter, "{preemption}", labels: &[], buckets: None, vllm_buckets: None,
+        "Preemptions: a running request sent back to the waiting queue (e.g. its KV blocks were reclaimed).",
+        recorded: "At each RequestGuard::preempted() of a running request."),
+    def!("request_preemptions", "request.preemptions", own: true, vllm: Some("vllm:request_num_preemptions"),
+        Histogram, "{preemption}", labels: &[], buckets: Some(PREEMPTION_BUCKETS), vllm_buckets: Some(PREEMPTION_BUCKETS),
+        "Preemptions per ended request (0 lands in the first bucket).",
+        recorded: "Once per request at its end."),
+    def!("prefix_cache_queries", "prefix_cache.queries", own: true, vllm: Some("vllm:prefix_cache_queries_total"),
+        Counter, "{token}", labels: &[], buckets: None, vllm_buckets: None,
+        "Prompt tokens looked up in the prefix cache; hit rate = rate(hits) / rate(queries).",
+        recorded: "At each RequestGuard::prefix_cache() call (at admission)."),
+    def!("prefix_cache_hits", "prefix_cache.hits", own: true, vllm: Some("vllm:prefix_cache_hits_total"),
+        Counter, "{token}", labels: &[], buckets: None, vllm_buckets: None,
+        "Prompt tokens looked up in the prefix cache and found there (their KV was reused, not computed).",
+        recorded: "At each RequestGuard::prefix_cache() call (at admission)."),
+    def!("spec_drafts", "spec_decode.drafts", own: true, vllm: Some("vllm:spec_decode_num_drafts_total"),
+        Counter, "{draft}", labels: &[], buckets: None, vllm_buckets: None,
+        "Speculative-decoding drafts: one per request per step that proposed draft tokens.",
+        recorded: "At each RequestGuard::spec_decode() call with proposed > 0."),
+    def!("spec_draft_tokens", "spec_decode.draft_tokens", own: true, vllm: Some("vllm:spec_decode_num_draft_tokens_total"),
+        Counter, "{token}", labels: &[], buckets: None, vllm_buckets: None,
+        "Draft tokens proposed; acceptance rate = rate(accepted_tokens) / rate(draft_tokens).",
+        recorded: "At each RequestGuard::spec_decode() call."),
+    def!("spec_accepted_tokens", "spec_decode.accepted_tokens", own: true, vllm: Some("vllm:spec_decode_num_accepted_tokens_total"),
+        Counter, "{token}", labels: &[], buckets: None, vllm_buckets: None,
+        "Draft tokens accepted; mean acceptance length = 1 + rate(accepted_tokens) / rate(drafts).",
+        recorded: "At each RequestGuard::spec_decode() call."),
+    def!("spec_accepted_per_position", "spec_decode.accepted_tokens_per_position", own: true, vllm: Some("vllm:spec_decode_num_accepted_tokens_per_pos_total"),
+        Counter, "{token}", labels: &["position"], buckets: None, vllm_buckets: None,
+        "Drafts whose token at position (0-based) was accepted; per-position acceptance = this / drafts.",
+        recorded: "At each RequestGuard::spec_decode() call, positions 0 .. accepted - 1, for positions below MeterBuilder::speculative_tokens."),
+    def!("request_params_n", "request.params.n", own: true, vllm: Some("vllm:request_params_n"),
+        Histogram, "{sequence}", labels: &[], buckets: Some(N_BUCKETS), vllm_buckets: Some(N_BUCKETS),
+        "The request's n (sequences generated in parallel for it).",
+        recorded: "Once per request at its end (n = 1 unless RequestBuilder::n said otherwise)."),
+    def!("request_params_max_tokens", "request.params.max_tokens", own: true, vllm: Some("vllm:request_params_max_tokens"),
+        Histogram, "{token}", labels: &[], buckets: Some(GENAI_TOKEN_BUCKETS), vllm_buckets: Some(VLLM_TOKEN_BUCKETS),
+        "The request's max_tokens (output budget).",
+        recorded: "Once per request at its end, when RequestBuilder::max_tokens was given."),
+    def!("request_max_generation_tokens", "request.max_generation_tokens", own: true, vllm: Some("vllm:request_max_num_generation_tokens"),
+        Histogram, "{token}", labels: &[], buckets: Some(GENAI_TOKEN_BUCKETS), vllm_buckets: Some(VLLM_TOKEN_BUCKETS),
+        "Output tokens of the request's longest sequence (its output tokens when n = 1).",
+        recorded: "Once per request at its end."),
+    def!("inference", "request.inference_time", own: true, vllm: Some("vllm:request_inference_time_seconds"),
+        Histogram, "s", labels: &[], buckets: Some(PHASE_BUCKETS), vllm_buckets: Some(VLLM_REQUEST_LATENCY_BUCKETS),
+        "Time from the first scheduled() to the last output token (prefill + decode, preemptions included).",
+        recorded: "Once per request at its end, when it was scheduled and produced at least 1 token."),
+    def!("batch_sequences", "engine.batch.sequences", own: true, vllm: None,
+        Gauge, "{sequence}", labels: &[], buckets: None, vllm_buckets: None,
+        "Sequences in the engine's last step (its batch size).",
+        recorded: "At each Meter::engine_step()."),
+    def!("iteration_tokens", "engine.iteration.tokens", own: true, vllm: Some("vllm:iteration_tokens_total"),
+        Histogram, "{token}", labels: &[], buckets: Some(ITERATION_TOKEN_BUCKETS), vllm_buckets: Some(ITERATION_TOKEN_BUCKETS),
+        "Tokens scheduled in one engine step (prompt tokens prefilled plus tokens decoded).",
+        recorded: "At each Meter::engine_step()."),
+    def!("kv_cache_usage", "kv_cache.usage", own: true, vllm: Some("vllm:kv_cache_usage_perc"),
+        Gauge, "1", labels: &[], buckets: None, vllm_buckets: None,
+        "Fraction (0-1) of the engine's KV cache in use (1 = full).",
+        recorded: "At each Meter::engine_step() that reports it."),
+    def!("kv_cache_blocks_used", "kv_cache.blocks.used", own: true, vllm: None,
+        Gauge, "{block}", labels: &[], buckets: None, vllm_buckets: None,
+        "KV cache blocks in use, where the engine has blocks.",
+        recorded: "At each Meter::engine_step() that reports blocks."),
+    def!("kv_cache_blocks_total", "kv_cache.blocks.total", own: true, vllm: None,
+        Gauge, "{block}", labels: &[], buckets: None, vllm_buckets: None,
+        "KV cache blocks the engine has, where it has blocks.",
+        recorded: "At each Meter::engine_step() that reports blocks."),
+    def!("requests_waiting_by_reason", "requests.waiting_by_reason", own: true, vllm: Some("vllm:num_requests_waiting_by_reason"),
+        Gauge, "{request}", labels: &["reason"], buckets: None, vllm_buckets: None,
+        "Waiting requests by reason: capacity (no room in the batch or the KV cache) or deferred (blocked on something else, e.g. an adapter or a KV transfer).",
+        recorded: "At each Meter::engine_step() that reports them."),
+    def!("engine_last_step", "engine.last_step", own: true, vllm: None,
+        Gauge, "s", labels: &[], buckets: None, vllm_buckets: None,
+        "Unix time of the engine's last step; time since it = time() - this (a frozen engine stops moving it).",
+        recorded: "At each Meter::engine_step()."),
+    def!("requests_stalled", "requests.stalled", own: true, vllm: None,
+        Gauge, "{request}", labels: &[], buckets: None, vllm_buckets: None,
+        "Running requests with no output token (or, before the first, no progress since scheduled()) for longer than the meter's stall threshold.",
+        recorded: "At Meter::health(), and at Meter::engine_step() at most once per second."),
 ];
-
 // Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
 // catalog/mod.rs checks that each names the entry of its own id.
 /// The `ttft` metric.
@@ -221,3 +310,43 @@ pub static LABEL_OVERFLOW: &MetricDef = &DEFS[20];
 pub static MISUSE: &MetricDef = &DEFS[21];
 /// The `export_dropped` metric.
 pub static EXPORT_DROPPED: &MetricDef = &DEFS[22];
+/// The `preemptions` metric.
+pub static PREEMPTIONS: &MetricDef = &DEFS[23];
+/// The `request_preemptions` metric.
+pub static REQUEST_PREEMPTIONS: &MetricDef = &DEFS[24];
+/// The `prefix_cache_queries` metric.
+pub static PREFIX_CACHE_QUERIES: &MetricDef = &DEFS[25];
+/// The `prefix_cache_hits` metric.
+pub static PREFIX_CACHE_HITS: &MetricDef = &DEFS[26];
+/// The `spec_drafts` metric.
+pub static SPEC_DRAFTS: &MetricDef = &DEFS[27];
+/// The `spec_draft_tokens` metric.
+pub static SPEC_DRAFT_TOKENS: &MetricDef = &DEFS[28];
+/// The `spec_accepted_tokens` metric.
+pub static SPEC_ACCEPTED_TOKENS: &MetricDef = &DEFS[29];
+/// The `spec_accepted_per_position` metric.
+pub static SPEC_ACCEPTED_PER_POSITION: &MetricDef = &DEFS[30];
+/// The `request_params_n` metric.
+pub static REQUEST_PARAMS_N: &MetricDef = &DEFS[31];
+/// The `request_params_max_tokens` metric.
+pub static REQUEST_PARAMS_MAX_TOKENS: &MetricDef = &DEFS[32];
+/// The `request_max_generation_tokens` metric.
+pub static REQUEST_MAX_GENERATION_TOKENS: &MetricDef = &DEFS[33];
+/// The `inference` metric.
+pub static INFERENCE: &MetricDef = &DEFS[34];
+/// The `batch_sequences` metric.
+pub static BATCH_SEQUENCES: &MetricDef = &DEFS[35];
+/// The `iteration_tokens` metric.
+pub static ITERATION_TOKENS: &MetricDef = &DEFS[36];
+/// The `kv_cache_usage` metric.
+pub static KV_CACHE_USAGE: &MetricDef = &DEFS[37];
+/// The `kv_cache_blocks_used` metric.
+pub static KV_CACHE_BLOCKS_USED: &MetricDef = &DEFS[38];
+/// The `kv_cache_blocks_total` metric.
+pub static KV_CACHE_BLOCKS_TOTAL: &MetricDef = &DEFS[39];
+/// The `requests_waiting_by_reason` metric.
+pub static REQUESTS_WAITING_BY_REASON: &MetricDef = &DEFS[40];
+/// The `engine_last_step` metric.
+pub static ENGINE_LAST_STEP: &MetricDef = &DEFS[41];
+/// The `requests_stalled` metric.
+pub static REQUESTS_STALLED: &MetricDef = &DEFS[42];

@@ -292,6 +292,35 @@ mod tests {
             (core::LABEL_OVERFLOW, "label_overflow"),
             (core::MISUSE, "misuse"),
             (core::EXPORT_DROPPED, "export_dropped"),
+            (core::PREEMPTIONS, "preemptions"),
+            (core::REQUEST_PREEMPTIONS, "request_preemptions"),
+            (core::PREFIX_CACHE_QUERIES, "prefix_cache_queries"),
+            (core::PREFIX_CACHE_HITS, "prefix_cache_hits"),
+            (core::SPEC_DRAFTS, "spec_drafts"),
+            (core::SPEC_DRAFT_TOKENS, "spec_draft_tokens"),
+            (core::SPEC_ACCEPTED_TOKENS, "spec_accepted_tokens"),
+            (
+                core::SPEC_ACCEPTED_PER_POSITION,
+                "spec_accepted_per_position",
+            ),
+            (core::REQUEST_PARAMS_N, "request_params_n"),
+            (core::REQUEST_PARAMS_MAX_TOKENS, "request_params_max_tokens"),
+            (
+                core::REQUEST_MAX_GENERATION_TOKENS,
+                "request_max_generation_tokens",
+            ),
+            (core::INFERENCE, "inference"),
+            (core::BATCH_SEQUENCES, "batch_sequences"),
+            (core::ITERATION_TOKENS, "iteration_tokens"),
+            (core::KV_CACHE_USAGE, "kv_cache_usage"),
+            (core::KV_CACHE_BLOCKS_USED, "kv_cache_blocks_used"),
+            (core::KV_CACHE_BLOCKS_TOTAL, "kv_cache_blocks_total"),
+            (
+                core::REQUESTS_WAITING_BY_REASON,
+                "requests_waiting_by_reason",
+            ),
+            (core::ENGINE_LAST_STEP, "engine_last_step"),
+            (core::REQUESTS_STALLED, "requests_stalled"),
         ];
         assert_eq!(typed.len(), core::DEFS.len());
         for (def, id) in typed {
