@@ -633,30 +633,24 @@ fn an_idle_label_value_gives_its_slot_back() {
     let (meter, mock) = mock_meter(Meter::builder().request_labels(["tenant"], 3));
     let c = recorded(|| {
         for t in ["t1", "t2", "t3"] {
-            drop(
-                meter
-                    .request()
-                    .label("tenant", t)
-                    .start()
-                    .finish(Finish::Stop),
-            );
+            meter
+                .request()
+                .label("tenant", t)
+                .start()
+                .finish(Finish::Stop);
         }
-        drop(
+        meter
+            .request()
+            .label("tenant", "acme")
+            .start()
+            .finish(Finish::Stop);
+        mock.increment(Duration::from_secs(3600));
+        for _ in 0..100 {
             meter
                 .request()
                 .label("tenant", "acme")
                 .start()
-                .finish(Finish::Stop),
-        );
-        mock.increment(Duration::from_secs(3600));
-        for _ in 0..100 {
-            drop(
-                meter
-                    .request()
-                    .label("tenant", "acme")
-                    .start()
-                    .finish(Finish::Stop),
-            );
+                .finish(Finish::Stop);
         }
     });
     let requests = "tokenmeter_requests_total";
@@ -723,7 +717,7 @@ fn colliding_and_reserved_labels_are_rejected_by_name() {
             .constant_label("engine", "replica-7")
             .constant_label("region", "eu")
             .build();
-        drop(meter.request().start().finish(Finish::Stop));
+        meter.request().start().finish(Finish::Stop);
     });
     for key in c
         .counters
