@@ -620,6 +620,18 @@ impl Drop for OtlpExporter {
     }
 }
 
+/// Sets a string-array attribute on the span's OpenTelemetry counterpart (a no-op for a span
+/// the OpenTelemetry layer does not see).
+fn record_string_array(span: &tracing::Span, key: &'static str, values: &[&str]) {
+    use opentelemetry::{Array, StringValue, Value};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let values = values
+        .iter()
+        .map(|v| StringValue::from((*v).to_owned()))
+        .collect();
+    span.set_attribute(key, Value::Array(Array::String(values)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,16 +695,4 @@ mod tests {
             "zeta_export_dropped_total"
         );
     }
-}
-
-/// Sets a string-array attribute on the span's OpenTelemetry counterpart (a no-op for a span
-/// the OpenTelemetry layer does not see).
-fn record_string_array(span: &tracing::Span, key: &'static str, values: &[&str]) {
-    use opentelemetry::{Array, StringValue, Value};
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let values = values
-        .iter()
-        .map(|v| StringValue::from((*v).to_owned()))
-        .collect();
-    span.set_attribute(key, Value::Array(Array::String(values)));
 }
