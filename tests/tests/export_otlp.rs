@@ -283,12 +283,30 @@ fn check_pipeline(
             s.kind,
             opentelemetry_proto::tonic::trace::v1::span::SpanKind::Server as i32
         );
-        let reason = str_attr(&s.attributes, "gen_ai.response.finish_reasons");
-        assert!(
-            matches!(reason.as_deref(), Some("stop" | "error")),
-            "{reason:?}"
-        );
-        assert!(attr(&s.attributes, "gen_ai.response.time_to_first_chunk").is_some());
+        // Attribute types as the GenAI conventions define them: finish reasons a string
+        // array, token counts ints, durations doubles.
+        let reasons = match attr(&s.attributes, "gen_ai.response.finish_reasons") {
+            Some(AnyValue::ArrayValue(a)) => a
+                .values
+                .iter()
+                .filter_map(|v| match &v.value {
+                    Some(AnyValue::StringValue(s)) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            other => panic!("finish_reasons is not a string array: {other:?}"),
+        };
+        assert!(matches!(reasons[..], ["stop"] | ["error"]), "{reasons:?}");
+        for key in ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"] {
+            assert!(
+                matches!(attr(&s.attributes, key), Some(AnyValue::IntValue(_))),
+                "{key} is not an int"
+            );
+        }
+        assert!(matches!(
+            attr(&s.attributes, "gen_ai.response.time_to_first_chunk"),
+            Some(AnyValue::DoubleValue(_))
+        ));
         // Phase events on the span: the first token (queue -> decode visible); the request-log
         // event stays in the log.
         let events: Vec<&str> = s.events.iter().map(|e| e.name.as_str()).collect();
@@ -695,10 +713,16 @@ fn otlp_push_carries_the_values_the_prometheus_exposition_shows() {
                 req.tokens(1 + (step % 3) as u32);
             }
             match i % 4 {
-                0 => drop(req.fail(ErrorKind::Timeout)),
+                0 => {
+                    req.fail(ErrorKind::Timeout);
+                }
                 1 => drop(req),
-                2 => drop(req.finish(Finish::Length)),
-                _ => drop(req.finish(Finish::Stop)),
+                2 => {
+                    req.finish(Finish::Length);
+                }
+                _ => {
+                    req.finish(Finish::Stop);
+                }
             }
         }
         meter

@@ -70,6 +70,7 @@ pub use names::{MetricNames, Naming, ResolvedMetric};
 pub use redact::{
     DEFAULT_TEXT_MAX_BYTES, MaskEmailsAndNumbers, Redact, TextKind, Then, Truncate, Verbatim,
 };
+pub use span::{StringArrayRecorder, set_string_array_recorder};
 pub use summary::RequestSummary;
 pub use types::{ErrorKind, Finish, NonFinite, Slo, Totals};
 pub use window::{LatencySummary, Snapshot};

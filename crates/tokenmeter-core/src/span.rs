@@ -7,11 +7,35 @@
 //! Prompt and output text reach the span and the event only when the meter opted in to text
 //! capture, and only after the user's redactor ran on them (see `redact.rs`).
 
+use std::sync::OnceLock;
+
 use tracing::Span;
 use tracing::field::Empty;
 
 use crate::names::{REQUEST_TARGET as TARGET, attr};
 use crate::summary::RequestSummary;
+
+/// Records a string-array attribute on a span: `(span, attribute name, values)`.
+pub type StringArrayRecorder = fn(&Span, &'static str, &[&str]);
+
+static STRING_ARRAY_RECORDER: OnceLock<StringArrayRecorder> = OnceLock::new();
+
+/// Sets how string-array span attributes (`gen_ai.response.finish_reasons`, a `string[]` in
+/// the GenAI conventions) are recorded. `tracing` field values are scalars, so without a
+/// recorder the array is recorded as its single string; an OpenTelemetry bridge installs one
+/// that sets a real array attribute (tokenmeter-export's OTLP trace layer does). The first
+/// call wins; returns whether this one did.
+///
+/// ```
+/// fn as_array(span: &tracing::Span, key: &'static str, values: &[&str]) {
+///     // e.g. tracing_opentelemetry::OpenTelemetrySpanExt::set_attribute(span, key, ...)
+///     let _ = (span, key, values);
+/// }
+/// let _first = tokenmeter_core::set_string_array_recorder(as_array);
+/// ```
+pub fn set_string_array_recorder(recorder: StringArrayRecorder) -> bool {
+    STRING_ARRAY_RECORDER.set(recorder).is_ok()
+}
 
 /// OpenTelemetry attributes are signed: `tracing-opentelemetry` exports a `u64` as a string.
 fn as_i64(v: u64) -> i64 {
@@ -163,7 +187,12 @@ pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
     let output_cut = text.and_then(|t| t.output_truncated.then_some(true));
     if !span.is_disabled() {
         span.record(attr::OUTPUT_TOKENS, as_i64(s.output_tokens));
-        span.record(attr::FINISH_REASONS, r.finish_reason);
+        match STRING_ARRAY_RECORDER.get() {
+            Some(record) => record(span, attr::FINISH_REASONS, &[r.finish_reason]),
+            None => {
+                span.record(attr::FINISH_REASONS, r.finish_reason);
+            }
+        }
         let timings = [
             (attr::TIME_TO_FIRST_CHUNK, s.ttft),
             (attr::TIME_PER_OUTPUT_TOKEN, s.tpot),

@@ -167,8 +167,12 @@ proptest! {
                 }
                 mock.increment(Duration::from_micros(r.tail_us));
                 match &r.end {
-                    End::Finish(f) => drop(g.finish(*f)),
-                    End::Fail => drop(g.fail(ErrorKind::Timeout)),
+                    End::Finish(f) => {
+g.finish(*f);
+},
+                    End::Fail => {
+g.fail(ErrorKind::Timeout);
+},
                     End::Drop => drop(g),
                 }
                 mock.increment(Duration::from_micros(r.idle_us));

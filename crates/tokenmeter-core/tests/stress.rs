@@ -37,9 +37,15 @@ fn counters_reconcile_under_concurrency() {
                         g.token();
                     }
                     match i % 4 {
-                        0 => drop(g.finish(Finish::Stop)),
-                        1 => drop(g.finish(Finish::Length)),
-                        2 => drop(g.fail(ErrorKind::Internal)),
+                        0 => {
+                            g.finish(Finish::Stop);
+                        }
+                        1 => {
+                            g.finish(Finish::Length);
+                        }
+                        2 => {
+                            g.fail(ErrorKind::Internal);
+                        }
                         _ => drop(g),
                     }
                 }

@@ -633,20 +633,20 @@ fn an_idle_label_value_gives_its_slot_back() {
     let (meter, mock) = mock_meter(Meter::builder().request_labels(["tenant"], 3));
     let c = recorded(|| {
         for t in ["t1", "t2", "t3"] {
-            let _ = meter
+            meter
                 .request()
                 .label("tenant", t)
                 .start()
                 .finish(Finish::Stop);
         }
-        let _ = meter
+        meter
             .request()
             .label("tenant", "acme")
             .start()
             .finish(Finish::Stop);
         mock.increment(Duration::from_secs(3600));
         for _ in 0..100 {
-            let _ = meter
+            meter
                 .request()
                 .label("tenant", "acme")
                 .start()
@@ -717,7 +717,7 @@ fn colliding_and_reserved_labels_are_rejected_by_name() {
             .constant_label("engine", "replica-7")
             .constant_label("region", "eu")
             .build();
-        let _ = meter.request().start().finish(Finish::Stop);
+        meter.request().start().finish(Finish::Stop);
     });
     for key in c
         .counters

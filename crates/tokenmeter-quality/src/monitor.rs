@@ -785,7 +785,11 @@ impl RequestQuality {
         }
         if report.text_seen {
             h.output_chars.record(report.chars.chars as f64);
-            span.record(attr::OUTPUT_CHARS, report.chars.chars);
+            // OpenTelemetry ints are signed: a `u64` would reach OTLP as a string.
+            span.record(
+                attr::OUTPUT_CHARS,
+                i64::try_from(report.chars.chars).unwrap_or(i64::MAX),
+            );
         }
         let lp = report.logprobs;
         if let Some(p) = lp.perplexity {

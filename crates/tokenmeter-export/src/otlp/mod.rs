@@ -548,6 +548,9 @@ impl OtlpExporter {
     {
         use tracing_subscriber::Layer as _;
         let tracer = self.tracer_provider.as_ref()?.tracer("tokenmeter");
+        // `gen_ai.response.finish_reasons` is a string array in the GenAI conventions; tracing
+        // fields are scalars, so the core hands arrays to this recorder.
+        tokenmeter_core::set_string_array_recorder(record_string_array);
         let layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_threads(false)
@@ -615,6 +618,18 @@ impl Drop for OtlpExporter {
             rt.shutdown_background();
         }
     }
+}
+
+/// Sets a string-array attribute on the span's OpenTelemetry counterpart (a no-op for a span
+/// the OpenTelemetry layer does not see).
+fn record_string_array(span: &tracing::Span, key: &'static str, values: &[&str]) {
+    use opentelemetry::{Array, StringValue, Value};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let values = values
+        .iter()
+        .map(|v| StringValue::from((*v).to_owned()))
+        .collect();
+    span.set_attribute(key, Value::Array(Array::String(values)));
 }
 
 #[cfg(test)]

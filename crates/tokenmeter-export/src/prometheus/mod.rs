@@ -193,15 +193,18 @@ impl Prometheus {
             buckets.insert(name.clone(), bounds(&name, b)?);
         }
         let fallback = bounds("fallback", catalog::core::GENAI_DURATION_BUCKETS)?;
-        let global_labels = self
-            .global_labels
-            .iter()
-            .map(|(k, v)| {
-                let mut escaped = String::new();
-                text::escape_label_value(&mut escaped, v);
-                (text::label_key(k).into_owned(), escaped)
-            })
-            .collect();
+        let mut global_labels: Vec<(String, String)> = Vec::new();
+        for (k, v) in &self.global_labels {
+            let key = text::label_key(k).into_owned();
+            if text::is_reserved_label(&key) || global_labels.iter().any(|(g, _)| *g == key) {
+                return Err(Error::Config(format!(
+                    "global label `{k}`: reserved (`le`, `quantile`, `__*`) or given twice"
+                )));
+            }
+            let mut escaped = String::new();
+            text::escape_label_value(&mut escaped, v);
+            global_labels.push((key, escaped));
+        }
         Ok(Config {
             buckets,
             fallback,

@@ -6,6 +6,7 @@
 //! adds whatever `n` is, which is what lets the guard flush a whole bucket of inter-token
 //! latencies at once.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -345,19 +346,32 @@ impl Registry {
     }
 
     /// The rendered label set of `key`: its labels, then the global labels it does not set.
+    /// No series can carry a label name twice, which would make Prometheus reject the whole
+    /// scrape: of labels that map to the same name (`a.b` and `a_b`, or a key given twice) the
+    /// first is kept, and reserved names (`le`, `quantile`, `__`-prefixed) are dropped, each
+    /// with a warning when the series is registered.
     fn labels(&self, key: &Key) -> String {
         let mut out = String::new();
-        let mut sep = "";
+        let mut seen: Vec<Cow<'_, str>> = Vec::with_capacity(key.labels().len());
         for l in key.labels() {
-            let _ = write!(out, "{sep}{}=\"", text::label_key(l.key()));
+            let k = text::label_key(l.key());
+            if text::is_reserved_label(&k) || seen.contains(&k) {
+                tracing::warn!(
+                    target: "tokenmeter::export",
+                    metric = %key.name(),
+                    label = %l.key(),
+                    "a label is reserved or repeats another label of the series; dropped"
+                );
+                continue;
+            }
+            let _ = write!(out, "{}{k}=\"", if seen.is_empty() { "" } else { "," });
             text::escape_label_value(&mut out, l.value());
             out.push('"');
-            sep = ",";
+            seen.push(k);
         }
         for (k, v) in &self.config.global_labels {
-            if key.labels().all(|l| text::label_key(l.key()) != k.as_str()) {
-                let _ = write!(out, "{sep}{k}=\"{v}\"");
-                sep = ",";
+            if !seen.iter().any(|s| s == k) {
+                let _ = write!(out, "{}{k}=\"{v}\"", if out.is_empty() { "" } else { "," });
             }
         }
         out

@@ -21,6 +21,12 @@ pub(crate) fn label_key(key: &str) -> Cow<'_, str> {
     })
 }
 
+/// Label names no series of ours may carry: `le` and `quantile` belong to histogram buckets and
+/// summary quantiles, `__`-prefixed names to Prometheus itself.
+pub(crate) fn is_reserved_label(key: &str) -> bool {
+    key == "le" || key == "quantile" || key.starts_with("__")
+}
+
 fn sanitize(s: &str, valid: impl Fn(usize, char) -> bool) -> Cow<'_, str> {
     if !s.is_empty() && s.chars().enumerate().all(|(i, c)| valid(i, c)) {
         return Cow::Borrowed(s);
