@@ -60,6 +60,27 @@ impl KvCache {
     pub fn pos(&self) -> usize {
         self.pos
     }
+
+    /// The cache of the first `len` tokens (a prefix-cache hit reuses the KV of a shared
+    /// prompt prefix). The tensors are views of this cache's (no copy until a sequence appends
+    /// to them).
+    ///
+    /// # Errors
+    /// When `len` is past the cache's length, or on candle errors.
+    pub fn truncated(&self, len: usize) -> Result<KvCache, BoxError> {
+        if len > self.pos {
+            return Err(format!("cannot keep {len} of {} cached tokens", self.pos).into());
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) if len > 0 => Ok(Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?))),
+                _ => Ok(None),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(KvCache { layers, pos: len })
+    }
 }
 
 impl Llama {
@@ -369,5 +390,30 @@ mod tests {
             }
         }
         assert_eq!(caches[0].pos(), 9);
+    }
+
+    /// A prompt prefilled on a truncated cache of a longer prompt that shares its first tokens
+    /// gives the same logits as prefilling it whole (what the demo's prefix cache relies on).
+    #[test]
+    fn a_truncated_cache_continues_like_a_fresh_prefill() {
+        let bytes = super::super::model::random_gguf(7).expect("gguf");
+        let mut r = Cursor::new(bytes);
+        let ct = gguf_file::Content::read(&mut r).expect("content");
+        let m = Llama::from_gguf(&ct, &mut r).expect("llama");
+        let shared: &[u32] = &[1, 40, 41, 42, 43];
+        let mut first = m.cache();
+        m.prefill(&[shared, &[7, 8, 9]].concat(), &mut first)
+            .expect("prefill");
+        let mut reused = first.truncated(shared.len()).expect("truncate");
+        assert_eq!(reused.pos(), 5);
+        let got = m.prefill(&[50, 51], &mut reused).expect("rest");
+        let mut fresh = m.cache();
+        let want = m
+            .prefill(&[shared, &[50, 51]].concat(), &mut fresh)
+            .expect("whole");
+        assert!(max_diff(&got, &want) < 1e-4, "{}", max_diff(&got, &want));
+        assert_eq!(reused.pos(), fresh.pos());
+        assert!(first.truncated(9).is_err());
+        assert_eq!(first.truncated(0).expect("empty").pos(), 0);
     }
 }
