@@ -17,9 +17,9 @@ use tokenmeter_examples::demo::{self, ServerOptions, loadgen, report};
 // Later flags override earlier ones (scripts/demo passes --model before the user's flags).
 #[command(name = "demo", args_override_self = true)]
 struct Cli {
-    /// GGUF file [default: .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf here or in a parent
-    /// directory, or $TOKENMETER_DEMO_MODEL; missing: a random-weight model of the same
-    /// architecture]
+    /// GGUF file [default: $TOKENMETER_DEMO_MODEL, else
+    /// .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf here or in a parent directory; missing: a
+    /// random-weight model of the same architecture]
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     /// Port on 127.0.0.1, 0 for any free port [default: 0; 8000 with --serve-only]
