@@ -3,7 +3,10 @@
 //! - `token_at(now)` per token over a 64-sequence batch step (target <= 3 ns);
 //! - two threads each driving their own guards vs one thread (target <= 1.3x);
 //! - the `metrics` prebound histogram record with `Instant::now` it replaces;
-//! - a whole request (start, 256 tokens, finish) with the Prometheus recorder installed.
+//! - a whole request (start, 256 tokens, finish) with the Prometheus recorder installed;
+//! - `token()` on a guard that went through engine state (issue 13: preempted and re-admitted,
+//!   prefix-cache and speculative-decoding counts, engine steps reported) vs a plain guard's
+//!   (target <= 1.05x: engine state costs nothing per token).
 
 // criterion_group! generates undocumented public functions.
 #![allow(missing_docs)]
@@ -15,7 +18,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use metrics::{Key, Label, Recorder};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokenmeter_benches::{ns_per_op, report, token_ns};
-use tokenmeter_core::{Finish, Meter};
+use tokenmeter_core::{EngineStep, Finish, Meter};
 
 fn bare_clock() -> f64 {
     ns_per_op(1, || {
@@ -91,6 +94,27 @@ fn whole_request_with_prometheus() -> (f64, usize) {
     (ns, tokens)
 }
 
+/// `token()` on a guard that was preempted and re-admitted, with prefix-cache and
+/// speculative-decoding counts, on a meter whose engine reports its steps.
+fn engaged_token_ns() -> f64 {
+    let meter = Meter::builder()
+        .model("bench")
+        .speculative_tokens(4)
+        .build();
+    meter.engine_step(&EngineStep::new(1, 1).kv_blocks(1, 8));
+    let mut g = meter.request().prompt_tokens(64).start();
+    g.prefix_cache(64, 48);
+    g.scheduled();
+    g.token();
+    g.preempted();
+    g.scheduled();
+    g.spec_decode(4, 2);
+    g.tokens(3);
+    let ns = ns_per_op(1, || g.token());
+    g.finish(Finish::Stop);
+    ns
+}
+
 fn ratios() {
     let meter = Meter::builder().model("bench").build();
     let floor = bare_clock();
@@ -108,6 +132,15 @@ fn ratios() {
         "quanta::Clock::now() on an owned clock",
         owned,
         None,
+    );
+
+    let engaged = engaged_token_ns();
+    report(
+        "token() after preemption, prefix cache, spec decode, engine steps",
+        engaged,
+        "token() on a plain guard",
+        token,
+        Some(1.05),
     );
 
     let batch = batch_token_at(&meter, 64);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokenmeter_examples::demo::loadgen::{LoadOptions, PromptMix};
+use tokenmeter_core::Naming;
 use tokenmeter_examples::demo::{self, ServerOptions, loadgen, report};
 
 /// The tokenmeter demo: an instrumented OpenAI-compatible LLM server (SmolLM2-135M on candle)
@@ -60,9 +61,28 @@ struct Cli {
     /// Serve without any guard (the overhead baseline)
     #[arg(long)]
     no_meter: bool,
+    /// Metric names: OpenTelemetry's, or vLLM's (vLLM's Grafana dashboard then works as is)
+    #[arg(long, value_name = "NAMING", value_enum, default_value_t = NamingArg::Otel)]
+    naming: NamingArg,
+    /// The engine's KV budget in tokens; past it the youngest sequence is preempted (its KV
+    /// dropped and recomputed at re-admission) [default: max-batch full contexts]
+    #[arg(long, value_name = "TOKENS")]
+    kv_budget: Option<usize>,
+    /// Do not reuse the KV of the prompt prefix requests share (the system prompt)
+    #[arg(long)]
+    no_prefix_cache: bool,
     /// No live view
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--naming`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NamingArg {
+    /// OpenTelemetry names (`gen_ai_server_time_to_first_token_seconds`, ...)
+    Otel,
+    /// vLLM's names and labels (`vllm:time_to_first_token_seconds{model_name=...}`, ...)
+    Vllm,
 }
 
 /// Seconds as a `Duration` can hold them (not negative, not NaN).
@@ -105,6 +125,12 @@ impl From<Cli> for Args {
             otlp: c.otlp,
             otlp_grpc: c.otlp_grpc,
             gpu_sampler: true,
+            naming: match c.naming {
+                NamingArg::Otel => Naming::OpenTelemetry,
+                NamingArg::Vllm => Naming::Vllm,
+            },
+            kv_budget: c.kv_budget,
+            prefix_cache: !c.no_prefix_cache,
             ..ServerOptions::default()
         };
         Self {

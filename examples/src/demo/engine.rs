@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokenmeter_core::clock::Instant;
-use tokenmeter_core::{ErrorKind, Finish, Meter, RequestGuard};
+use tokenmeter_core::{EngineStep, ErrorKind, Finish, Meter, RequestGuard};
 use tokio::sync::mpsc;
 
 use super::llama::KvCache;
@@ -95,6 +95,16 @@ pub struct EngineConfig {
     /// Most new sequences prefilled per step while others are decoding (prefill stalls every
     /// running sequence's next token; admitting a few at a time keeps their TPOT even).
     pub prefill_per_step: usize,
+    /// KV budget in tokens: the sequences' KV storage may hold at most this many (rounded down
+    /// to whole blocks of [`KV_BLOCK`] tokens). Past it the youngest sequence is preempted.
+    /// `None`: `max_batch` full contexts (no preemption).
+    pub kv_budget: Option<usize>,
+    /// Reuse the KV of a prompt prefix shared with earlier requests (the chat template's system
+    /// prompt).
+    pub prefix_cache: bool,
+    /// Report engine steps (batch, iteration tokens, KV, waiting) to the meter; off for the
+    /// overhead baseline.
+    pub report_steps: bool,
 }
 
 impl Default for EngineConfig {
@@ -102,9 +112,19 @@ impl Default for EngineConfig {
         Self {
             max_batch: 8,
             prefill_per_step: 1,
+            kv_budget: None,
+            prefix_cache: true,
+            report_steps: true,
         }
     }
 }
+
+/// Tokens per KV block: the unit the engine accounts its KV storage in (vLLM's default block
+/// size).
+pub const KV_BLOCK: usize = 16;
+
+/// Fewest tokens a prefix-cache hit must cover to be used.
+const MIN_PREFIX: usize = 8;
 
 /// Counters the engine keeps for the demo's own report.
 #[derive(Debug, Default)]
@@ -117,6 +137,12 @@ pub struct EngineStats {
     pub waiting: AtomicU64,
     /// Requests being decoded.
     pub running: AtomicU64,
+    /// Sequences preempted (their KV dropped, recomputed at re-admission).
+    pub preemptions: AtomicU64,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub prefix_hits: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_queries: AtomicU64,
 }
 
 /// A handle to the engine thread.
@@ -147,6 +173,15 @@ struct Active<'t> {
     monitor: SeqMonitor,
     generated: usize,
     last: u32,
+    /// Tokens to prefill at the next step (the prompt past a prefix-cache hit; after a
+    /// preemption, the prompt and the output so far); empty once decoding.
+    pending: Vec<u32>,
+    /// Output token ids so far (recomputed after a preemption).
+    output: Vec<u32>,
+    /// Admission order, to preempt the youngest.
+    admitted: u64,
+    /// This sequence's prefill should seed the prefix cache.
+    seeds_prefix: bool,
     scheduled: Instant,
     first: Option<Instant>,
     last_at: Option<Instant>,
@@ -196,9 +231,14 @@ fn run(
         .chain([eos])
         .collect();
     let mut waiting: VecDeque<GenRequest> = VecDeque::new();
+    // Preempted sequences wait ahead of new requests, as in vLLM.
+    let mut preempted: VecDeque<Active<'_>> = VecDeque::new();
     let mut active: Vec<Active<'_>> = Vec::new();
+    let kv = KvBudget::new(cfg.kv_budget.unwrap_or(cfg.max_batch.max(1) * model.context_len));
+    let mut prefix: Option<Prefix> = None;
+    let mut admissions = 0u64;
     loop {
-        if active.is_empty() && waiting.is_empty() {
+        if active.is_empty() && waiting.is_empty() && preempted.is_empty() {
             match rx.blocking_recv() {
                 Some(r) => waiting.push_back(r),
                 None => return,
@@ -207,14 +247,38 @@ fn run(
         while let Ok(r) = rx.try_recv() {
             waiting.push_back(r);
         }
-        // Admission: one clock read for every request admitted in this step.
-        if active.len() < cfg.max_batch && !waiting.is_empty() {
+        // Admission: one clock read for every request admitted in this step; only what fits
+        // in the batch and the KV budget (one sequence always runs).
+        if active.len() < cfg.max_batch && !(waiting.is_empty() && preempted.is_empty()) {
             let now = meter.now();
             let mut admitted = 0;
             let decoding = !active.is_empty();
             while active.len() < cfg.max_batch
                 && !(decoding && admitted >= cfg.prefill_per_step.max(1))
             {
+                let used = kv.blocks_after_step(&active);
+                if let Some(a) = preempted.front() {
+                    if !active.is_empty() && used + kv.blocks(a.pending.len()) > kv.total {
+                        break;
+                    }
+                    if let Some(mut a) = preempted.pop_front() {
+                        // Re-admitted: its KV is recomputed from the prompt and its output.
+                        if let Some(g) = a.req.guard.as_mut() {
+                            g.scheduled_at_instant(now);
+                        }
+                        admissions += 1;
+                        a.admitted = admissions;
+                        admitted += 1;
+                        active.push(a);
+                    }
+                    continue;
+                }
+                let Some(front) = waiting.front() else {
+                    break;
+                };
+                if !active.is_empty() && used + kv.blocks(front.prompt.len()) > kv.total {
+                    break;
+                }
                 let Some(mut req) = waiting.pop_front() else {
                     break;
                 };
@@ -226,13 +290,29 @@ fn run(
                     }
                     continue;
                 }
+                let (cache, hit) = match prefix.as_mut().filter(|_| cfg.prefix_cache) {
+                    Some(p) => p.lookup(&req.prompt),
+                    None => (None, 0),
+                };
+                stats
+                    .prefix_queries
+                    .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+                stats.prefix_hits.fetch_add(hit as u64, Ordering::Relaxed);
                 if let Some(g) = req.guard.as_mut() {
                     g.scheduled_at_instant(now);
+                    if cfg.prefix_cache {
+                        g.prefix_cache(req.prompt.len() as u64, hit as u64);
+                    }
                 }
                 let seed = req.sampling.seed;
                 admitted += 1;
+                admissions += 1;
                 active.push(Active {
-                    cache: model.llama.cache(),
+                    seeds_prefix: cfg.prefix_cache && cache.is_none(),
+                    cache: cache.unwrap_or_else(|| model.llama.cache()),
+                    pending: req.prompt[hit..].to_vec(),
+                    output: Vec::new(),
+                    admitted: admissions,
                     rng: StdRng::seed_from_u64(seed),
                     decoder: tok.decode_stream(),
                     monitor: SeqMonitor::new(quality.as_ref()),
@@ -246,26 +326,55 @@ fn run(
                 });
             }
         }
+        // Past the KV budget: preempt the youngest sequences (vLLM's recompute mode: drop the
+        // KV, recompute it at re-admission), keeping at least one running.
+        while active.len() > 1 && kv.blocks_after_step(&active) > kv.total {
+            let youngest = active
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, a)| a.admitted)
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            let mut a = active.swap_remove(youngest);
+            if let Some(g) = a.req.guard.as_mut() {
+                g.preempted();
+            }
+            stats.preemptions.fetch_add(1, Ordering::Relaxed);
+            a.cache = model.llama.cache();
+            a.pending = [a.req.prompt.as_slice(), a.output.as_slice()].concat();
+            a.seeds_prefix = false;
+            preempted.push_front(a);
+        }
         stats.running.store(active.len() as u64, Ordering::Relaxed);
         // Compute: prefill each newly admitted sequence, then one batched decode pass for all
         // the others (their matmuls share each weight read).
         let mut logits: Vec<Option<Result<Vec<f32>, String>>> = Vec::with_capacity(active.len());
         let mut decode: Vec<usize> = Vec::new();
+        let mut step_tokens = 0usize;
         for (i, a) in active.iter_mut().enumerate() {
             if a.req.events.is_closed() {
                 logits.push(None);
-            } else if a.cache.pos() == 0 {
+            } else if !a.pending.is_empty() {
+                step_tokens += a.pending.len();
+                let pending = std::mem::take(&mut a.pending);
                 logits.push(Some(
                     model
                         .llama
-                        .prefill(&a.req.prompt, &mut a.cache)
+                        .prefill(&pending, &mut a.cache)
                         .map_err(|e| e.to_string()),
                 ));
+                if std::mem::take(&mut a.seeds_prefix) && a.cache.pos() == a.req.prompt.len() {
+                    prefix = Some(Prefix {
+                        tokens: a.req.prompt.clone(),
+                        cache: a.cache.clone(),
+                    });
+                }
             } else {
                 logits.push(None);
                 decode.push(i);
             }
         }
+        step_tokens += decode.len();
         if !decode.is_empty() {
             let tokens: Vec<u32> = decode.iter().map(|&i| active[i].last).collect();
             let mut caches: Vec<&mut KvCache> = active
@@ -304,8 +413,81 @@ fn run(
         // One clock read for the whole step.
         let now = meter.now();
         stats.steps.fetch_add(1, Ordering::Relaxed);
+        let sequences = active.len();
         active.retain_mut(|a| step_done(a, now, &stop_ids, model.context_len, &stats));
         stats.running.store(active.len() as u64, Ordering::Relaxed);
+        if cfg.report_steps {
+            // A lone sequence may outgrow the budget (nothing left to preempt): report it full.
+            let used: usize = active.iter().map(|a| kv.blocks(a.cache.pos())).sum();
+            let used = used.min(kv.total);
+            let waits = (waiting.len() + preempted.len()) as u64;
+            meter.engine_step_at(
+                now,
+                &EngineStep::new(sequences as u64, step_tokens as u64)
+                    .kv_blocks(used as u64, kv.total as u64)
+                    .waiting_by_reason(waits, 0),
+            );
+        }
+    }
+}
+
+/// The engine's KV storage in blocks of [`KV_BLOCK`] tokens.
+struct KvBudget {
+    total: usize,
+}
+
+impl KvBudget {
+    fn new(tokens: usize) -> Self {
+        KvBudget {
+            total: (tokens / KV_BLOCK).max(1),
+        }
+    }
+
+    fn blocks(&self, tokens: usize) -> usize {
+        tokens.div_ceil(KV_BLOCK)
+    }
+
+    /// Blocks the active sequences hold once this step ran (a prefill adds its pending
+    /// tokens, a decode one token).
+    fn blocks_after_step(&self, active: &[Active<'_>]) -> usize {
+        active
+            .iter()
+            .map(|a| self.blocks(a.cache.pos() + a.pending.len().max(1)))
+            .sum()
+    }
+}
+
+/// The prefix cache: the KV of the longest prompt prefix that recent requests shared (it
+/// settles on the chat template's system prompt), reused by each request that starts with it.
+struct Prefix {
+    tokens: Vec<u32>,
+    cache: KvCache,
+}
+
+impl Prefix {
+    /// A cache holding the KV of the longest shared prefix of `prompt` (at least
+    /// [`MIN_PREFIX`] tokens, and one token short of the whole prompt, which must be computed
+    /// to give logits) and its length; `(None, 0)` on a miss. A hit shorter than the entry
+    /// shrinks the entry to the shared part.
+    fn lookup(&mut self, prompt: &[u32]) -> (Option<KvCache>, usize) {
+        let shared = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len().saturating_sub(1));
+        if shared < MIN_PREFIX {
+            return (None, 0);
+        }
+        let Ok(cache) = self.cache.truncated(shared) else {
+            return (None, 0);
+        };
+        if shared < self.tokens.len() {
+            self.tokens.truncate(shared);
+            self.cache = cache.clone();
+        }
+        (Some(cache), shared)
     }
 }
 
@@ -344,6 +526,7 @@ fn step_done(
             stats.tokens.fetch_add(1, Ordering::Relaxed);
             a.generated += 1;
             a.last = id;
+            a.output.push(id);
             a.first.get_or_insert(now);
             a.last_at = Some(now);
             let text = a.decoder.push(id);

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokenmeter_core::{Meter, Slo};
+use tokenmeter_core::{Meter, Naming, Slo};
 
 use model::{BoxError, Model};
 
@@ -51,6 +51,13 @@ pub struct ServerOptions {
     pub otlp_grpc: bool,
     /// Start the GPU/host sampler.
     pub gpu_sampler: bool,
+    /// Metric names: OpenTelemetry (default) or vLLM's, so vLLM's dashboard works unchanged.
+    pub naming: Naming,
+    /// The engine's KV budget in tokens (`None`: room for `max_batch` full contexts); past
+    /// it the youngest sequence is preempted and recomputed later.
+    pub kv_budget: Option<usize>,
+    /// Reuse the KV of the prompt prefix requests share (the chat template's system prompt).
+    pub prefix_cache: bool,
 }
 
 impl Default for ServerOptions {
@@ -67,6 +74,9 @@ impl Default for ServerOptions {
             otlp: None,
             otlp_grpc: false,
             gpu_sampler: false,
+            naming: Naming::OpenTelemetry,
+            kv_budget: None,
+            prefix_cache: true,
         }
     }
 }
@@ -133,6 +143,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
     let meter = Meter::builder()
         .model(model_id.clone())
         .provider("tokenmeter-demo")
+        .naming(opts.naming)
         .slo(Slo::new().ttft(opts.slo_ttft).tpot(opts.slo_tpot))
         .window(opts.window.max(Duration::from_secs(1)))
         .build();
@@ -170,6 +181,9 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         quality,
         engine::EngineConfig {
             max_batch: opts.max_batch.max(1),
+            kv_budget: opts.kv_budget,
+            prefix_cache: opts.prefix_cache,
+            report_steps: opts.meter_on,
             ..engine::EngineConfig::default()
         },
     );

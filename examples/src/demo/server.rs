@@ -361,6 +361,7 @@ async fn generate(s: AppState, kind: Kind, body: Body) -> Response {
         st.meter
             .request()
             .prompt_tokens(parsed.prompt.len())
+            .max_tokens(parsed.max_tokens as u64)
             .request_id(id.clone())
             .start_at(arrival)
     });
@@ -555,15 +556,21 @@ async fn health(State(s): State<AppState>) -> Response {
         super::model::ModelSource::Gguf(p) => json!({"gguf": p}),
         super::model::ModelSource::Random(why) => json!({"random": why}),
     };
-    axum::Json(json!({
-        "status": "ok",
+    // The meter's liveness: a frozen engine fails the probe (503) while this handler answers.
+    let health = st.meter_on.then(|| st.meter.health());
+    let status = health.map_or(StatusCode::OK, |h| {
+        StatusCode::from_u16(h.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+    });
+    let body = json!({
+        "status": if status == StatusCode::OK { "ok" } else { "engine frozen" },
         "model": st.model.id,
         "source": source,
         "meter": st.meter_on,
         "waiting": st.engine.stats.waiting.load(Ordering::Relaxed),
         "running": st.engine.stats.running.load(Ordering::Relaxed),
-    }))
-    .into_response()
+        "engine": health,
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 async fn snapshot(State(s): State<AppState>) -> Response {
