@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tokenmeter_examples::demo::loadgen::{LoadOptions, PromptMix};
 use tokenmeter_core::Naming;
+use tokenmeter_examples::demo::loadgen::{LoadOptions, PromptMix};
 use tokenmeter_examples::demo::{self, ServerOptions, loadgen, report};
 
 /// The tokenmeter demo: an instrumented OpenAI-compatible LLM server (SmolLM2-135M on candle)

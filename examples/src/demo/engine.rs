@@ -234,7 +234,10 @@ fn run(
     // Preempted sequences wait ahead of new requests, as in vLLM.
     let mut preempted: VecDeque<Active<'_>> = VecDeque::new();
     let mut active: Vec<Active<'_>> = Vec::new();
-    let kv = KvBudget::new(cfg.kv_budget.unwrap_or(cfg.max_batch.max(1) * model.context_len));
+    let kv = KvBudget::new(
+        cfg.kv_budget
+            .unwrap_or(cfg.max_batch.max(1) * model.context_len),
+    );
     let mut prefix: Option<Prefix> = None;
     let mut admissions = 0u64;
     loop {
