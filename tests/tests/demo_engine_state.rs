@@ -119,6 +119,7 @@ async fn vllm_dashboard_answers_every_query_from_the_demo_under_load() {
         |v| v > 0.0,
     );
     assert!(hits < queries, "hits {hits} of {queries}");
+    eprintln!("preemptions {preemptions}, prefix-cache hits {hits} of {queries} prompt tokens");
     assert!(preemptions >= 1.0);
     // Every query of the dashboard returns at least one series.
     for q in VLLM_DASHBOARD {
