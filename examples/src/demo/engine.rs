@@ -656,3 +656,58 @@ fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> (u32, f32) {
         .unwrap_or(f64::NEG_INFINITY);
     (id as u32, lp as f32)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use candle_core::quantized::gguf_file;
+
+    use super::super::llama::Llama;
+    use super::*;
+
+    fn llama() -> Llama {
+        let bytes = super::super::model::random_gguf(3).expect("gguf");
+        let mut r = Cursor::new(bytes);
+        let ct = gguf_file::Content::read(&mut r).expect("content");
+        Llama::from_gguf(&ct, &mut r).expect("llama")
+    }
+
+    #[test]
+    fn the_prefix_cache_settles_on_the_shared_prefix() {
+        let m = llama();
+        let system: Vec<u32> = (1..=12).collect();
+        let first = [system.as_slice(), &[40, 41, 42]].concat();
+        let mut cache = m.cache();
+        m.prefill(&first, &mut cache).expect("prefill");
+        let mut p = Prefix {
+            tokens: first.clone(),
+            cache,
+        };
+        // Shares the 12 system tokens: a hit of 12, and the entry shrinks to them.
+        let (c, hit) = p.lookup(&[system.as_slice(), &[50, 51]].concat());
+        assert_eq!((c.map(|c| c.pos()), hit), (Some(12), 12));
+        assert_eq!(p.tokens, system);
+        assert_eq!(p.cache.pos(), 12);
+        // The whole prompt cached: all but its last token are reused (it must be computed).
+        let (c, hit) = p.lookup(&system);
+        assert_eq!((c.map(|c| c.pos()), hit), (Some(11), 11));
+        assert_eq!(p.tokens.len(), 11);
+        // Under MIN_PREFIX shared tokens: a miss, the entry stays.
+        let (c, hit) = p.lookup(&[1, 2, 3, 99, 100, 101, 102, 103, 104, 105]);
+        assert!(c.is_none());
+        assert_eq!(hit, 0);
+        assert_eq!(p.tokens.len(), 11);
+    }
+
+    #[test]
+    fn kv_is_accounted_in_whole_blocks() {
+        let kv = KvBudget::new(100);
+        assert_eq!(kv.total, 6); // 100 tokens hold 6 whole blocks of 16
+        assert_eq!(
+            (kv.blocks(0), kv.blocks(1), kv.blocks(16), kv.blocks(17)),
+            (0, 1, 1, 2)
+        );
+        assert_eq!(KvBudget::new(3).total, 1);
+    }
+}
