@@ -41,6 +41,14 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     )
 }
 
+/// Liveness for the orchestrator's probe: 503 when the engine has work in flight but stopped
+/// stepping (or every running request stalled), though this handler still answers.
+async fn health(State(app): State<App>) -> impl IntoResponse {
+    let h = app.meter.health();
+    let status = StatusCode::from_u16(h.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    (status, format!("{h:?}\n"))
+}
+
 async fn completions(
     State(app): State<App>,
     headers: HeaderMap,
@@ -132,6 +140,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("prometheus exporter missing")?;
     let app = Router::new()
         .route("/metrics", get(metrics))
+        .route("/health", get(health))
         .route("/v1/completions", post(completions))
         .with_state(App {
             meter,
@@ -154,7 +163,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         once(local).await?;
         server.abort();
     } else {
-        eprintln!("listening on http://{local} (POST /v1/completions, GET /metrics)");
+        eprintln!("listening on http://{local} (POST /v1/completions, GET /metrics /health)");
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
