@@ -17,6 +17,7 @@
 
 pub mod core;
 pub mod gpu;
+pub mod http;
 pub mod quality;
 
 /// The instrument a metric is exported as.
@@ -100,9 +101,13 @@ pub fn metrics_unit(ucum: &str) -> Option<metrics::Unit> {
     })
 }
 
-/// Every metric, core first, then GPU, then quality.
+/// Every metric, core first, then GPU, then quality, then HTTP.
 pub fn all() -> impl Iterator<Item = &'static MetricDef> {
-    core::DEFS.iter().chain(gpu::DEFS).chain(quality::DEFS)
+    core::DEFS
+        .iter()
+        .chain(gpu::DEFS)
+        .chain(quality::DEFS)
+        .chain(http::DEFS)
 }
 
 /// Looks a metric up by its [`MetricDef::id`].
@@ -217,6 +222,7 @@ pub fn render_markdown() -> String {
         ("Requests and tokens", core::DEFS),
         ("GPU and host", gpu::DEFS),
         ("Quality", quality::DEFS),
+        ("HTTP server", http::DEFS),
     ] {
         let _ = write!(out, "\n## {title}\n\n");
         if defs.is_empty() {
@@ -297,6 +303,17 @@ mod tests {
         for (def, id) in typed {
             assert_eq!(def.id, id);
         }
+        let typed = [
+            (http::HTTP_DURATION, "http.duration"),
+            (http::HTTP_ACTIVE_REQUESTS, "http.active_requests"),
+            (http::HTTP_REQUEST_BODY_SIZE, "http.request.body.size"),
+            (http::HTTP_RESPONSE_BODY_SIZE, "http.response.body.size"),
+            (http::HTTP_REJECTED, "http.rejected"),
+        ];
+        assert_eq!(typed.len(), http::DEFS.len());
+        for (def, id) in typed {
+            assert_eq!(def.id, id);
+        }
     }
 
     #[test]
@@ -357,6 +374,24 @@ mod tests {
                 MetricKind::Gauge,
                 "Cel",
                 "hw_temperature_celsius",
+            ),
+            (
+                "http.server.request.duration",
+                MetricKind::Histogram,
+                "s",
+                "http_server_request_duration_seconds",
+            ),
+            (
+                "http.server.response.body.size",
+                MetricKind::Histogram,
+                "By",
+                "http_server_response_body_size_bytes",
+            ),
+            (
+                "http.server.active_requests",
+                MetricKind::Gauge,
+                "{request}",
+                "http_server_active_requests",
             ),
             (
                 "hw.errors",
