@@ -18,8 +18,8 @@ pub const HTTP_DURATION_BUCKETS: &[f64] = &[
 /// Our bounds for HTTP body sizes (the conventions advise none): 0, then powers of 4 from
 /// 64 B to 64 MiB.
 pub const BODY_SIZE_BUCKETS: &[f64] = &[
-    0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
-    16777216.0, 67108864.0,
+    0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
 ];
 
 /// Labels of the per-request HTTP metrics (`error.type` only on failed requests).
