@@ -6,7 +6,7 @@
 //! long generation) is therefore exact in bucket counts and in sum.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use metrics::Label;
@@ -108,12 +108,7 @@ impl RequestBuilder {
             Some(id) => id,
             None => meter.next_request_id().to_string(),
         };
-        let span = span::request_span(
-            meter.identity(),
-            &id,
-            self.prompt_tokens,
-            self.parent.as_ref(),
-        );
+        let span = span::request_span(meter.identity(), &id, self.parent.as_ref());
         let totals = meter.live_totals();
         totals.requests_started.fetch_add(1, Relaxed);
         totals.input_tokens.fetch_add(self.prompt_tokens, Relaxed);
@@ -135,6 +130,7 @@ impl RequestBuilder {
             n: 0,
             flushed: 0,
             prompt: self.prompt_tokens,
+            prompt_known: self.prompt_tokens > 0,
             itl: ItlAccumulator::new(),
             non_finite: NonFinite::default(),
             phase: Phase::Waiting,
@@ -142,6 +138,7 @@ impl RequestBuilder {
             text,
             enqueued_at: arrival,
             outcome: Outcome::Succeeded,
+            shared_non_finite: None,
         }
     }
 }
@@ -191,6 +188,8 @@ pub struct RequestGuard {
     scheduled: bool,
     /// How the request ended; valid when `phase` is `Ended`.
     outcome: Outcome,
+    /// Whether the prompt length is known (given at start, or set once later).
+    prompt_known: bool,
     /// Inter-token latencies since the last flush, per exported bucket.
     itl: ItlAccumulator,
     handles: Arc<Handles>,
@@ -208,6 +207,9 @@ pub struct RequestGuard {
     text: Option<Box<TextBuf>>,
     /// When it entered the engine's queue (arrival unless [`enqueued`](Self::enqueued) said).
     enqueued_at: Instant,
+    /// Counts from other threads ([`non_finite_handle`](Self::non_finite_handle)), folded in
+    /// at the end.
+    shared_non_finite: Option<Arc<SharedNonFinite>>,
 }
 
 impl std::fmt::Debug for RequestGuard {
@@ -459,6 +461,9 @@ impl RequestGuard {
         let now = self.meter.now();
         let now = self.not_before(now, floor);
         self.flush(now);
+        if let Some(shared) = &self.shared_non_finite {
+            self.non_finite.add(shared.close());
+        }
         let summary = self.derive(now, outcome);
         self.record(now, &summary, outcome, reason, error);
         self.report(&summary, reason, error);
@@ -588,6 +593,61 @@ impl RequestGuard {
         self.non_finite.add(counts);
     }
 
+    /// Sets the prompt length when it is known only after start (servers that tokenize inside
+    /// the engine report it later, e.g. in the last chunk's usage). Counted once: a second
+    /// call, or a call when a non-zero length was given at start, is ignored and counted as
+    /// misuse `prompt_tokens_twice`; after the end, as `prompt_tokens_after_end`.
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter};
+    /// let meter = Meter::default();
+    /// let mut req = meter.request().start();
+    /// req.token();
+    /// req.set_prompt_tokens(42); // from the engine's usage report
+    /// assert_eq!(req.finish(Finish::Stop).input_tokens, 42);
+    /// assert_eq!(meter.totals().input_tokens, 42);
+    /// ```
+    pub fn set_prompt_tokens(&mut self, n: usize) {
+        if self.phase == Phase::Ended {
+            self.meter.misuse("prompt_tokens_after_end");
+            return;
+        }
+        if self.prompt_known {
+            self.meter.misuse("prompt_tokens_twice");
+            return;
+        }
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.prompt = n;
+        self.prompt_known = true;
+        self.meter.live_totals().input_tokens.fetch_add(n, Relaxed);
+        self.handles.input_tokens.increment(n);
+    }
+
+    /// A handle through which other threads add this request's non-finite logit counts
+    /// without a lock: `Send + Sync`, cheap to clone (an `Arc`), three relaxed adds per
+    /// record. For servers whose logits are seen on the engine thread while the guard lives in
+    /// the request's task. The guard folds the counts in when the request ends; counts recorded
+    /// through the handle after that are dropped and counted as misuse `non_finite_after_end`.
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter, NonFinite};
+    /// let meter = Meter::default();
+    /// let mut req = meter.request().start();
+    /// let logits = req.non_finite_handle();
+    /// std::thread::spawn(move || logits.record(NonFinite { nan: 2, ..NonFinite::default() }))
+    ///     .join()
+    ///     .unwrap();
+    /// req.token();
+    /// assert_eq!(req.finish(Finish::Stop).non_finite.nan, 2);
+    /// ```
+    pub fn non_finite_handle(&mut self) -> NonFiniteHandle {
+        let meter = &self.meter;
+        let shared = self
+            .shared_non_finite
+            .get_or_insert_with(|| Arc::new(SharedNonFinite::new(meter.clone())));
+        NonFiniteHandle(Arc::clone(shared))
+    }
+
     /// Appends prompt text, when the meter captures text
     /// ([`MeterBuilder::capture_text`](crate::MeterBuilder::capture_text)); otherwise does
     /// nothing (one branch, no allocation). Call it once with the whole prompt, or once per
@@ -661,7 +721,8 @@ impl RequestGuard {
         self.n
     }
 
-    /// The prompt length given at start.
+    /// The prompt length (given at start, or set later with
+    /// [`set_prompt_tokens`](Self::set_prompt_tokens)).
     pub fn prompt_tokens(&self) -> u64 {
         self.prompt
     }
@@ -695,6 +756,70 @@ impl RequestGuard {
     /// Time to first token, once there is one.
     pub fn ttft(&self) -> Option<Duration> {
         (self.n > 0).then(|| self.first.saturating_duration_since(self.arrival))
+    }
+}
+
+/// Non-finite counts shared between a guard and the threads that scan its logits.
+struct SharedNonFinite {
+    nan: AtomicU64,
+    pos_inf: AtomicU64,
+    neg_inf: AtomicU64,
+    ended: AtomicBool,
+    /// For the misuse count of a record after the end.
+    meter: Meter,
+}
+
+impl SharedNonFinite {
+    fn new(meter: Meter) -> Self {
+        SharedNonFinite {
+            nan: AtomicU64::new(0),
+            pos_inf: AtomicU64::new(0),
+            neg_inf: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            meter,
+        }
+    }
+
+    /// Marks the request ended and takes what was recorded.
+    fn close(&self) -> NonFinite {
+        self.ended.store(true, Relaxed);
+        NonFinite {
+            nan: self.nan.swap(0, Relaxed),
+            pos_inf: self.pos_inf.swap(0, Relaxed),
+            neg_inf: self.neg_inf.swap(0, Relaxed),
+        }
+    }
+}
+
+/// Adds non-finite logit counts to one request from any thread; from
+/// [`RequestGuard::non_finite_handle`].
+#[derive(Clone)]
+pub struct NonFiniteHandle(Arc<SharedNonFinite>);
+
+impl std::fmt::Debug for NonFiniteHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonFiniteHandle").finish_non_exhaustive()
+    }
+}
+
+impl NonFiniteHandle {
+    /// Adds `counts` (e.g. one scanned row's). Lock-free: three relaxed adds. After the request
+    /// ended the counts are dropped and counted as misuse `non_finite_after_end`.
+    pub fn record(&self, counts: NonFinite) {
+        let s = &*self.0;
+        if s.ended.load(Relaxed) {
+            s.meter.misuse("non_finite_after_end");
+            return;
+        }
+        for (cell, v) in [
+            (&s.nan, counts.nan),
+            (&s.pos_inf, counts.pos_inf),
+            (&s.neg_inf, counts.neg_inf),
+        ] {
+            if v > 0 {
+                cell.fetch_add(v, Relaxed);
+            }
+        }
     }
 }
 

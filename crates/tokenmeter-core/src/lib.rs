@@ -57,7 +57,7 @@ pub mod clock {
     pub use quanta::{Clock, Instant, Mock};
 }
 
-pub use guard::{MAX_TOKENS_PER_STEP, RequestBuilder, RequestGuard};
+pub use guard::{MAX_TOKENS_PER_STEP, NonFiniteHandle, RequestBuilder, RequestGuard};
 pub use itl::MAX_ITL_BOUNDS;
 pub use meter::{ConfigError, LoadGuard, Meter, MeterBuilder};
 pub use names::{MetricNames, Naming, ResolvedMetric};
@@ -66,5 +66,5 @@ pub use redact::{
 };
 pub use span::{StringArrayRecorder, set_string_array_recorder};
 pub use summary::RequestSummary;
-pub use types::{ErrorKind, Finish, NonFinite, Slo, Totals};
+pub use types::{ErrorKind, Finish, NonFinite, Slo, Totals, UnknownFinishReason};
 pub use window::{LatencySummary, Snapshot};

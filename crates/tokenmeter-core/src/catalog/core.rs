@@ -165,7 +165,7 @@ pub static DEFS: &[MetricDef] = &[
         recorded: "At request start, for each capped value."),
     def!("misuse", "misuse", own: true, vllm: None,
         Counter, "{event}", labels: &["kind"], buckets: None, vllm_buckets: None,
-        "Ignored API misuse: kind = finish_twice, token_after_end, clock_backwards, scheduled_after_end, enqueued_late, non_finite_after_end, unknown_label, tokens_too_many, redactor_panic (a text redactor panicked; that text was dropped).",
+        "Ignored API misuse: kind = finish_twice, token_after_end, clock_backwards, scheduled_after_end, enqueued_late, non_finite_after_end, prompt_tokens_twice, prompt_tokens_after_end, unknown_label, tokens_too_many, redactor_panic (a text redactor panicked; that text was dropped).",
         recorded: "When the misuse happens."),
     def!("export_dropped", "export.dropped", own: true, vllm: None,
         Counter, "{item}", labels: &["signal", "reason"], buckets: None, vllm_buckets: None,
