@@ -51,9 +51,9 @@
 //! ]);
 //! let metered = chunks.metered(guard, |c: &Chunk| {
 //!     let n = ChunkCount::tokens(c.token_ids.len() as u32);
-//!     match c.finish_reason {
-//!         Some("length") => n.finished(Finish::Length),
-//!         Some(_) => n.finished(Finish::Stop),
+//!     match c.finish_reason.map(str::parse::<Finish>) {
+//!         Some(Ok(f)) => n.finished(f),
+//!         Some(Err(_)) => ChunkCount::failed(tokenmeter_core::ErrorKind::Internal), // "error"
 //!         None => n,
 //!     }
 //! });

@@ -43,3 +43,8 @@ pub mod prelude {
     #[cfg(feature = "quality")]
     pub use tokenmeter_quality::LogitsExt;
 }
+
+/// `docs/integrations.md`, compiled and run as doctests.
+#[cfg(all(doctest, feature = "stream", feature = "http"))]
+#[doc = include_str!("../../../docs/integrations.md")]
+pub struct IntegrationsDoc;
