@@ -476,3 +476,64 @@ fn the_handler_spans_join_the_incoming_traceparent() {
         assert_eq!(seen[2][..35], seen[3][..35]);
     });
 }
+
+#[cfg(feature = "prometheus")]
+#[test]
+fn the_prometheus_exposition_uses_the_semconv_buckets() {
+    use tokenmeter_core::catalog::http::{BODY_SIZE_BUCKETS, HTTP_DURATION_BUCKETS};
+    let mut exporter = tokenmeter_export::Prometheus::new()
+        .without_listener()
+        .build()
+        .expect("exporter");
+    let recorder = exporter.take_recorder().expect("recorder");
+    let (clock, mock) = Clock::mock();
+    metrics::with_local_recorder(&recorder, || {
+        let a = app(mock, clock);
+        run(async {
+            for body in ["prompt", ""] {
+                let resp = a
+                    .router
+                    .clone()
+                    .oneshot(post_req("/v1/completions", body))
+                    .await;
+                resp.expect("infallible")
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body");
+            }
+        });
+    });
+    let text = exporter.render();
+    let bounds = |name: &str, status: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{")) && l.contains(status))
+            .filter_map(|l| {
+                l.split("le=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let want = |b: &[f64]| -> Vec<String> {
+        b.iter()
+            .map(|x| format!("{x}"))
+            .chain(["+Inf".to_owned()])
+            .collect()
+    };
+    let ok = "http_response_status_code=\"200\"";
+    assert_eq!(bounds(DURATION, ok), want(HTTP_DURATION_BUCKETS), "{text}");
+    assert_eq!(bounds(RESP_SIZE, ok), want(BODY_SIZE_BUCKETS), "{text}");
+    assert!(
+        text.contains("# TYPE http_server_active_requests gauge"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with(REJECTED)
+            && l.contains("http_response_status_code=\"400\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+}
