@@ -536,4 +536,28 @@ fn the_prometheus_exposition_uses_the_semconv_buckets() {
             && l.ends_with(" 1")),
         "{text}"
     );
+    // promtool's lint, where scripts/install-test-deps provided it.
+    if let Some(promtool) = std::env::var_os("TOKENMETER_PROMTOOL") {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("promtool output");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
