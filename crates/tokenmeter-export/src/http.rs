@@ -74,6 +74,8 @@ use tracing::instrument::Instrumented;
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// Default cap on distinct `http.route` values ([`HttpMetricsLayer::max_routes`]).
 pub const DEFAULT_MAX_ROUTES: usize = 64;
+/// A route value unused this long gives its slot back (as request labels do by default).
+const ROUTE_IDLE: Duration = Duration::from_secs(600);
 
 type RouteFn = dyn for<'a> Fn(&'a Parts) -> Option<&'a str> + Send + Sync;
 
@@ -108,10 +110,7 @@ impl HttpMetricsLayer {
             shared: Arc::new(Shared {
                 meter: meter.clone(),
                 route: None,
-                routes: Mutex::new(CardinalityLimit::new(
-                    DEFAULT_MAX_ROUTES,
-                    Duration::from_secs(600),
-                )),
+                routes: Mutex::new(CardinalityLimit::new(DEFAULT_MAX_ROUTES, ROUTE_IDLE)),
                 scheme: "http",
             }),
         }
@@ -124,10 +123,7 @@ impl HttpMetricsLayer {
             Err(a) => Shared {
                 meter: a.meter.clone(),
                 route: a.route.clone(),
-                routes: Mutex::new(CardinalityLimit::new(
-                    lock(&a.routes).limit(),
-                    Duration::from_secs(600),
-                )),
+                routes: Mutex::new(CardinalityLimit::new(lock(&a.routes).limit(), ROUTE_IDLE)),
                 scheme: a.scheme,
             },
         };
@@ -151,7 +147,7 @@ impl HttpMetricsLayer {
     /// [`DEFAULT_MAX_ROUTES`]); more go to `other`, and a value unused for 10 minutes gives
     /// its slot back.
     pub fn max_routes(self, n: usize) -> Self {
-        self.with(|s| s.routes = Mutex::new(CardinalityLimit::new(n, Duration::from_secs(600))))
+        self.with(|s| s.routes = Mutex::new(CardinalityLimit::new(n, ROUTE_IDLE)))
     }
 
     /// The `url.scheme` of requests whose URI has none (a server request's URI is usually
