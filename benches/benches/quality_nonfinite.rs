@@ -29,7 +29,10 @@ use half::{bf16, f16};
 use tokenmeter_benches::ns_per_op;
 use tokenmeter_core::NonFinite;
 use tokenmeter_quality::count_non_finite;
-use tokenmeter_quality::nonfinite::{self, Logit, NaiveClassify, count_non_finite_naive};
+use tokenmeter_quality::nonfinite::Logit;
+use tokenmeter_quality::nonfinite::internals::{
+    self as nonfinite, NaiveClassify, count_non_finite_naive,
+};
 
 const VOCAB: usize = 128 * 1024;
 const BATCH: usize = 64;

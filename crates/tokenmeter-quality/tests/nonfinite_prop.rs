@@ -5,7 +5,7 @@
 use half::{bf16, f16};
 use proptest::prelude::*;
 use tokenmeter_quality::count_non_finite;
-use tokenmeter_quality::nonfinite::{count_non_finite_naive, portable};
+use tokenmeter_quality::nonfinite::internals::{count_non_finite_naive, portable};
 
 fn f32_bits() -> impl Strategy<Value = u32> {
     prop_oneof![
