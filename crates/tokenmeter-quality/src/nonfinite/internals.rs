@@ -158,6 +158,84 @@ pub mod avx512bw {
     }
 }
 
+/// The masked-row paths by themselves (what [`count_faults`](super::count_faults) runs for
+/// [`LogitsKind::Masked`](super::LogitsKind::Masked)).
+pub mod masked {
+    use super::*;
+
+    /// The portable masked-row kernels.
+    pub mod portable {
+        use super::*;
+        use crate::nonfinite::portable as path;
+        /// Portable f32 kernel.
+        pub fn f32(row: &[f32]) -> NonFinite {
+            path::count_masked_f32(row)
+        }
+        /// Portable f64 kernel.
+        pub fn f64(row: &[f64]) -> NonFinite {
+            path::count_masked_f64(row)
+        }
+        /// Portable f16 kernel.
+        pub fn f16(row: &[f16]) -> NonFinite {
+            path::count_masked_f16(row)
+        }
+        /// Portable bf16 kernel.
+        pub fn bf16(row: &[bf16]) -> NonFinite {
+            path::count_masked_bf16(row)
+        }
+    }
+
+    /// The AVX2 + FMA masked-row kernels, `None` where the CPU lacks them.
+    pub mod avx2 {
+        use super::*;
+
+        macro_rules! path {
+            ($($name:ident: $t:ty => $kernel:ident),*) => {$(
+                /// The AVX2 + FMA kernel, if the CPU has them.
+                pub fn $name(row: &[$t]) -> Option<NonFinite> {
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        if x86::avx2() {
+                            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                            return Some(unsafe { x86::$kernel(row) });
+                        }
+                    }
+                    let _ = row;
+                    None
+                }
+            )*};
+        }
+        path!(
+            f32: f32 => avx2_masked_f32,
+            f64: f64 => avx2_masked_f64,
+            f16: f16 => avx2_masked_f16,
+            bf16: bf16 => avx2_masked_bf16
+        );
+    }
+
+    /// The 512-bit masked-row kernels, `None` where the CPU lacks them (AVX-512F for f32 and
+    /// f64, AVX-512BW for f16 and bf16).
+    pub mod avx512 {
+        use super::*;
+        /// The AVX-512F kernel, if the CPU has it.
+        pub fn f32(row: &[f32]) -> Option<NonFinite> {
+            wide!(avx512_masked_f32(row))
+        }
+        /// The AVX-512F kernel, if the CPU has it.
+        pub fn f64(row: &[f64]) -> Option<NonFinite> {
+            wide!(avx512_masked_f64(row))
+        }
+        /// The AVX-512BW kernel, if the CPU has it.
+        pub fn f16(row: &[f16]) -> Option<NonFinite> {
+            wide!(avx512_masked_f16(row))
+        }
+        /// The AVX-512BW kernel, if the CPU has it.
+        pub fn bf16(row: &[bf16]) -> Option<NonFinite> {
+            wide!(avx512_masked_bf16(row))
+        }
+    }
+}
+
 /// Which kernels [`count_non_finite`](super::count_non_finite) uses on this machine, per element
 /// type, in words (for benches and logs).
 pub fn kernels() -> &'static str {
@@ -173,6 +251,24 @@ pub fn kernels() -> &'static str {
             (false, true, _, _) => "AVX-512 FMA (f32, f64), AVX-512BW max (f16, bf16)",
             (false, false, true, _) => "AVX-512 FMA (f32, f64), AVX2 (f16, bf16)",
             (false, false, false, true) => "AVX2 + FMA",
+            _ => "portable (SSE2)",
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        "portable"
+    }
+}
+
+/// Which kernels [`count_faults`](super::count_faults) uses for masked rows on this machine, in
+/// words.
+pub fn masked_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match (x86::avx512bw(), x86::avx512(), x86::avx2()) {
+            (true, _, _) => "AVX-512 signed + unsigned max (all types)",
+            (false, true, _) => "AVX-512 signed + unsigned max (f32, f64), AVX2 (f16, bf16)",
+            (false, false, true) => "AVX2 signed + unsigned max",
             _ => "portable (SSE2)",
         }
     }

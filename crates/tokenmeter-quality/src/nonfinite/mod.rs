@@ -76,6 +76,39 @@ mod sealed {
 pub trait Logit: Copy + sealed::Sealed {
     /// Counts NaN, +Inf and -Inf in `row` (use [`count_non_finite`]).
     fn count(row: &[Self]) -> NonFinite;
+    /// Counts NaN and +Inf in `row`, not -Inf (use [`count_faults`] with
+    /// [`LogitsKind::Masked`]).
+    fn count_masked(row: &[Self]) -> NonFinite;
+}
+
+/// Whether a logits row may hold -Inf on purpose. Which one a server hands decides whether
+/// -Inf is a fault ([`count_faults`], [`LogitsExt::logits_as`](crate::LogitsExt::logits_as)).
+///
+/// A model's forward pass produces no NaN and no infinity when it is healthy; samplers, grammar
+/// (JSON-mode) constraints, logit bias, banned tokens and vocabulary padding then set the logits
+/// of the tokens they exclude to -Inf, on purpose. NaN and +Inf are faults wherever they
+/// appear (no masking step produces them), -Inf only in raw logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LogitsKind {
+    /// The model's own output, before any masking: NaN, +Inf and -Inf are all faults, and all
+    /// counted.
+    #[default]
+    Raw,
+    /// Logits after masking (samplers, grammars, logit bias): -Inf is the mask and is not
+    /// counted at all, so a constrained request whose rows are -Inf but for 50 allowed tokens
+    /// reports nothing; NaN and +Inf are counted. The count of masked values is not kept: it
+    /// would cost an exact pass over every masked row (a sixth of the read speed) for a number
+    /// the server already knows (the size of its mask).
+    Masked,
+}
+
+/// The fault counts of a masked row, from its exact counts: -Inf dropped.
+#[inline]
+fn faults_of_masked(counts: NonFinite) -> NonFinite {
+    NonFinite {
+        neg_inf: 0,
+        ..counts
+    }
 }
 
 /// Counts NaN, +Inf and -Inf in `row`, exactly, for every bit pattern. An empty row gives zeros.
@@ -92,10 +125,35 @@ pub fn count_non_finite<T: Logit>(row: &[T]) -> NonFinite {
     T::count(row)
 }
 
+/// Counts the non-finite values of `row` that are faults for a row of `kind`, exactly: for
+/// [`LogitsKind::Raw`], NaN, +Inf and -Inf (as [`count_non_finite`]); for
+/// [`LogitsKind::Masked`], NaN and +Inf, with `neg_inf` always 0. A masked row costs one read
+/// whatever share of it is -Inf (the exact pass runs only when a NaN or a +Inf is there).
+///
+/// ```
+/// use tokenmeter_quality::{LogitsKind, count_faults};
+/// // A JSON-mode step: everything masked but the allowed tokens.
+/// let mut row = vec![f32::NEG_INFINITY; 1000];
+/// row[17] = 3.5;
+/// assert_eq!(count_faults(&row, LogitsKind::Masked).total(), 0);
+/// assert_eq!(count_faults(&row, LogitsKind::Raw).neg_inf, 999);
+/// row[40] = f32::INFINITY;
+/// assert_eq!(count_faults(&row, LogitsKind::Masked).pos_inf, 1);
+/// ```
+#[inline]
+pub fn count_faults<T: Logit>(row: &[T], kind: LogitsKind) -> NonFinite {
+    match kind {
+        LogitsKind::Raw => T::count(row),
+        LogitsKind::Masked => T::count_masked(row),
+    }
+}
+
 /// Generates the `Logit` impl of one element type: the widest path this CPU runs (AVX-512,
-/// then AVX-512BW for the 16-bit types, then AVX2 + FMA), else the portable one.
+/// then AVX-512BW for the 16-bit types, then AVX2 + FMA), else the portable one; and the same
+/// for masked rows.
 macro_rules! dispatch {
-    ($t:ty, $portable:path, $avx2:path, $avx512:path $(, $bw:path)?) => {
+    ($t:ty, $portable:path, $avx2:path, $avx512:path $(, bw: $bw:path)?,
+     masked: $masked_portable:path, $masked_avx2:path, $masked_wide:path) => {
         impl Logit for $t {
             #[inline]
             fn count(row: &[Self]) -> NonFinite {
@@ -117,23 +175,60 @@ macro_rules! dispatch {
                 }
                 $portable(row)
             }
+
+            #[inline]
+            fn count_masked(row: &[Self]) -> NonFinite {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if let Some(c) = $masked_wide(row) {
+                        return c;
+                    }
+                    if x86::avx2() {
+                        // SAFETY: as in `count`.
+                        return unsafe { $masked_avx2(row) };
+                    }
+                }
+                $masked_portable(row)
+            }
         }
     };
 }
 
-dispatch!(f32, portable::count_f32, x86::avx2_f32, x86::avx512_f32);
-dispatch!(f64, portable::count_f64, x86::avx2_f64, x86::avx512_f64);
+dispatch!(
+    f32,
+    portable::count_f32,
+    x86::avx2_f32,
+    x86::avx512_f32,
+    masked: portable::count_masked_f32,
+    x86::avx2_masked_f32,
+    x86::avx512_masked_f32
+);
+dispatch!(
+    f64,
+    portable::count_f64,
+    x86::avx2_f64,
+    x86::avx512_f64,
+    masked: portable::count_masked_f64,
+    x86::avx2_masked_f64,
+    x86::avx512_masked_f64
+);
 dispatch!(
     f16,
     portable::count_f16,
     x86::avx2_f16,
     x86::avx512_f16,
-    x86::avx512bw_f16
+    bw: x86::avx512bw_f16,
+    masked: portable::count_masked_f16,
+    x86::avx2_masked_f16,
+    x86::avx512_masked_f16
 );
 dispatch!(
     bf16,
     portable::count_bf16,
     x86::avx2_bf16,
     x86::avx512_bf16,
-    x86::avx512bw_bf16
+    bw: x86::avx512bw_bf16,
+    masked: portable::count_masked_bf16,
+    x86::avx2_masked_bf16,
+    x86::avx512_masked_bf16
 );

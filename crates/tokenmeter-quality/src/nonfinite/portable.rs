@@ -6,13 +6,15 @@
 use half::{bf16, f16};
 use tokenmeter_core::NonFinite;
 
-use super::{CHUNK_BYTES, LINE_BYTES};
+use super::{CHUNK_BYTES, LINE_BYTES, faults_of_masked};
 
-/// Generates, for one element type: the whole-row "any non-finite?" test, the exact chunked
-/// counter (both `#[inline(always)]`, written so that LLVM vectorizes their loops) and the
-/// portable path that chains them.
+/// Generates, for one element type (`$u` and `$i` its bits as unsigned and signed integers): the
+/// whole-row "any non-finite?" test, the exact chunked counter and the portable path that chains
+/// them; and for masked rows, the "any NaN or +Inf?" test and the path that chains it with the
+/// exact counter. All `#[inline(always)]`, written so that LLVM vectorizes their loops.
 macro_rules! portable {
-    ($t:ty, $u:ty, $abs:expr, $inf:expr, $sign:expr, $any_int:ident, $exact:ident, $count:ident) => {
+    ($t:ty, $u:ty, $i:ty, $abs:expr, $inf:expr, $sign:expr,
+     $any_int:ident, $exact:ident, $count:ident, $any_masked:ident, $count_masked:ident) => {
         /// Level 0: the largest magnitude pattern in the row reaches the exponent mask exactly
         /// when the row holds a non-finite value (`and` + unsigned `max` per vector, into four
         /// vectors of independent accumulators).
@@ -112,32 +114,99 @@ macro_rules! portable {
                 NonFinite::default()
             }
         }
+
+        /// Level 0 of a masked row: whether it holds a NaN or a +Inf; -Inf, the mask, does not
+        /// count. Exact. Read as signed integers, +Inf and the positive NaNs are the largest
+        /// patterns; read as unsigned ones, the negative NaNs are, just above -Inf. So one
+        /// signed and one unsigned `max` per vector (two instructions, as in `$any_int`), into
+        /// accumulators that start at the largest pattern that is no fault.
+        #[inline(always)]
+        pub(super) fn $any_masked(row: &[$t]) -> bool {
+            const INF: $u = $inf;
+            const NEG_INF: $u = $inf | $sign;
+            const BELOW_INF: $i = (INF - 1) as $i;
+            const L: usize = 128 / core::mem::size_of::<$t>();
+            let mut pos = [BELOW_INF; L];
+            let mut neg = [NEG_INF; L];
+            let mut lanes = row.chunks_exact(L);
+            for c in &mut lanes {
+                for j in 0..L {
+                    let b = c[j].to_bits();
+                    pos[j] = pos[j].max(b as $i);
+                    neg[j] = neg[j].max(b);
+                }
+            }
+            let mut pos = pos.iter().fold(BELOW_INF, |m, &p| m.max(p));
+            let mut neg = neg.iter().fold(NEG_INF, |m, &n| m.max(n));
+            for &x in lanes.remainder() {
+                let b = x.to_bits();
+                pos = pos.max(b as $i);
+                neg = neg.max(b);
+            }
+            pos > BELOW_INF || neg > NEG_INF
+        }
+
+        /// The portable path of a masked row: NaN and +Inf counted exactly, -Inf not at all.
+        #[inline(always)]
+        pub(super) fn $count_masked(row: &[$t]) -> NonFinite {
+            if $any_masked(row) {
+                faults_of_masked($exact(row))
+            } else {
+                NonFinite::default()
+            }
+        }
     };
 }
 
 portable!(
     f32,
     u32,
+    i32,
     0x7FFF_FFFF,
     0x7F80_0000,
     0x8000_0000,
     any_f32,
     exact_f32,
-    count_f32
+    count_f32,
+    any_masked_f32,
+    count_masked_f32
 );
 portable!(
     f64,
     u64,
+    i64,
     0x7FFF_FFFF_FFFF_FFFF,
     0x7FF0_0000_0000_0000,
     0x8000_0000_0000_0000,
     any_f64,
     exact_f64,
-    count_f64
+    count_f64,
+    any_masked_f64,
+    count_masked_f64
 );
 portable!(
-    f16, u16, 0x7FFF, 0x7C00, 0x8000, any_f16, exact_f16, count_f16
+    f16,
+    u16,
+    i16,
+    0x7FFF,
+    0x7C00,
+    0x8000,
+    any_f16,
+    exact_f16,
+    count_f16,
+    any_masked_f16,
+    count_masked_f16
 );
 portable!(
-    bf16, u16, 0x7FFF, 0x7F80, 0x8000, any_bf16, exact_bf16, count_bf16
+    bf16,
+    u16,
+    i16,
+    0x7FFF,
+    0x7F80,
+    0x8000,
+    any_bf16,
+    exact_bf16,
+    count_bf16,
+    any_masked_bf16,
+    count_masked_bf16
 );

@@ -3,10 +3,12 @@
 use half::{bf16, f16};
 use tokenmeter_core::NonFinite;
 
-use super::internals::{NaiveClassify, avx2, avx512, avx512bw, count_non_finite_naive, portable};
+use super::internals::{
+    Class, NaiveClassify, avx2, avx512, avx512bw, count_non_finite_naive, masked, portable,
+};
 #[cfg(target_arch = "x86_64")]
 use super::x86::{self, split_aligned, zmm};
-use super::{CHUNK_BYTES, LINE_BYTES, Logit, count_non_finite};
+use super::{CHUNK_BYTES, LINE_BYTES, Logit, LogitsKind, count_faults, count_non_finite};
 
 fn nf(nan: u64, pos_inf: u64, neg_inf: u64) -> NonFinite {
     NonFinite {
@@ -83,9 +85,11 @@ fn f16_and_bf16_every_bit_pattern() {
     }
 }
 
-/// Every kernel this machine can run: the dispatched one and each path by itself.
+/// Every kernel this machine can run: the dispatched one and each path by itself, for raw rows
+/// and for masked ones.
 trait Paths: Logit + NaiveClassify + core::fmt::Debug {
     fn paths(row: &[Self]) -> [(&'static str, Option<NonFinite>); 5];
+    fn masked_paths(row: &[Self]) -> [(&'static str, Option<NonFinite>); 4];
 }
 macro_rules! paths {
     ($($t:ident: $bw:expr),*) => {$(
@@ -100,6 +104,14 @@ macro_rules! paths {
                     ("avx512bw", bw(row)),
                 ]
             }
+            fn masked_paths(row: &[Self]) -> [(&'static str, Option<NonFinite>); 4] {
+                [
+                    ("masked dispatch", Some(count_faults(row, LogitsKind::Masked))),
+                    ("masked portable", Some(masked::portable::$t(row))),
+                    ("masked avx2", masked::avx2::$t(row)),
+                    ("masked avx512", masked::avx512::$t(row)),
+                ]
+            }
         }
     )*};
 }
@@ -110,8 +122,17 @@ paths!(
     bf16: avx512bw::bf16
 );
 
+/// Every path counts `want` in `row` read as raw logits, and `want` without its -Inf read as
+/// masked logits.
 fn assert_all_paths<T: Paths>(row: &[T], want: NonFinite, ctx: impl core::fmt::Debug) {
+    assert_eq!(count_faults(row, LogitsKind::Raw), want, "raw, {ctx:?}");
     for (path, got) in T::paths(row) {
+        if let Some(got) = got {
+            assert_eq!(got, want, "{path} path, {ctx:?}, len {}", row.len());
+        }
+    }
+    let want = NonFinite { neg_inf: 0, ..want };
+    for (path, got) in T::masked_paths(row) {
         if let Some(got) = got {
             assert_eq!(got, want, "{path} path, {ctx:?}, len {}", row.len());
         }
@@ -169,6 +190,41 @@ fn zmm_kernels_fire_exactly_on_non_finite_lines() {
             }
         }
     }
+    // The masked-row kernels: silent on -Inf and finite lines, firing for NaN and +Inf.
+    check(x86::avx512(), zmm::masked_ps, f32::NEG_INFINITY, f32::NAN);
+    check(x86::avx512(), zmm::masked_ps, f32::NEG_INFINITY, -f32::NAN);
+    check(x86::avx512(), zmm::masked_ps, f32::MAX, f32::INFINITY);
+    check(
+        x86::avx512(),
+        zmm::masked_ps,
+        -0.0f32,
+        f32::from_bits(0xFF80_0001),
+    );
+    check(
+        x86::avx512(),
+        zmm::masked_pd,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+    );
+    check(x86::avx512(), zmm::masked_pd, f64::MIN, -f64::NAN);
+    check(
+        x86::avx512(),
+        zmm::masked_pd,
+        f64::MAX,
+        f64::from_bits(0x7FF0_0000_0000_0001),
+    );
+    check(
+        x86::avx512bw(),
+        zmm::masked_w_f16,
+        f16::NEG_INFINITY,
+        f16::INFINITY,
+    );
+    check(
+        x86::avx512bw(),
+        zmm::masked_w_bf16,
+        bf16::NEG_INFINITY,
+        -bf16::NAN,
+    );
     check(x86::avx512(), zmm::any_ps, f32::MIN, f32::NAN);
     check(x86::avx512(), zmm::any_ps, -0.0f32, f32::NEG_INFINITY);
     check(x86::avx512(), zmm::any_pd, f64::MAX, f64::INFINITY);
@@ -205,8 +261,9 @@ fn zmm_kernels_fire_exactly_on_non_finite_lines() {
 }
 
 /// The AVX-512BW level-0 kernels are exact on their own: on a line of one 16-bit pattern
-/// (in every lane), and on a finite line with the pattern in one lane, they fire exactly
-/// for the non-finite patterns, for all 65,536.
+/// (in every lane), and on a line of a filler with the pattern in one lane, they fire exactly
+/// for the non-finite patterns (the masked-row kernels: for NaN and +Inf, with finite and with
+/// -Inf fillers), for all 65,536.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn zmm_integer_kernels_are_exact_for_every_pattern() {
@@ -214,20 +271,28 @@ fn zmm_integer_kernels_are_exact_for_every_pattern() {
         return;
     }
     type Kernel = unsafe fn(*const u8, usize) -> bool;
-    type NonFiniteBits = fn(u16) -> bool;
-    let kernels: [(Kernel, NonFiniteBits); 2] = [
-        (zmm::any_w_f16, |b| !f16::from_bits(b).is_finite()),
-        (zmm::any_w_bf16, |b| !bf16::from_bits(b).is_finite()),
+    type FiresOn = fn(u16) -> bool;
+    let f16_fault: FiresOn = |b| f16::from_bits(b).is_nan() || f16::from_bits(b) == f16::INFINITY;
+    let bf16_fault: FiresOn =
+        |b| bf16::from_bits(b).is_nan() || bf16::from_bits(b) == bf16::INFINITY;
+    // (kernel, the patterns it fires on, a pattern it never fires on, to fill the rest with)
+    let kernels: [(Kernel, FiresOn, u16); 6] = [
+        (zmm::any_w_f16, |b| !f16::from_bits(b).is_finite(), 0x3C00),
+        (zmm::any_w_bf16, |b| !bf16::from_bits(b).is_finite(), 0x3C00),
+        (zmm::masked_w_f16, f16_fault, 0x3C00),
+        (zmm::masked_w_f16, f16_fault, f16::NEG_INFINITY.to_bits()),
+        (zmm::masked_w_bf16, bf16_fault, 0x3C00),
+        (zmm::masked_w_bf16, bf16_fault, bf16::NEG_INFINITY.to_bits()),
     ];
     // Two lines plus room to align the start.
     let mut buf = vec![0u16; 3 * 32];
     let skip = split_aligned(&buf).0.len();
-    for (kernel, non_finite) in kernels {
+    for (kernel, fires_on, fill) in kernels {
         for bits in 0..=u16::MAX {
-            let want = non_finite(bits);
+            let want = fires_on(bits);
             let line = &mut buf[skip..skip + 64];
             line[..32].fill(bits);
-            line[32..].fill(0x3C00);
+            line[32..].fill(fill);
             // SAFETY: the CPU has AVX-512BW (checked above); `line` holds two 64-byte
             // lines (aligned by `skip`) and the kernel reads the first one or both.
             let (one, two) = unsafe {
@@ -237,7 +302,7 @@ fn zmm_integer_kernels_are_exact_for_every_pattern() {
                 )
             };
             assert_eq!((one, two), (want, want), "all lanes {bits:#06x}");
-            line[..32].fill(0x3C00);
+            line[..32].fill(fill);
             let lane = usize::from(bits) % 64;
             line[lane] = bits;
             // SAFETY: as above.
@@ -338,4 +403,76 @@ fn all_non_finite_row() {
     assert_all_paths(&row, nf(0, 70_001, 0), "+inf row");
     let row = vec![-f64::NAN; 30_001];
     assert_all_paths(&row, nf(30_001, 0, 0), "NaN row");
+}
+
+/// Rows of a JSON-mode step (-Inf but for a few allowed tokens) and of a half-masked one, at a
+/// few alignments: as raw logits every -Inf counts, as masked ones nothing does, until a NaN or
+/// a +Inf appears at one of the interesting positions (the ends, a line boundary, the middle).
+#[test]
+fn masked_rows_count_only_nan_and_pos_inf() {
+    fn check<T: Paths>(mask: T, allowed: T, faults: &[(T, NonFinite)]) {
+        let n = 3 * CHUNK_BYTES / core::mem::size_of::<T>() + 77;
+        let lane = LINE_BYTES / core::mem::size_of::<T>();
+        for every in [37, 2] {
+            let mut buf = vec![mask; n + lane];
+            for x in buf.iter_mut().step_by(every) {
+                *x = allowed;
+            }
+            for offset in [0, 1, lane / 2 + 1] {
+                let row = &mut buf[offset..offset + n];
+                let masked = count_non_finite_naive(row).neg_inf;
+                assert!(masked > n as u64 / 3);
+                assert_all_paths(row, nf(0, 0, masked), (every, offset));
+                for pos in [0, 1, lane - 1, lane, n / 2, n - lane, n - 1] {
+                    for &(fault, adds) in faults {
+                        let keep = std::mem::replace(&mut row[pos], fault);
+                        let mut want = nf(
+                            0,
+                            0,
+                            masked - u64::from(keep.classify_naive() == Some(Class::NegInf)),
+                        );
+                        want.add(adds);
+                        assert_all_paths(row, want, (every, offset, pos, fault));
+                        row[pos] = keep;
+                    }
+                }
+            }
+        }
+    }
+    check(
+        f32::NEG_INFINITY,
+        0.5,
+        &[
+            (f32::NAN, nf(1, 0, 0)),
+            (-f32::NAN, nf(1, 0, 0)),
+            (f32::from_bits(0xFF80_0001), nf(1, 0, 0)),
+            (f32::INFINITY, nf(0, 1, 0)),
+        ],
+    );
+    check(
+        f64::NEG_INFINITY,
+        -3.0,
+        &[
+            (f64::from_bits(0xFFF0_0000_0000_0001), nf(1, 0, 0)),
+            (f64::INFINITY, nf(0, 1, 0)),
+        ],
+    );
+    check(
+        f16::NEG_INFINITY,
+        f16::MAX,
+        &[
+            (f16::from_bits(0xFC01), nf(1, 0, 0)),
+            (f16::from_bits(0x7C01), nf(1, 0, 0)),
+            (f16::INFINITY, nf(0, 1, 0)),
+        ],
+    );
+    check(
+        bf16::NEG_INFINITY,
+        bf16::MIN,
+        &[
+            (bf16::from_bits(0xFF81), nf(1, 0, 0)),
+            (bf16::NAN, nf(1, 0, 0)),
+            (bf16::INFINITY, nf(0, 1, 0)),
+        ],
+    );
 }

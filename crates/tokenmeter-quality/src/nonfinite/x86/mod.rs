@@ -7,10 +7,11 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use half::{bf16, f16};
 use tokenmeter_core::NonFinite;
 
-use super::LINE_BYTES;
 use super::portable::{
-    any_bf16, any_f16, any_f32, any_f64, exact_bf16, exact_f16, exact_f32, exact_f64,
+    any_bf16, any_f16, any_f32, any_f64, any_masked_bf16, any_masked_f16, any_masked_f32,
+    any_masked_f64, exact_bf16, exact_f16, exact_f32, exact_f64,
 };
+use super::{LINE_BYTES, faults_of_masked};
 
 pub(super) mod zmm;
 
@@ -74,9 +75,9 @@ pub(super) fn split_aligned<T>(row: &[T]) -> (&[T], &[T], &[T]) {
     (head, mid, tail)
 }
 
-/// The level-0 test of a 512-bit path: `kernel` on the row's line-aligned middle, the
-/// portable `any_int` on its ends. `None` when `supported` (the CPU and OS run the kernel's
-/// instructions) is false; else whether some value may be non-finite.
+/// The level-0 test of a 512-bit path: `kernel` on the row's line-aligned middle, the portable
+/// test `any_int` (the same question) on its ends. `None` when `supported` (the CPU and OS run
+/// the kernel's instructions) is false; else whether either test fired.
 #[inline]
 fn wide_first_pass<T>(
     row: &[T],
@@ -296,4 +297,79 @@ tiers!(
     avx512bw_bf16,
     avx512bw,
     zmm::any_w_bf16
+);
+
+/// Generates, for one element type, the x86 paths of masked rows (see the portable
+/// `any_masked_*`): AVX2 + FMA (the portable test compiled for them, on the line-aligned middle
+/// and the ends) and the 512-bit one (`$zmm` where `$zmm_ok`), each followed, only if the test
+/// fires, by the AVX2 exact pass of `tiers!` without its -Inf count.
+macro_rules! masked_tiers {
+    ($t:ty, $any_masked:ident, $exact:ident, $avx2_exact:ident,
+     $avx2:ident, $wide:ident, $zmm_ok:path, $zmm:path) => {
+        /// The masked-row path compiled for AVX2 + FMA.
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) fn $avx2(row: &[$t]) -> NonFinite {
+            let (head, mid, tail) = split_aligned(row);
+            if $any_masked(mid) || $any_masked(head) || $any_masked(tail) {
+                faults_of_masked($exact(row))
+            } else {
+                NonFinite::default()
+            }
+        }
+
+        /// The 512-bit masked-row path: a signed and an unsigned maximum per 64-byte line (see
+        /// [`zmm`]), then, only if a NaN or a +Inf is there, the AVX2 exact pass. `None` where
+        /// the CPU or the OS lacks what it needs.
+        #[inline]
+        pub(super) fn $wide(row: &[$t]) -> Option<NonFinite> {
+            let fault = wide_first_pass(row, $zmm_ok(), $zmm, $any_masked)?;
+            Some(if fault {
+                // SAFETY: `$zmm_ok` implies AVX2 and FMA.
+                faults_of_masked(unsafe { $avx2_exact(row) })
+            } else {
+                NonFinite::default()
+            })
+        }
+    };
+}
+
+masked_tiers!(
+    f32,
+    any_masked_f32,
+    exact_f32,
+    avx2_exact_f32,
+    avx2_masked_f32,
+    avx512_masked_f32,
+    avx512,
+    zmm::masked_ps
+);
+masked_tiers!(
+    f64,
+    any_masked_f64,
+    exact_f64,
+    avx2_exact_f64,
+    avx2_masked_f64,
+    avx512_masked_f64,
+    avx512,
+    zmm::masked_pd
+);
+masked_tiers!(
+    f16,
+    any_masked_f16,
+    exact_f16,
+    avx2_exact_f16,
+    avx2_masked_f16,
+    avx512_masked_f16,
+    avx512bw,
+    zmm::masked_w_f16
+);
+masked_tiers!(
+    bf16,
+    any_masked_bf16,
+    exact_bf16,
+    avx2_exact_bf16,
+    avx2_masked_bf16,
+    avx512_masked_bf16,
+    avx512bw,
+    zmm::masked_w_bf16
 );

@@ -22,6 +22,10 @@
 //! The AVX-512BW kernels (f16 and bf16 on CPUs without AVX512-FP16) take the unsigned maximum
 //! of `bits & !SIGN` per line, two integer instructions, and are exact on their own.
 //!
+//! The masked-row kernels (any NaN or +Inf, -Inf allowed) take a signed and an unsigned maximum
+//! of the bits per line, two integer instructions (AVX-512F for f32 and f64, AVX-512BW for f16
+//! and bf16), and are exact on their own too.
+//!
 //! A rounding mode other than to-nearest could leave a -0 in an accumulator (in round-down,
 //! `+0 + -0 = -0`); that only sends the row through the exact pass.
 //!
@@ -244,4 +248,156 @@ zmm_max_any!(
     /// bf16 level 0 without AVX512-FP16 (AVX-512BW).
     any_w_bf16,
     0x7F80
+);
+
+/// Generates one masked-row level-0 kernel (see the portable `any_masked_*`): per 64-byte line,
+/// a signed and an unsigned maximum of the bits (`$maxs`, `$maxu`, each with the load folded
+/// in), into four accumulators each, which start at the largest patterns that are no fault
+/// (`$below_inf` = +Inf - 1 and `$neg_inf`, each repeated over 64 bits); at the end, an
+/// accumulator moved above its start (`$sub` leaves a lane nonzero) means a NaN or a +Inf.
+macro_rules! zmm_masked_any {
+    ($(#[$doc:meta])* $name:ident, $maxs:literal, $maxu:literal, $sub:literal,
+     $below_inf:literal, $neg_inf:literal) => {
+        $(#[$doc])*
+        ///
+        /// True exactly when some value in the `lines` 64-byte lines at `ptr` is a NaN or a
+        /// +Inf (-Inf does not count; this test has no false alarms).
+        ///
+        /// # Safety
+        ///
+        /// The CPU and the OS must support the instructions (see [`avx512`](super::avx512) and
+        /// [`avx512bw`](super::avx512bw)), and `ptr` must be valid for reads of `64 * lines`
+        /// bytes.
+        #[inline]
+        pub(in crate::nonfinite) unsafe fn $name(ptr: *const u8, lines: usize) -> bool {
+            let hit: u8;
+            // SAFETY: the caller guarantees the instruction set and that the `64 * lines`
+            // bytes at `ptr` are readable; the code reads exactly those bytes (eight lines per
+            // iteration, then the rest one by one), writes no memory and no register but
+            // those declared (all 16 vector registers, as `vzeroupper` clears the upper halves
+            // of all of them; no mask register), and leaves the upper vector state clean. The
+            // `prefetcht0` hints name addresses up to 2.5 KiB past the lines; a prefetch is
+            // not a memory access (it never faults, on any address, and changes no
+            // architectural state), so that reads nothing outside the row.
+            unsafe {
+                asm!(
+                    "vpbroadcastq zmm8, {below_inf}",
+                    "vpbroadcastq zmm9, {neg_inf}",
+                    "vmovdqa64 zmm0, zmm8",
+                    "vmovdqa64 zmm1, zmm8",
+                    "vmovdqa64 zmm2, zmm8",
+                    "vmovdqa64 zmm3, zmm8",
+                    "vmovdqa64 zmm4, zmm9",
+                    "vmovdqa64 zmm5, zmm9",
+                    "vmovdqa64 zmm6, zmm9",
+                    "vmovdqa64 zmm7, zmm9",
+                    "test {blocks}, {blocks}",
+                    "jz 3f",
+                    ".p2align 6",
+                    "2:",
+                    "prefetcht0 [{p} + 2048]",
+                    "prefetcht0 [{p} + 2112]",
+                    "prefetcht0 [{p} + 2176]",
+                    "prefetcht0 [{p} + 2240]",
+                    "prefetcht0 [{p} + 2304]",
+                    "prefetcht0 [{p} + 2368]",
+                    "prefetcht0 [{p} + 2432]",
+                    "prefetcht0 [{p} + 2496]",
+                    concat!($maxs, " zmm0, zmm0, zmmword ptr [{p}]"),
+                    concat!($maxu, " zmm4, zmm4, zmmword ptr [{p}]"),
+                    concat!($maxs, " zmm1, zmm1, zmmword ptr [{p} + 64]"),
+                    concat!($maxu, " zmm5, zmm5, zmmword ptr [{p} + 64]"),
+                    concat!($maxs, " zmm2, zmm2, zmmword ptr [{p} + 128]"),
+                    concat!($maxu, " zmm6, zmm6, zmmword ptr [{p} + 128]"),
+                    concat!($maxs, " zmm3, zmm3, zmmword ptr [{p} + 192]"),
+                    concat!($maxu, " zmm7, zmm7, zmmword ptr [{p} + 192]"),
+                    concat!($maxs, " zmm0, zmm0, zmmword ptr [{p} + 256]"),
+                    concat!($maxu, " zmm4, zmm4, zmmword ptr [{p} + 256]"),
+                    concat!($maxs, " zmm1, zmm1, zmmword ptr [{p} + 320]"),
+                    concat!($maxu, " zmm5, zmm5, zmmword ptr [{p} + 320]"),
+                    concat!($maxs, " zmm2, zmm2, zmmword ptr [{p} + 384]"),
+                    concat!($maxu, " zmm6, zmm6, zmmword ptr [{p} + 384]"),
+                    concat!($maxs, " zmm3, zmm3, zmmword ptr [{p} + 448]"),
+                    concat!($maxu, " zmm7, zmm7, zmmword ptr [{p} + 448]"),
+                    "add {p}, 512",
+                    "dec {blocks}",
+                    "jnz 2b",
+                    "3:",
+                    "test {rest}, {rest}",
+                    "jz 5f",
+                    "4:",
+                    concat!($maxs, " zmm0, zmm0, zmmword ptr [{p}]"),
+                    concat!($maxu, " zmm4, zmm4, zmmword ptr [{p}]"),
+                    "add {p}, 64",
+                    "dec {rest}",
+                    "jnz 4b",
+                    "5:",
+                    concat!($maxs, " zmm0, zmm0, zmm1"),
+                    concat!($maxs, " zmm2, zmm2, zmm3"),
+                    concat!($maxs, " zmm0, zmm0, zmm2"),
+                    concat!($maxu, " zmm4, zmm4, zmm5"),
+                    concat!($maxu, " zmm6, zmm6, zmm7"),
+                    concat!($maxu, " zmm4, zmm4, zmm6"),
+                    // The accumulators never go below their start: nonzero iff above it.
+                    concat!($sub, " zmm0, zmm0, zmm8"),
+                    concat!($sub, " zmm4, zmm4, zmm9"),
+                    "vpord zmm0, zmm0, zmm4",
+                    "vextracti64x4 ymm1, zmm0, 1",
+                    "vpor ymm0, ymm0, ymm1",
+                    "vptest ymm0, ymm0",
+                    "setnz {hit}",
+                    "vzeroupper",
+                    below_inf = in(reg) $below_inf,
+                    neg_inf = in(reg) $neg_inf,
+                    p = inout(reg) ptr => _,
+                    blocks = inout(reg) lines / 8 => _,
+                    rest = inout(reg) lines % 8 => _,
+                    hit = out(reg_byte) hit,
+                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+                    out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+                    out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+                    out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+                    options(pure, readonly, nostack),
+                );
+            }
+            hit != 0
+        }
+    };
+}
+
+zmm_masked_any!(
+    /// f32 masked-row level 0 (AVX-512F).
+    masked_ps,
+    "vpmaxsd",
+    "vpmaxud",
+    "vpsubd",
+    0x7F7F_FFFF_7F7F_FFFFu64,
+    0xFF80_0000_FF80_0000u64
+);
+zmm_masked_any!(
+    /// f64 masked-row level 0 (AVX-512F).
+    masked_pd,
+    "vpmaxsq",
+    "vpmaxuq",
+    "vpsubq",
+    0x7FEF_FFFF_FFFF_FFFFu64,
+    0xFFF0_0000_0000_0000u64
+);
+zmm_masked_any!(
+    /// f16 masked-row level 0 (AVX-512BW).
+    masked_w_f16,
+    "vpmaxsw",
+    "vpmaxuw",
+    "vpsubw",
+    0x7BFF_7BFF_7BFF_7BFFu64,
+    0xFC00_FC00_FC00_FC00u64
+);
+zmm_masked_any!(
+    /// bf16 masked-row level 0 (AVX-512BW).
+    masked_w_bf16,
+    "vpmaxsw",
+    "vpmaxuw",
+    "vpsubw",
+    0x7F7F_7F7F_7F7F_7F7Fu64,
+    0xFF80_FF80_FF80_FF80u64
 );
