@@ -179,6 +179,36 @@ macro_rules! ymm_max_any {
     };
 }
 ymm_max_any!(ymm_any_f16, f16, 0x7C00, any_f16);
+
+/// Masked-row level 0 for f64 with AVX2 + FMA, which has no 64-bit integer maximum (LLVM's
+/// stand-in for the portable test reads at a fifth of the floor): per vector, `y = max(+0, x)`,
+/// which is ±0 for -Inf and any other negative `x`, and `x` itself when it is NaN (`vmaxpd`
+/// returns its second operand when either is NaN); then `acc = y * 0 + acc` as in `fma_any`,
+/// which turns NaN exactly when `x` is NaN or +Inf. Two instructions per vector, four
+/// accumulators. Exact: the final test asks for a NaN lane, not for nonzero bits.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn ymm_masked_any_f64(row: &[f64]) -> bool {
+    use core::arch::x86_64::*;
+    let zero = _mm256_setzero_pd();
+    let mut acc = [zero; 4];
+    let mut blocks = row.chunks_exact(16);
+    for b in &mut blocks {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `b` holds 16 values, so values 4j..4j+4 are in bounds; `loadu` has no
+            // alignment requirement.
+            let x = unsafe { _mm256_loadu_pd(b.as_ptr().add(4 * j)) };
+            *a = _mm256_fmadd_pd(_mm256_max_pd(zero, x), zero, *a);
+        }
+    }
+    let m = _mm256_or_pd(_mm256_or_pd(acc[0], acc[1]), _mm256_or_pd(acc[2], acc[3]));
+    _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_UNORD_Q>(m, m)) != 0
+        || any_masked_f64(blocks.remainder())
+}
 ymm_max_any!(ymm_any_bf16, bf16, 0x7F80, any_bf16);
 
 /// Generates, for one element type, the x86 paths: AVX2 + FMA (the level-0 test on the
@@ -300,17 +330,18 @@ tiers!(
 );
 
 /// Generates, for one element type, the x86 paths of masked rows (see the portable
-/// `any_masked_*`): AVX2 + FMA (the portable test compiled for them, on the line-aligned middle
-/// and the ends) and the 512-bit one (`$zmm` where `$zmm_ok`), each followed, only if the test
+/// `any_masked_*`): AVX2 + FMA (`$avx2_any` on the line-aligned middle, the portable test,
+/// compiled for them, on the ends) and the 512-bit one (`$zmm` where `$zmm_ok`), each followed, only if the test
 /// fires, by the AVX2 exact pass of `tiers!` without its -Inf count.
 macro_rules! masked_tiers {
     ($t:ty, $any_masked:ident, $exact:ident, $avx2_exact:ident,
-     $avx2:ident, $wide:ident, $zmm_ok:path, $zmm:path) => {
+     $avx2:ident, $avx2_any:expr, $wide:ident, $zmm_ok:path, $zmm:path) => {
         /// The masked-row path compiled for AVX2 + FMA.
         #[target_feature(enable = "avx2,fma")]
         pub(super) fn $avx2(row: &[$t]) -> NonFinite {
+            let any: fn(&[$t]) -> bool = $avx2_any;
             let (head, mid, tail) = split_aligned(row);
-            if $any_masked(mid) || $any_masked(head) || $any_masked(tail) {
+            if any(mid) || $any_masked(head) || $any_masked(tail) {
                 faults_of_masked($exact(row))
             } else {
                 NonFinite::default()
@@ -339,6 +370,7 @@ masked_tiers!(
     exact_f32,
     avx2_exact_f32,
     avx2_masked_f32,
+    any_masked_f32,
     avx512_masked_f32,
     avx512,
     zmm::masked_ps
@@ -349,6 +381,10 @@ masked_tiers!(
     exact_f64,
     avx2_exact_f64,
     avx2_masked_f64,
+    |mid| {
+        // SAFETY: only the AVX2 + FMA path calls it.
+        unsafe { ymm_masked_any_f64(mid) }
+    },
     avx512_masked_f64,
     avx512,
     zmm::masked_pd
@@ -359,6 +395,7 @@ masked_tiers!(
     exact_f16,
     avx2_exact_f16,
     avx2_masked_f16,
+    any_masked_f16,
     avx512_masked_f16,
     avx512bw,
     zmm::masked_w_f16
@@ -369,6 +406,7 @@ masked_tiers!(
     exact_bf16,
     avx2_exact_bf16,
     avx2_masked_bf16,
+    any_masked_bf16,
     avx512_masked_bf16,
     avx512bw,
     zmm::masked_w_bf16
