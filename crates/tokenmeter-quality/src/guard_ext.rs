@@ -36,7 +36,10 @@ pub trait LogitsExt {
     /// before any masking) and adds its NaN, +Inf and -Inf counts to the request; returns the
     /// row's counts. An empty row adds nothing. Same as
     /// [`logits_as`](Self::logits_as)`(row, LogitsKind::Raw)`.
-    fn logits<T: Logit>(&mut self, row: &[T]) -> NonFinite;
+    #[inline]
+    fn logits<T: Logit>(&mut self, row: &[T]) -> NonFinite {
+        self.logits_as(row, LogitsKind::Raw)
+    }
 
     /// Scans one logits row of `kind` and adds its faults to the request (see
     /// [`count_faults`]): for [`LogitsKind::Masked`], NaN and +Inf, never -Inf. Returns the
@@ -46,7 +49,10 @@ pub trait LogitsExt {
     /// Scans a raw row only on every `k`-th step: when the request's output token count is a
     /// multiple of `k` (`k` of 0 or 1 scans every step). The counts are then a lower bound, at
     /// 1/k of the cost. Returns `None` on skipped steps.
-    fn logits_every<T: Logit>(&mut self, row: &[T], k: u64) -> Option<NonFinite>;
+    #[inline]
+    fn logits_every<T: Logit>(&mut self, row: &[T], k: u64) -> Option<NonFinite> {
+        self.logits_every_as(row, LogitsKind::Raw, k)
+    }
 
     /// [`logits_every`](Self::logits_every) for a row of `kind`.
     fn logits_every_as<T: Logit>(
@@ -59,20 +65,10 @@ pub trait LogitsExt {
 
 impl LogitsExt for RequestGuard {
     #[inline]
-    fn logits<T: Logit>(&mut self, row: &[T]) -> NonFinite {
-        self.logits_as(row, LogitsKind::Raw)
-    }
-
-    #[inline]
     fn logits_as<T: Logit>(&mut self, row: &[T], kind: LogitsKind) -> NonFinite {
         let counts = count_faults(row, kind);
         self.record_non_finite(counts);
         counts
-    }
-
-    #[inline]
-    fn logits_every<T: Logit>(&mut self, row: &[T], k: u64) -> Option<NonFinite> {
-        self.logits_every_as(row, LogitsKind::Raw, k)
     }
 
     #[inline]
