@@ -32,5 +32,5 @@ pub use tokenmeter_quality as quality;
 pub mod prelude {
     pub use tokenmeter_core::{ErrorKind, Finish, Meter, RequestGuard, Slo};
     #[cfg(feature = "quality")]
-    pub use tokenmeter_quality::LogitsExt;
+    pub use tokenmeter_quality::{LogitsExt, LogitsKind};
 }
