@@ -2,12 +2,12 @@
 
 use super::{MetricDef, MetricKind};
 
-// Default bounds follow Prometheus's 1-2.5-5 ladder (its client libraries' default buckets),
-// at most 2.5x apart, from the smallest value a real server produces to the largest it waits
-// for: PromQL's `histogram_quantile` (linear inside the bucket) then lands in the true
-// quantile's bucket, within 2.5x, and never saturates at the top bound inside that range.
-// Where this departs from the OTel advisory bounds (kept below for reference and the docs),
-// `OTEL_ADVISORY` says so, and docs/metrics.md shows both.
+// Default latency bounds follow Prometheus's 1-2.5-5 ladder (its client libraries' default
+// buckets; ITL adds finer steps), at most 2.5x apart, from the smallest value a real server
+// produces to the largest it waits for: PromQL's `histogram_quantile` (linear inside the
+// bucket) then lands in the true quantile's bucket, within 2.5x, and never saturates at the
+// top bound inside that range. Where this departs from the OTel advisory bounds (kept below for
+// reference and the docs), `OTEL_ADVISORY` says so, and docs/metrics.md shows both.
 
 /// Our TTFT bounds: 5 ms (a cached prompt on a GPU) to 10 min (a long queue).
 pub const TTFT_BUCKETS: &[f64] = &[
@@ -18,9 +18,14 @@ pub const TTFT_BUCKETS: &[f64] = &[
 pub const TPOT_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
-/// Our inter-token latency bounds: TPOT's (the mean ITL of a request is its TPOT, so the two
-/// read on one grid). At most `MAX_ITL_BOUNDS` (24), the guard's fixed accumulator size.
-pub const ITL_BUCKETS: &[f64] = TPOT_BUCKETS;
+/// Our inter-token latency bounds: 0.1 ms to 5 s like TPOT's, but finer (at most 1.5x apart)
+/// between 5 ms and 1 s, where GPU decode steps live: the guard flushes each bucket's mean, so
+/// these bounds are also the resolution of `meter.snapshot()`'s ITL percentiles. At most
+/// `MAX_ITL_BOUNDS` (24), the guard's fixed accumulator size.
+pub const ITL_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04,
+    0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
+];
 /// Our end-to-end request duration bounds: 5 ms to 1 h.
 pub const E2E_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 600.0,

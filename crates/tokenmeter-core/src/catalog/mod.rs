@@ -236,8 +236,8 @@ pub fn render_markdown() -> String {
          exposition uses underscores (`error.type` → `error_type`; `finish_reason` is\n\
          `finished_reason` under the vLLM preset).\n\n\
          ## Default buckets\n\n\
-         Latency histograms use Prometheus's 1-2.5-5 ladder, each bound at most 2.5x the one\n\
-         below, over the range real servers see: TTFT 5 ms to 10 min, TPOT and inter-token\n\
+         Latency histograms use Prometheus's 1-2.5-5 ladder (inter-token latency adds finer\n\
+         steps between 5 ms and 1 s), each bound at most 2.5x the one below, over the range real servers see: TTFT 5 ms to 10 min, TPOT and inter-token\n\
          latency 0.1 ms to 5 s, request duration 5 ms to 1 h, queue, prefill and decode time\n\
          1 ms to 10 min. Within that range PromQL's `histogram_quantile` lands in the bucket of\n\
          the true quantile (within 2.5x of it) and never saturates at the top bound. Where this\n\
