@@ -237,13 +237,14 @@ pub fn render_markdown() -> String {
          `finished_reason` under the vLLM preset).\n\n\
          ## Default buckets\n\n\
          Latency histograms use Prometheus's 1-2.5-5 ladder (inter-token latency adds finer\n\
-         steps between 5 ms and 1 s), each bound at most 2.5x the one below, over the range real servers see: TTFT 5 ms to 10 min, TPOT and inter-token\n\
-         latency 0.1 ms to 5 s, request duration 5 ms to 1 h, queue, prefill and decode time\n\
-         1 ms to 10 min. Within that range PromQL's `histogram_quantile` lands in the bucket of\n\
-         the true quantile (within 2.5x of it) and never saturates at the top bound. Where this\n\
-         departs from the OpenTelemetry GenAI advisory bounds, the metric below shows them and\n\
-         why. The vLLM preset keeps vLLM's bounds, so its dashboards read the same; bounds are\n\
-         overridable per metric (`MeterBuilder::buckets`).\n",
+         steps between 5 ms and 1 s), each bound at most 2.5x the one below, over the range\n\
+         real servers see: TTFT 5 ms to 10 min, TPOT and inter-token latency 0.1 ms to 5 s,\n\
+         request duration 5 ms to 1 h, queue, prefill and decode time 1 ms to 10 min. Within\n\
+         that range PromQL's `histogram_quantile` lands in the bucket of the true quantile\n\
+         (within 2.5x of it) and never saturates at the top bound. Where this departs from the\n\
+         OpenTelemetry GenAI advisory bounds, the metric below shows them and why. The vLLM\n\
+         preset keeps vLLM's bounds, so its dashboards read the same; bounds are overridable\n\
+         per metric (`MeterBuilder::buckets`).\n",
     );
     let fmt_buckets = |b: Option<&[f64]>| match b {
         None => String::new(),
