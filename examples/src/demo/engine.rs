@@ -303,7 +303,7 @@ fn run(
         // One clock read for the whole step.
         let now = meter.now();
         stats.steps.fetch_add(1, Ordering::Relaxed);
-        active.retain_mut(|a| step_done(a, now, &stop_ids, model.context_len, &stats));
+        active.retain_mut(|a| step_done(a, now, &stop_ids, model.context_len, tok, &stats));
         stats.running.store(active.len() as u64, Ordering::Relaxed);
     }
 }
@@ -314,6 +314,7 @@ fn step_done(
     now: Instant,
     stop_ids: &[u32],
     ctx: usize,
+    tok: &Tokenizer,
     stats: &EngineStats,
 ) -> bool {
     let outcome = std::mem::replace(&mut a.outcome, StepOutcome::Gone);
@@ -346,7 +347,7 @@ fn step_done(
             a.first.get_or_insert(now);
             a.last_at = Some(now);
             let text = a.decoder.push(id);
-            a.monitor.on_token(id, &text);
+            a.monitor.on_token(id, tok.token_bytes(id));
             if a.req.events.send(Event::Token { text }).is_err() {
                 // Noticed at the next step as well; end it now.
                 if let Some(g) = a.req.guard.as_mut() {
