@@ -1,108 +1,124 @@
 //! The tokenmeter demo: an instrumented OpenAI-compatible LLM server (SmolLM2-135M on candle)
 //! under load from a built-in client that checks every timing from the outside.
 //!
-//! ```text
-//! cargo run --release -p tokenmeter-examples --example demo -- [FLAGS]
-//!   --model PATH          GGUF file (default .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf;
-//!                         missing -> a random-weight model of the same architecture)
-//!   --port N              port on 127.0.0.1 (default 0: any free port; 8000 with --serve-only)
-//!   --serve-only          serve until Ctrl-C, no load
-//!   --concurrency N       concurrent client streams (default 4)
-//!   --duration S          load duration in seconds (default 60)
-//!   --max-tokens N        max_tokens per request (default 64)
-//!   --prompt-mix MIX      short | long | mixed (default mixed)
-//!   --max-batch N         sequences the engine decodes together (default 8)
-//!   --report-dir DIR      where the report goes (default target/demo-report)
-//!   --otlp URL            also export metrics and traces over OTLP to URL (HTTP/protobuf,
-//!                         or OTEL_EXPORTER_OTLP_PROTOCOL)
-//!   --otlp-grpc           use gRPC for --otlp
-//!   --overhead ROUNDS     measure meter on vs off: ROUNDS interleaved pairs of runs
-//!   --no-meter            serve without any guard (the overhead baseline)
-//!   --quiet               no live view
-//! ```
+//! `scripts/demo`, or `cargo run --release -p tokenmeter-examples --example demo -- [FLAGS]`;
+//! `--help` lists the flags and their defaults, docs/demo.md describes the run.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Parser;
+use tokenmeter_examples::demo::loadgen::{LoadOptions, PromptMix};
 use tokenmeter_examples::demo::{self, ServerOptions, loadgen, report};
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: demo [--model PATH] [--port N] [--serve-only] [--concurrency N] [--duration S] \
-         [--max-tokens N] [--prompt-mix short|long|mixed] [--max-batch N] [--report-dir DIR] \
-         [--otlp URL] [--otlp-grpc] [--overhead ROUNDS] [--no-meter] [--quiet]"
-    );
-    std::process::exit(2)
+/// The tokenmeter demo: an instrumented OpenAI-compatible LLM server (SmolLM2-135M on candle)
+/// under load from a built-in client that checks every timing from the outside.
+#[derive(Debug, Parser)]
+// Later flags override earlier ones (scripts/demo passes --model before the user's flags).
+#[command(name = "demo", args_override_self = true)]
+struct Cli {
+    /// GGUF file [default: $TOKENMETER_DEMO_MODEL, else
+    /// .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf here or in a parent directory; missing: a
+    /// random-weight model of the same architecture]
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Port on 127.0.0.1, 0 for any free port [default: 0; 8000 with --serve-only]
+    #[arg(long, value_name = "N")]
+    port: Option<u16>,
+    /// Serve until Ctrl-C, no load
+    #[arg(long)]
+    serve_only: bool,
+    /// Concurrent client streams (0 counts as 1)
+    #[arg(long, value_name = "N", default_value_t = LoadOptions::default().concurrency)]
+    concurrency: usize,
+    /// Load duration in seconds
+    #[arg(long, value_name = "S", value_parser = seconds,
+          default_value_t = LoadOptions::default().duration.as_secs_f64())]
+    duration: f64,
+    /// max_tokens per request (0 counts as 1)
+    #[arg(long, value_name = "N", default_value_t = LoadOptions::default().max_tokens)]
+    max_tokens: u32,
+    /// Which prompts the clients send
+    #[arg(long, value_name = "MIX", value_enum, default_value_t = LoadOptions::default().mix)]
+    prompt_mix: PromptMix,
+    /// Sequences the engine decodes together (0 counts as 1)
+    #[arg(long, value_name = "N", default_value_t = ServerOptions::default().max_batch)]
+    max_batch: usize,
+    /// Where the report goes
+    #[arg(long, value_name = "DIR", default_value = "target/demo-report")]
+    report_dir: PathBuf,
+    /// Also export metrics and traces over OTLP to URL (HTTP/protobuf, or
+    /// $OTEL_EXPORTER_OTLP_PROTOCOL)
+    #[arg(long, value_name = "URL")]
+    otlp: Option<String>,
+    /// Use gRPC for --otlp
+    #[arg(long)]
+    otlp_grpc: bool,
+    /// Measure meter on vs off: ROUNDS interleaved pairs of runs (0 counts as 1)
+    #[arg(long, value_name = "ROUNDS")]
+    overhead: Option<usize>,
+    /// Serve without any guard (the overhead baseline)
+    #[arg(long)]
+    no_meter: bool,
+    /// No live view
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Seconds as a `Duration` can hold them (not negative, not NaN).
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from_secs_f64(v)
+        .map(|_| v)
+        .map_err(|e| format!("{v} seconds: {e}"))
 }
 
 struct Args {
     server: ServerOptions,
     serve_only: bool,
-    load: loadgen::LoadOptions,
+    load: LoadOptions,
     report_dir: PathBuf,
     overhead_rounds: usize,
 }
 
-fn parse_args() -> Args {
-    let mut a = Args {
-        server: ServerOptions {
-            model_path: Some(
+impl From<Cli> for Args {
+    fn from(c: Cli) -> Self {
+        let load = LoadOptions {
+            concurrency: c.concurrency.max(1),
+            // `seconds` accepted it, so this cannot fall back.
+            duration: Duration::try_from_secs_f64(c.duration)
+                .unwrap_or(LoadOptions::default().duration),
+            max_tokens: c.max_tokens.max(1),
+            mix: c.prompt_mix,
+            live: !c.quiet,
+            ..LoadOptions::default()
+        };
+        let server = ServerOptions {
+            model_path: Some(c.model.unwrap_or_else(|| {
                 demo::model::find_cached_model()
-                    .unwrap_or_else(|| PathBuf::from(demo::model::DEFAULT_MODEL_PATH)),
-            ),
+                    .unwrap_or_else(|| PathBuf::from(demo::model::DEFAULT_MODEL_PATH))
+            })),
+            port: c.port.unwrap_or(if c.serve_only { 8000 } else { 0 }),
+            meter_on: !c.no_meter,
+            max_batch: c.max_batch.max(1),
+            window: load.duration + Duration::from_secs(60),
+            otlp: c.otlp,
+            otlp_grpc: c.otlp_grpc,
             gpu_sampler: true,
             ..ServerOptions::default()
-        },
-        serve_only: false,
-        load: loadgen::LoadOptions::default(),
-        report_dir: PathBuf::from("target/demo-report"),
-        overhead_rounds: 0,
-    };
-    let mut port_set = false;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| usage());
-        fn num<T: std::str::FromStr>(s: String) -> T {
-            s.parse().unwrap_or_else(|_| usage())
-        }
-        match flag.as_str() {
-            "--model" => a.server.model_path = Some(PathBuf::from(val())),
-            "--port" => {
-                a.server.port = num(val());
-                port_set = true;
-            }
-            "--serve-only" => a.serve_only = true,
-            "--concurrency" => a.load.concurrency = num::<usize>(val()).max(1),
-            "--duration" => a.load.duration = Duration::from_secs_f64(num(val())),
-            "--max-tokens" => a.load.max_tokens = num::<u32>(val()).max(1),
-            "--prompt-mix" => {
-                a.load.mix = match val().as_str() {
-                    "short" => loadgen::PromptMix::Short,
-                    "long" => loadgen::PromptMix::Long,
-                    "mixed" => loadgen::PromptMix::Mixed,
-                    _ => usage(),
-                }
-            }
-            "--max-batch" => a.server.max_batch = num::<usize>(val()).max(1),
-            "--report-dir" => a.report_dir = PathBuf::from(val()),
-            "--otlp" => a.server.otlp = Some(val()),
-            "--otlp-grpc" => a.server.otlp_grpc = true,
-            "--overhead" => a.overhead_rounds = num::<usize>(val()).max(1),
-            "--no-meter" => a.server.meter_on = false,
-            "--quiet" => a.load.live = false,
-            "-h" | "--help" => usage(),
-            _ => usage(),
+        };
+        Self {
+            server,
+            serve_only: c.serve_only,
+            load,
+            report_dir: c.report_dir,
+            overhead_rounds: c.overhead.map_or(0, |n| n.max(1)),
         }
     }
-    a.server.window = a.load.duration + Duration::from_secs(60);
-    if a.serve_only && !port_set {
-        a.server.port = 8000;
-    }
-    a
 }
 
 fn main() {
-    let args = parse_args();
+    let args = Args::from(Cli::parse());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -584,7 +584,9 @@ impl RequestGuard {
     }
 
     /// Adds NaN/+Inf/-Inf counts seen in this request's logits (the quality crate's scanner
-    /// calls this). Counts after the end are ignored and counted as misuse.
+    /// calls this). Every count is a fault: pass -Inf only from raw logits, never the mask of
+    /// masked ones; any count makes the request a non-finite one at its end. Counts after the
+    /// end are ignored and counted as misuse.
     pub fn record_non_finite(&mut self, counts: NonFinite) {
         if self.phase == Phase::Ended {
             self.meter.misuse("non_finite_after_end");

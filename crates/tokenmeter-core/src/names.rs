@@ -196,7 +196,7 @@ pub(crate) fn resolve(
     let vllm = naming == Naming::Vllm;
     let name = match def.vllm_name {
         Some(v) if vllm => v.to_owned(),
-        _ => catalog::prometheus_name(&otel_name, def.kind, def.unit),
+        _ => def.prometheus_name(prefix),
     };
     let preset = if vllm {
         def.vllm_buckets.or(def.buckets)

@@ -115,7 +115,8 @@ impl ErrorKind {
     }
 }
 
-/// Counts of non-finite values seen in logits.
+/// Counts of non-finite values seen in logits, each one a fault: NaN and +Inf anywhere, -Inf
+/// in raw logits (the quality crate never reports the -Inf of masked logits, which is intended).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]

@@ -41,7 +41,7 @@ pub mod prelude {
     #[cfg(feature = "stream")]
     pub use tokenmeter_export::stream::{ChunkCount, StreamMeterExt};
     #[cfg(feature = "quality")]
-    pub use tokenmeter_quality::LogitsExt;
+    pub use tokenmeter_quality::{LogitsExt, LogitsKind};
 }
 
 /// `docs/integrations.md`, compiled and run as doctests.

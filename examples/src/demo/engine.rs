@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::llama::KvCache;
 use super::model::Model;
 use super::monitor::SeqMonitor;
-use super::tokenizer::StreamDecoder;
+use super::tokenizer::{StreamDecoder, Tokenizer};
 use tokenmeter::quality::QualityMonitor;
 
 /// Sampling parameters.
@@ -139,11 +139,11 @@ impl EngineHandle {
     }
 }
 
-struct Active {
+struct Active<'t> {
     req: GenRequest,
     cache: KvCache,
     rng: StdRng,
-    decoder: StreamDecoder,
+    decoder: StreamDecoder<'t>,
     monitor: SeqMonitor,
     generated: usize,
     last: u32,
@@ -188,7 +188,7 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<GenRequest>,
     stats: Arc<EngineStats>,
 ) {
-    let tok = model.tokenizer.clone();
+    let tok: &Tokenizer = &model.tokenizer;
     let eos = tok.eos();
     let stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
         .iter()
@@ -196,7 +196,7 @@ fn run(
         .chain([eos])
         .collect();
     let mut waiting: VecDeque<GenRequest> = VecDeque::new();
-    let mut active: Vec<Active> = Vec::new();
+    let mut active: Vec<Active<'_>> = Vec::new();
     loop {
         if active.is_empty() && waiting.is_empty() {
             match rx.blocking_recv() {
@@ -234,7 +234,7 @@ fn run(
                 active.push(Active {
                     cache: model.llama.cache(),
                     rng: StdRng::seed_from_u64(seed),
-                    decoder: StreamDecoder::default(),
+                    decoder: tok.decode_stream(),
                     monitor: SeqMonitor::new(quality.as_ref()),
                     generated: 0,
                     last: 0,
@@ -304,18 +304,18 @@ fn run(
         // One clock read for the whole step.
         let now = meter.now();
         stats.steps.fetch_add(1, Ordering::Relaxed);
-        active.retain_mut(|a| step_done(a, now, &stop_ids, model.context_len, &tok, &stats));
+        active.retain_mut(|a| step_done(a, now, &stop_ids, model.context_len, tok, &stats));
         stats.running.store(active.len() as u64, Ordering::Relaxed);
     }
 }
 
 /// Records and sends what one sequence produced this step; false when it ended.
 fn step_done(
-    a: &mut Active,
+    a: &mut Active<'_>,
     now: Instant,
     stop_ids: &[u32],
     ctx: usize,
-    tok: &super::tokenizer::Tokenizer,
+    tok: &Tokenizer,
     stats: &EngineStats,
 ) -> bool {
     let outcome = std::mem::replace(&mut a.outcome, StepOutcome::Gone);
@@ -347,7 +347,7 @@ fn step_done(
             a.last = id;
             a.first.get_or_insert(now);
             a.last_at = Some(now);
-            let text = a.decoder.push(tok, id);
+            let text = a.decoder.push(id);
             a.monitor.on_token(id, tok.token_bytes(id));
             if a.req.events.send(Event::Token { text }).is_err() {
                 // Noticed at the next step as well; end it now.
@@ -365,7 +365,7 @@ fn step_done(
     }
 }
 
-fn end(a: &mut Active, now: Instant, reason: Finish, reason_str: &'static str) {
+fn end(a: &mut Active<'_>, now: Instant, reason: Finish, reason_str: &'static str) {
     let mut timing = ServerTiming {
         queue_s: a
             .scheduled

@@ -3,7 +3,9 @@
 //! on all sequences' rows at once (candle's quantized matmul then reads each weight tile once for
 //! the whole batch), while RoPE positions, KV caches and attention stay per sequence. Prefill
 //! runs one sequence at a time. The weights are immutable and shared; each sequence owns only
-//! its [`KvCache`]. A test checks the logits against `quantized_llama::ModelWeights`.
+//! its [`KvCache`]. `quantized_llama` itself cannot batch the engine's sequences: it keeps one
+//! KV cache per model and takes one position per batch. A test checks the logits against
+//! `quantized_llama::ModelWeights`.
 
 use candle_core::quantized::{QMatMul, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};

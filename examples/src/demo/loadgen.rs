@@ -15,8 +15,8 @@ use super::engine::ServerTiming;
 use super::model::BoxError;
 use super::monitor::looks_like_refusal;
 
-/// Which prompts the clients send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which prompts the clients send (also the demo's `--prompt-mix` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PromptMix {
     /// One-line questions.
     Short,

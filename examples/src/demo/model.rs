@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::chat::ChatTemplate;
 use super::llama::Llama;
-use super::tokenizer::{Tokenizer, TokenizerSpec};
+use super::tokenizer::Tokenizer;
 
 /// The largest context the demo serves: candle's quantized llama precomputes RoPE tables for
 /// 4096 positions, whatever the GGUF says.
@@ -61,49 +61,6 @@ fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value,
         .ok_or_else(|| format!("GGUF metadata has no {key}").into())
 }
 
-fn tokenizer_spec(ct: &gguf_file::Content) -> Result<TokenizerSpec, BoxError> {
-    let model = md(ct, "tokenizer.ggml.model")?.to_string()?.clone();
-    if model != "gpt2" {
-        return Err(format!(
-            "tokenizer model {model:?} is not supported (only gpt2 byte-level BPE)"
-        )
-        .into());
-    }
-    let tokens = md(ct, "tokenizer.ggml.tokens")?
-        .to_vec()?
-        .iter()
-        .map(|v| v.to_string().cloned())
-        .collect::<Result<Vec<_>, _>>()?;
-    let token_types = match ct.metadata.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .to_vec()?
-            .iter()
-            .map(|v| v.to_i32())
-            .collect::<Result<Vec<_>, _>>()?,
-        None => Vec::new(),
-    };
-    let merges = md(ct, "tokenizer.ggml.merges")?
-        .to_vec()?
-        .iter()
-        .map(|v| v.to_string().cloned())
-        .collect::<Result<Vec<_>, _>>()?;
-    let pre = ct
-        .metadata
-        .get("tokenizer.ggml.pre")
-        .and_then(|v| v.to_string().ok().cloned())
-        .unwrap_or_default();
-    let get_u32 = |k: &str| ct.metadata.get(k).and_then(|v| v.to_u32().ok());
-    Ok(TokenizerSpec {
-        tokens,
-        token_types,
-        merges,
-        pre,
-        bos: get_u32("tokenizer.ggml.bos_token_id"),
-        eos: get_u32("tokenizer.ggml.eos_token_id").ok_or("GGUF metadata has no eos token id")?,
-        unk: get_u32("tokenizer.ggml.unknown_token_id"),
-    })
-}
-
 impl Model {
     /// Loads a GGUF model from memory or disk bytes (`reader`), naming it `id`.
     ///
@@ -119,8 +76,7 @@ impl Model {
         if arch != "llama" {
             return Err(format!("architecture {arch:?} is not llama").into());
         }
-        let spec = tokenizer_spec(&ct)?;
-        let tokenizer = Tokenizer::new(&spec)?;
+        let tokenizer = Tokenizer::from_gguf(&ct)?;
         let template = ChatTemplate::new(
             ct.metadata
                 .get("tokenizer.chat_template")
@@ -298,8 +254,9 @@ pub fn find_cached_model() -> Option<std::path::PathBuf> {
 mod tests {
     use super::*;
 
-    /// Token ids from Hugging Face `tokenizers` 0.23 (BPE from this GGUF's vocab and merges,
-    /// pre-tokenizers Digits(individual) + ByteLevel), the reference our tokenizer must match.
+    /// Token ids pinned from Hugging Face `tokenizers` 0.23 with SmolLM2's own `tokenizer.json`
+    /// pipeline (BPE from this GGUF's vocab and merges, pre-tokenizers Digits(individual) +
+    /// ByteLevel without prefix space): the tokenizer built from the GGUF must match them.
     #[test]
     fn real_tokenizer_matches_hf_tokenizers() {
         let Some(path) = find_cached_model() else {
@@ -308,7 +265,7 @@ mod tests {
         };
         let mut f = std::fs::File::open(path).expect("open model");
         let ct = gguf_file::Content::read(&mut f).expect("gguf");
-        let tok = Tokenizer::new(&tokenizer_spec(&ct).expect("spec")).expect("tokenizer");
+        let tok = Tokenizer::from_gguf(&ct).expect("tokenizer");
         let cases: [(&str, &[u32]); 3] = [
             (
                 "What is the capital of France?",
@@ -331,9 +288,10 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let got = tok.encode(text);
+            let got = tok.encode(text).expect("encode");
             assert_eq!(got, want, "{text:?}");
-            assert_eq!(tok.decode(&got), text);
+            assert_eq!(tok.encode_with_specials(text).expect("encode"), want);
+            assert_eq!(tok.decode(&got).expect("decode"), text);
         }
     }
 }

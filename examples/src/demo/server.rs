@@ -234,10 +234,12 @@ fn parse(model: &Model, kind: Kind, body: &[u8], seed: u64) -> Result<Parsed, Ap
             p
         }
     };
-    let prompt = match kind {
-        Kind::Chat => model.tokenizer.encode_with_specials(&text),
-        Kind::Completion => model.tokenizer.encode(&text),
+    let (prompt, param) = match kind {
+        Kind::Chat => (model.tokenizer.encode_with_specials(&text), "messages"),
+        Kind::Completion => (model.tokenizer.encode(&text), "prompt"),
     };
+    let prompt = prompt
+        .map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e}"), Some(param)))?;
     if prompt.is_empty() {
         return Err(ApiError::invalid(
             "the prompt has no tokens",

@@ -1,216 +1,149 @@
-//! A GPT-2 style byte-level BPE tokenizer built from a GGUF file's own `tokenizer.ggml.*` metadata.
+//! The demo's tokenizer: Hugging Face `tokenizers`, built from the GGUF file's own
+//! `tokenizer.ggml.*` metadata by candle-core's bridge
+//! ([`candle_core::quantized::tokenizer::TokenizerFromGguf`]: byte-level BPE from the vocabulary
+//! and merges, control tokens as special tokens).
 //!
-//! SmolLM2 ships `tokenizer.ggml.model = "gpt2"` and `tokenizer.ggml.pre = "smollm"`: every digit is
-//! its own pre-token, then the GPT-2 split pattern
-//! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+` applies (the same
-//! pre-tokenizer as the model's `tokenizer.json`). The `regex` crate has no look-ahead, so
-//! `\s+(?!\S)` is done by hand: a whitespace run followed by a non-space gives its last character
-//! back to the next piece.
-//!
-//! Control and user-defined tokens (token types 3 and 4, e.g. `<|im_start|>`) are matched
-//! literally in text and never produced by the BPE; [`Tokenizer::decode`] skips them.
+//! The bridge knows a few `tokenizer.ggml.pre` values (qwen2, llama3, ...) and gives every other
+//! one GPT-2's `ByteLevel` pre-tokenizer *with* a prefix space. SmolLM2 ships `pre = "smollm"`,
+//! whose `tokenizer.json` pre-tokenizer is `Digits(individual_digits)` then `ByteLevel` without a
+//! prefix space (llama.cpp's `smollm`, like `starcoder` and `refact`), so that is set here; other
+//! unknown values get `ByteLevel` without a prefix space (llama.cpp's `gpt2`).
 
 use std::collections::HashMap;
 
-use regex::Regex;
+use candle_core::quantized::gguf_file;
+use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{
+    DecodeStream, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper,
+    PreTokenizerWrapper,
+};
 
-/// Why a tokenizer could not be built.
-#[derive(Debug)]
-pub struct TokenizerError(pub String);
+use super::model::BoxError;
 
-impl std::fmt::Display for TokenizerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "tokenizer: {}", self.0)
-    }
+/// A byte-level BPE tokenizer built from GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    /// Matches special-token spellings (e.g. `<|im_start|>`) as their ids: chat prompts.
+    chat: tokenizers::Tokenizer,
+    /// The same tokenizer encoding special-token spellings as plain text: completion prompts.
+    /// `tokenizers` makes this a setting of the tokenizer, not of a call, hence a second copy.
+    plain: tokenizers::Tokenizer,
+    /// Token id -> the raw bytes it stands for (special tokens: none).
+    token_bytes: Vec<Box<[u8]>>,
+    eos: u32,
+    max_token_bytes: usize,
 }
 
-impl std::error::Error for TokenizerError {}
-
-/// The GPT-2 byte -> printable character table (byte-level BPE spells byte `b` as `table[b]`).
+/// GPT-2's byte -> printable character table: byte-level BPE spells byte `b` as `table[b]`
+/// (`tokenizers` keeps its copy private).
 pub fn gpt2_byte_chars() -> [char; 256] {
-    bytes_to_unicode()
-}
-
-fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut assigned = [false; 256];
     for b in (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF) {
         table[b as usize] = char::from(b);
         assigned[b as usize] = true;
     }
-    let mut n = 0u32;
-    for b in 0..256usize {
+    // The other 68 bytes take the characters from U+0100 on, in byte order.
+    let mut next = '\u{100}'..;
+    for b in 0..256 {
         if !assigned[b] {
-            table[b] = char::from_u32(256 + n).unwrap_or('\u{FFFD}');
-            n += 1;
+            table[b] = next.next().unwrap_or('\u{FFFD}');
         }
     }
     table
 }
 
-/// A byte-level BPE tokenizer.
-#[derive(Debug)]
-pub struct Tokenizer {
-    /// Token id -> the raw bytes it stands for (specials: their literal text).
-    token_bytes: Vec<Vec<u8>>,
-    /// Token id -> whether it is a control/user-defined token.
-    special: Vec<bool>,
-    /// Id of each single-byte token.
-    byte_ids: [Option<u32>; 256],
-    /// (left, right) -> (rank, merged id).
-    merges: HashMap<(u32, u32), (u32, u32)>,
-    /// Special token texts, longest first.
-    specials: Vec<(String, u32)>,
-    split_digits: bool,
-    split_re: Regex,
-    bos: Option<u32>,
-    eos: u32,
-    unk: u32,
-    max_token_bytes: usize,
-}
-
-/// What a GGUF file says about its tokenizer (the `tokenizer.ggml.*` keys).
-#[derive(Debug, Clone, Default)]
-pub struct TokenizerSpec {
-    /// `tokenizer.ggml.tokens`, in byte-level (GPT-2) spelling.
-    pub tokens: Vec<String>,
-    /// `tokenizer.ggml.token_type` (1 normal, 3 control, 4 user-defined, 6 byte).
-    pub token_types: Vec<i32>,
-    /// `tokenizer.ggml.merges`, "left right" in rank order.
-    pub merges: Vec<String>,
-    /// `tokenizer.ggml.pre`.
-    pub pre: String,
-    /// `tokenizer.ggml.bos_token_id`.
-    pub bos: Option<u32>,
-    /// `tokenizer.ggml.eos_token_id`.
-    pub eos: u32,
-    /// `tokenizer.ggml.unknown_token_id`.
-    pub unk: Option<u32>,
-}
-
 impl Tokenizer {
-    /// Builds the tokenizer.
+    /// Builds the tokenizer from a GGUF file's metadata.
     ///
     /// # Errors
-    /// When the spec is inconsistent: a merge naming unknown tokens, an out-of-range id.
-    pub fn new(spec: &TokenizerSpec) -> Result<Self, TokenizerError> {
-        let b2u = bytes_to_unicode();
-        let mut u2b: HashMap<char, u8> = HashMap::with_capacity(256);
-        for (b, c) in b2u.iter().enumerate() {
-            u2b.insert(*c, b as u8);
-        }
-        let n = spec.tokens.len();
-        if n == 0 {
-            return Err(TokenizerError("empty vocabulary".into()));
-        }
-        for (what, id) in [
-            ("eos", Some(spec.eos)),
-            ("bos", spec.bos),
-            ("unk", spec.unk),
-        ] {
-            if let Some(id) = id
-                && id as usize >= n
-            {
-                return Err(TokenizerError(format!("{what} id {id} out of range")));
+    /// When `tokenizer.ggml.model` is not `gpt2`, the vocabulary, merges or token types are
+    /// missing or malformed, or there is no `tokenizer.ggml.eos_token_id`.
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self, BoxError> {
+        let mut chat = tokenizers::Tokenizer::from_gguf(ct)?;
+        let pre = ct
+            .metadata
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok())
+            .map_or("", String::as_str);
+        let byte_level = ByteLevel::default().add_prefix_space(false);
+        match pre {
+            // The bridge's own pipelines.
+            "qwen2" | "smaug-bpe" | "lfm2" | "llama3" => {}
+            "smollm" | "starcoder" | "refact" => {
+                chat.with_pre_tokenizer(Some(Sequence::new(vec![
+                    Digits::new(true).into(),
+                    byte_level.into(),
+                ])));
+            }
+            _ => {
+                chat.with_pre_tokenizer(Some(byte_level));
             }
         }
-        let mut token_bytes = Vec::with_capacity(n);
-        let mut special = Vec::with_capacity(n);
-        let mut by_text: HashMap<&str, u32> = HashMap::with_capacity(n);
-        let mut specials = Vec::new();
-        for (id, tok) in spec.tokens.iter().enumerate() {
-            let ty = spec.token_types.get(id).copied().unwrap_or(1);
-            let is_special = ty == 3 || ty == 4;
-            special.push(is_special);
-            if is_special {
-                token_bytes.push(tok.as_bytes().to_vec());
-                if !tok.is_empty() {
-                    specials.push((tok.clone(), id as u32));
+        let eos = ct
+            .metadata
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.to_u32().ok())
+            .ok_or("GGUF metadata has no tokenizer.ggml.eos_token_id")?;
+        // The raw bytes of every token, for the quality monitor (`tokenizers` only decodes to
+        // text, which loses a multi-byte character cut between tokens).
+        let byte_of: HashMap<char, u8> = gpt2_byte_chars()
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let added = chat.get_added_vocabulary();
+        let mut token_bytes = vec![Box::<[u8]>::default(); chat.get_vocab_size(true)];
+        let mut max_token_bytes = 1;
+        for (text, id) in chat.get_vocab(true) {
+            if added.is_special_token(&text) {
+                // Matched literally in chat prompts.
+                max_token_bytes = max_token_bytes.max(text.len());
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(text.len());
+            for c in text.chars() {
+                match byte_of.get(&c) {
+                    Some(&b) => bytes.push(b),
+                    None => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
                 }
-            } else {
-                let mut bytes = Vec::with_capacity(tok.len());
-                for c in tok.chars() {
-                    match u2b.get(&c) {
-                        Some(b) => bytes.push(*b),
-                        None => {
-                            let mut buf = [0u8; 4];
-                            bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                        }
-                    }
-                }
-                token_bytes.push(bytes);
-                by_text.entry(tok.as_str()).or_insert(id as u32);
+            }
+            max_token_bytes = max_token_bytes.max(bytes.len());
+            if let Some(slot) = token_bytes.get_mut(id as usize) {
+                *slot = bytes.into();
             }
         }
-        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
-        let mut byte_ids = [None; 256];
-        for (b, c) in b2u.iter().enumerate() {
-            let mut buf = [0u8; 4];
-            byte_ids[b] = by_text.get(&*c.encode_utf8(&mut buf)).copied();
-        }
-        let mut merges = HashMap::with_capacity(spec.merges.len());
-        for (rank, m) in spec.merges.iter().enumerate() {
-            let Some((l, r)) = m.split_once(' ') else {
-                return Err(TokenizerError(format!("merge {rank} has no space: {m:?}")));
-            };
-            let (Some(&li), Some(&ri)) = (by_text.get(l), by_text.get(r)) else {
-                return Err(TokenizerError(format!(
-                    "merge {rank} names unknown tokens: {m:?}"
-                )));
-            };
-            let merged = format!("{l}{r}");
-            let Some(&mi) = by_text.get(merged.as_str()) else {
-                return Err(TokenizerError(format!(
-                    "merge {rank} result not in vocab: {m:?}"
-                )));
-            };
-            merges.entry((li, ri)).or_insert((rank as u32, mi));
-        }
-        let split_re =
-            Regex::new(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+")
-                .map_err(|e| TokenizerError(e.to_string()))?;
-        let max_token_bytes = token_bytes.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut plain = chat.clone();
+        plain.set_encode_special_tokens(true);
         Ok(Self {
+            chat,
+            plain,
             token_bytes,
-            special,
-            byte_ids,
-            merges,
-            specials,
-            split_digits: matches!(spec.pre.as_str(), "smollm" | "starcoder" | "refact"),
-            split_re,
-            bos: spec.bos,
-            eos: spec.eos,
-            unk: spec.unk.unwrap_or(0),
+            eos,
             max_token_bytes,
         })
     }
 
-    /// Vocabulary size.
-    pub fn vocab_size(&self) -> usize {
-        self.token_bytes.len()
+    /// The raw bytes of a token (special tokens and unknown ids: none).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes.get(id as usize).map_or(&[], |b| b)
     }
 
-    /// End-of-sequence id.
+    /// End-of-sequence id (`tokenizer.ggml.eos_token_id`).
     pub fn eos(&self) -> u32 {
         self.eos
     }
 
-    /// Beginning-of-sequence id, when the model has one.
-    pub fn bos(&self) -> Option<u32> {
-        self.bos
-    }
-
-    /// The id of a special token spelled `text`, if any.
+    /// The id of the special token spelled `text`, if the vocabulary has it.
     pub fn special_id(&self, text: &str) -> Option<u32> {
-        self.specials
-            .iter()
-            .find(|(t, _)| t == text)
-            .map(|(_, id)| *id)
-    }
-
-    /// Whether `id` is a control/user-defined token.
-    pub fn is_special(&self, id: u32) -> bool {
-        self.special.get(id as usize).copied().unwrap_or(false)
+        self.chat
+            .get_added_vocabulary()
+            .is_special_token(text)
+            .then(|| self.chat.token_to_id(text))
+            .flatten()
     }
 
     /// The longest token in bytes: a text of `b` bytes has at least `b / max_token_bytes()` tokens.
@@ -218,177 +151,72 @@ impl Tokenizer {
         self.max_token_bytes
     }
 
-    /// Encodes `text`, matching special-token spellings (e.g. `<|im_start|>`) as their ids.
-    pub fn encode_with_specials(&self, text: &str) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut rest = text;
-        'outer: while !rest.is_empty() {
-            // Find the earliest special token occurrence.
-            let mut best: Option<(usize, &str, u32)> = None;
-            for (s, id) in &self.specials {
-                if let Some(pos) = rest.find(s.as_str())
-                    && best.is_none_or(|(bp, bs, _)| pos < bp || (pos == bp && s.len() > bs.len()))
-                {
-                    best = Some((pos, s.as_str(), *id));
-                }
-            }
-            match best {
-                Some((pos, s, id)) => {
-                    self.encode_into(&rest[..pos], &mut out);
-                    out.push(id);
-                    rest = &rest[pos + s.len()..];
-                }
-                None => {
-                    self.encode_into(rest, &mut out);
-                    break 'outer;
-                }
-            }
-        }
-        out
+    /// Encodes `text`, matching special-token spellings (e.g. `<|im_start|>`) as their ids. No
+    /// BOS/EOS is added.
+    ///
+    /// # Errors
+    /// When `tokenizers` cannot encode the text (not expected: byte-level BPE covers every byte).
+    pub fn encode_with_specials(&self, text: &str) -> Result<Vec<u32>, BoxError> {
+        Ok(self.chat.encode_fast(text, false)?.get_ids().to_vec())
     }
 
-    /// Encodes ordinary text (special-token spellings are encoded as plain text).
-    pub fn encode(&self, text: &str) -> Vec<u32> {
-        let mut out = Vec::new();
-        self.encode_into(text, &mut out);
-        out
+    /// Encodes ordinary text: special-token spellings are encoded as plain text. No BOS/EOS is
+    /// added.
+    ///
+    /// # Errors
+    /// As [`Tokenizer::encode_with_specials`].
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, BoxError> {
+        Ok(self.plain.encode_fast(text, false)?.get_ids().to_vec())
     }
 
-    fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
-        if self.split_digits {
-            let mut start = 0;
-            for (i, c) in text.char_indices() {
-                if c.is_numeric() {
-                    self.split_gpt2(&text[start..i], out);
-                    let end = i + c.len_utf8();
-                    self.bpe(&text[i..end], out);
-                    start = end;
-                }
-            }
-            self.split_gpt2(&text[start..], out);
-        } else {
-            self.split_gpt2(text, out);
-        }
+    /// Decodes ids to text, skipping special tokens and ids outside the vocabulary; invalid
+    /// UTF-8 becomes U+FFFD.
+    ///
+    /// # Errors
+    /// When the decoder fails (the byte-level decoder does not).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, BoxError> {
+        self.chat.decode(ids, true)
     }
 
-    fn split_gpt2(&self, text: &str, out: &mut Vec<u32>) {
-        let mut pos = 0;
-        while pos < text.len() {
-            let Some(m) = self.split_re.find_at(text, pos) else {
-                self.bpe(&text[pos..], out);
-                return;
-            };
-            if m.start() > pos {
-                self.bpe(&text[pos..m.start()], out);
-            }
-            let mut end = m.end();
-            let piece = m.as_str();
-            // `\s+(?!\S)`: a whitespace run followed by a non-space leaves its last char behind.
-            if end < text.len() && piece.chars().all(char::is_whitespace) {
-                let mut chars = piece.char_indices();
-                if let (Some(_), Some((last_i, _))) =
-                    (chars.next(), piece.char_indices().next_back())
-                    && last_i > 0
-                {
-                    end = m.start() + last_i;
-                }
-            }
-            self.bpe(&text[m.start()..end], out);
-            pos = end;
+    /// A streaming decoder for one sequence (special tokens are skipped).
+    pub fn decode_stream(&self) -> StreamDecoder<'_> {
+        StreamDecoder {
+            tok: self,
+            inner: self.chat.decode_stream(true),
         }
-    }
-
-    fn bpe(&self, piece: &str, out: &mut Vec<u32>) {
-        if piece.is_empty() {
-            return;
-        }
-        let mut ids: Vec<u32> = piece
-            .bytes()
-            .map(|b| self.byte_ids[b as usize].unwrap_or(self.unk))
-            .collect();
-        loop {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..ids.len().saturating_sub(1) {
-                if let Some(&(rank, merged)) = self.merges.get(&(ids[i], ids[i + 1]))
-                    && best.is_none_or(|(r, _, _)| rank < r)
-                {
-                    best = Some((rank, i, merged));
-                }
-            }
-            match best {
-                Some((_, i, merged)) => {
-                    ids[i] = merged;
-                    ids.remove(i + 1);
-                }
-                None => break,
-            }
-        }
-        out.extend_from_slice(&ids);
-    }
-
-    /// The raw bytes of a token (special tokens: empty).
-    pub fn token_bytes(&self, id: u32) -> &[u8] {
-        if self.is_special(id) {
-            return &[];
-        }
-        self.token_bytes
-            .get(id as usize)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-    }
-
-    /// Decodes ids to text, skipping special tokens; invalid UTF-8 becomes U+FFFD.
-    pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&id| self.token_bytes(id).iter().copied())
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
-/// Turns a stream of token ids into text pieces, holding back incomplete UTF-8 sequences.
-#[derive(Debug, Default)]
-pub struct StreamDecoder {
-    pending: Vec<u8>,
+/// Turns a sequence's token ids into text pieces, holding back incomplete UTF-8 sequences
+/// (`tokenizers`' [`DecodeStream`]).
+pub struct StreamDecoder<'t> {
+    tok: &'t Tokenizer,
+    inner: DecodeStream<
+        't,
+        ModelWrapper,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >,
 }
 
-impl StreamDecoder {
-    /// Adds one token and returns the text that became complete (possibly empty).
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
-        self.pending.extend_from_slice(tok.token_bytes(id));
-        let mut out = String::new();
-        loop {
-            match std::str::from_utf8(&self.pending) {
-                Ok(s) => {
-                    out.push_str(s);
-                    self.pending.clear();
-                    return out;
-                }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    // SAFETY-free: the prefix up to `valid` is valid UTF-8 by construction.
-                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
-                    match e.error_len() {
-                        None => {
-                            self.pending.drain(..valid);
-                            return out;
-                        }
-                        Some(bad) => {
-                            out.push('\u{FFFD}');
-                            self.pending.drain(..valid + bad);
-                        }
-                    }
-                }
-            }
-        }
+impl std::fmt::Debug for StreamDecoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamDecoder").finish_non_exhaustive()
     }
+}
 
-    /// Flushes whatever is left (an incomplete sequence becomes U+FFFD).
-    pub fn finish(&mut self) -> String {
-        let s = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        s
+impl StreamDecoder<'_> {
+    /// Adds one token and returns the text that became complete (empty while a UTF-8 sequence
+    /// is incomplete, and for special tokens).
+    pub fn push(&mut self, id: u32) -> String {
+        match self.inner.step(id) {
+            Ok(piece) => piece.unwrap_or_default(),
+            // `DecodeStream` fails only when a decoder rewrites earlier text, which the
+            // byte-level decoder never does; keep the token's own text rather than lose it.
+            Err(_) => self.tok.decode(&[id]).unwrap_or_default(),
+        }
     }
 }
 
@@ -396,82 +224,76 @@ impl StreamDecoder {
 mod tests {
     use super::*;
 
+    /// The random-weight model's tokenizer: the 256 byte characters, ChatML specials (ids 0-2)
+    /// and the merges `Ġ t`, `h e`, `Ġt he`, `i n`, `Ġ a`, `e r`; `pre = "smollm"`.
     fn tiny() -> Tokenizer {
-        let b2u = bytes_to_unicode();
-        let mut tokens = vec![
-            "<|endoftext|>".to_string(),
-            "<|im_start|>".into(),
-            "<|im_end|>".into(),
-        ];
-        let mut types = vec![3, 3, 3];
-        for c in b2u {
-            tokens.push(c.to_string());
-            types.push(1);
-        }
-        for t in ["Ġt", "he", "Ġthe", "ll", "llo", "hellow"] {
-            tokens.push(t.into());
-            types.push(1);
-        }
-        let _ = &mut tokens;
-        Tokenizer::new(&TokenizerSpec {
-            tokens,
-            token_types: types,
-            merges: vec![
-                "Ġ t".into(),
-                "h e".into(),
-                "Ġt he".into(),
-                "l l".into(),
-                "ll o".into(),
-            ],
-            pre: "smollm".into(),
-            bos: Some(1),
-            eos: 2,
-            unk: Some(0),
-        })
-        .expect("tiny tokenizer")
+        let bytes = super::super::model::random_gguf(1).expect("gguf");
+        let ct = gguf_file::Content::read(&mut std::io::Cursor::new(bytes)).expect("read");
+        Tokenizer::from_gguf(&ct).expect("tokenizer")
+    }
+
+    fn pieces(t: &Tokenizer, ids: &[u32]) -> Vec<String> {
+        ids.iter()
+            .map(|&i| t.decode(&[i]).expect("decode"))
+            .collect()
     }
 
     #[test]
-    fn round_trips_and_merges() {
+    fn merges_digits_and_the_whitespace_give_back() {
         let t = tiny();
-        let ids = t.encode("hello the 42");
-        assert_eq!(t.decode(&ids), "hello the 42");
-        // "hello" -> h e llo after merges (h e) and (ll o); " the" -> Ġthe.
-        let the = ids.iter().filter(|&&i| t.decode(&[i]) == " the").count();
-        assert_eq!(the, 1);
-        let llo = ids.iter().filter(|&&i| t.decode(&[i]) == "llo").count();
-        assert_eq!(llo, 1);
+        let ids = t.encode("in the 42  there").expect("encode");
+        // " the" is one merged token; each digit its own; of two spaces before a word the
+        // first is alone and the second starts the word (`\s+(?!\S)`).
+        assert_eq!(
+            pieces(&t, &ids),
+            ["in", " the", " ", "4", "2", " ", " the", "r", "e"]
+        );
+        assert_eq!(t.decode(&ids).expect("decode"), "in the 42  there");
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| t.token_bytes(i).to_vec())
+            .collect();
+        assert_eq!(bytes, b"in the 42  there");
+        // No prefix space: a leading word is not " in".
+        assert_eq!(pieces(&t, &t.encode("in").expect("encode")), ["in"]);
     }
 
     #[test]
-    fn specials_are_matched_and_skipped() {
+    fn specials_match_in_chat_prompts_only() {
         let t = tiny();
-        let ids = t.encode_with_specials("<|im_start|>user\nhi<|im_end|>");
-        assert_eq!(ids[0], 1);
-        assert_eq!(*ids.last().expect("ids"), 2);
-        assert_eq!(t.decode(&ids), "user\nhi");
+        let text = "<|im_start|>user\nhi<|im_end|>";
+        let chat = t.encode_with_specials(text).expect("encode");
+        assert_eq!(
+            pieces(&t, &chat),
+            ["", "u", "s", "er", "\n", "h", "i", ""],
+            "{chat:?}"
+        );
+        assert_eq!((chat[0], chat[7]), (1, 2));
+        assert_eq!(t.decode(&chat).expect("decode"), "user\nhi");
+        let plain = t.encode(text).expect("encode");
+        assert!(!plain.contains(&1) && !plain.contains(&2), "{plain:?}");
+        assert_eq!(t.decode(&plain).expect("decode"), text);
+        assert_eq!(t.special_id("<|im_end|>"), Some(2));
+        assert_eq!(t.special_id("<|endoftext|>"), Some(0));
+        assert_eq!(t.special_id("user"), None);
+        assert_eq!(t.eos(), 2);
+        // "<|endoftext|>" is the longest token: 13 bytes.
+        assert_eq!(t.max_token_bytes(), 13);
     }
 
     #[test]
-    fn whitespace_run_gives_back_last_space() {
+    fn stream_decoder_holds_partial_utf8_and_skips_specials() {
         let t = tiny();
-        let mut pieces = Vec::new();
-        // two spaces then a word: "  the" splits as " " + " the"
-        let ids = t.encode("a  the");
-        for &i in &ids {
-            pieces.push(t.decode(&[i]));
-        }
-        assert!(pieces.contains(&" the".to_string()), "{pieces:?}");
-    }
-
-    #[test]
-    fn stream_decoder_holds_partial_utf8() {
-        let t = tiny();
-        let ids = t.encode("é");
-        assert_eq!(ids.len(), 2);
-        let mut d = StreamDecoder::default();
-        assert_eq!(d.push(&t, ids[0]), "");
-        assert_eq!(d.push(&t, ids[1]), "é");
-        assert_eq!(d.finish(), "");
+        let ids = t.encode("é the").expect("encode");
+        assert_eq!(ids.len(), 3);
+        // The two bytes of "é" are two tokens; each has one raw byte.
+        assert_eq!(t.token_bytes(ids[0]), [0xC3]);
+        assert_eq!(t.token_bytes(ids[1]), [0xA9]);
+        assert_eq!(t.token_bytes(1), b"");
+        let mut d = t.decode_stream();
+        assert_eq!(d.push(ids[0]), "");
+        assert_eq!(d.push(ids[1]), "é");
+        assert_eq!(d.push(1), "");
+        assert_eq!(d.push(ids[2]), " the");
     }
 }

@@ -19,11 +19,16 @@ const GT: &[&str] = &["hw.id", "hw.name", "gpu.uuid", "hw.type"];
 macro_rules! def {
     ($id:literal, $name:literal, own: $own:literal, $kind:ident, $unit:literal, labels: $labels:expr,
      $desc:literal, recorded: $rec:expr) => {
+        def!($id, $name, own: $own, prometheus: None, $kind, $unit, labels: $labels, $desc, recorded: $rec)
+    };
+    ($id:literal, $name:literal, own: $own:literal, prometheus: $prom:expr, $kind:ident, $unit:literal,
+     labels: $labels:expr, $desc:literal, recorded: $rec:expr) => {
         MetricDef {
             id: $id,
             otel_name: $name,
             own: $own,
             vllm_name: None,
+            prometheus_override: $prom,
             kind: MetricKind::$kind,
             unit: $unit,
             description: $desc,
@@ -116,22 +121,26 @@ pub static DEFS: &[MetricDef] = &[
         "Cost of 1000 output tokens over the sampler window: configured price per GPU-hour x the GPU-hours attributed to this model / its output tokens x 1000 (GPU time is split across models like energy).",
         recorded: "Every sampler interval, when a price per GPU-hour is configured, GPU time was attributed and the window holds output tokens."),
     // ---- process ----
+    // Where Prometheus client libraries export the same quantity (client_golang's process
+    // collector, the Python and Java clients), its name is used under both presets, so process
+    // dashboards work; the OpenTelemetry mapping would give `process_thread_count` and
+    // `process_unix_file_descriptor_count`, whose `_count` suffix promtool reserves for histograms.
     def!("process.cpu.utilization", "process.cpu.utilization", own: false, Gauge, "1", labels: &[],
         "CPU time used by this process over the last sample period / (period x logical CPUs).",
         recorded: "Every sampler interval from the second sample on (the first has no period)."),
-    def!("process.memory.usage", "process.memory.usage", own: false, Gauge, "By", labels: &[],
+    def!("process.memory.usage", "process.memory.usage", own: false, prometheus: Some("process_resident_memory_bytes"), Gauge, "By", labels: &[],
         "Resident memory (RSS) of this process.",
         recorded: "Every sampler interval."),
-    def!("process.memory.virtual", "process.memory.virtual", own: false, Gauge, "By", labels: &[],
+    def!("process.memory.virtual", "process.memory.virtual", own: false, prometheus: Some("process_virtual_memory_bytes"), Gauge, "By", labels: &[],
         "Virtual memory size of this process.",
         recorded: "Every sampler interval."),
     def!("process.memory.peak", "process.memory.peak", own: true, Gauge, "By", labels: &[],
         "Peak resident memory of this process since it started (getrusage ru_maxrss).",
         recorded: "Every sampler interval, on Unix."),
-    def!("process.thread.count", "process.thread.count", own: false, Gauge, "{thread}", labels: &[],
+    def!("process.thread.count", "process.thread.count", own: false, prometheus: Some("process_threads"), Gauge, "{thread}", labels: &[],
         "Threads of this process.",
         recorded: "Every sampler interval, on Linux."),
-    def!("process.open_files", "process.unix.file_descriptor.count", own: false, Gauge, "{file_descriptor}", labels: &[],
+    def!("process.open_files", "process.unix.file_descriptor.count", own: false, prometheus: Some("process_open_fds"), Gauge, "{file_descriptor}", labels: &[],
         "Open file descriptors of this process.",
         recorded: "Every sampler interval, on Linux."),
     def!("process.disk.io", "process.disk.io", own: false, Counter, "By", labels: &["disk.io.direction"],
