@@ -41,6 +41,7 @@ macro_rules! def {
             otel_name: $name,
             own: $own,
             vllm_name: None,
+            prometheus_override: None,
             kind: MetricKind::$kind,
             unit: $unit,
             description: $desc,
