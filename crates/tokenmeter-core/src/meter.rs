@@ -90,7 +90,7 @@ impl Default for MeterBuilder {
         Self {
             model: "unknown".into(),
             model_version: String::new(),
-            provider: names::DEFAULT_PREFIX.into(),
+            provider: "tokenmeter".into(),
             operation: "chat".into(),
             naming: Naming::OpenTelemetry,
             prefix: names::DEFAULT_PREFIX.into(),
