@@ -52,7 +52,7 @@ mod types;
 mod window;
 
 /// The clock: [`quanta`]'s, re-exported so that servers and tests need no direct dependency.
-/// Tests build a meter on [`Clock::mock`] and get exact values.
+/// Tests build a meter on [`Clock::mock`](quanta::Clock::mock) and get exact values.
 pub mod clock {
     pub use quanta::{Clock, Instant, Mock};
 }

@@ -163,3 +163,74 @@ pub static DEFS: &[MetricDef] = &[
         "Bytes received or transmitted by the machine's network interfaces since the sampler started (summed over interfaces, loopback excluded), direction receive or transmit.",
         recorded: "Every sampler interval from the second sample on."),
 ];
+
+// Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
+// catalog/mod.rs checks that each names the entry of its own id.
+/// The `gpu.utilization` metric.
+pub static UTILIZATION: &MetricDef = &DEFS[0];
+/// The `gpu.memory.utilization` metric.
+pub static MEMORY_UTILIZATION: &MetricDef = &DEFS[1];
+/// The `gpu.memory_controller.utilization` metric.
+pub static MEMORY_CONTROLLER_UTILIZATION: &MetricDef = &DEFS[2];
+/// The `gpu.memory.usage` metric.
+pub static MEMORY_USAGE: &MetricDef = &DEFS[3];
+/// The `gpu.memory.limit` metric.
+pub static MEMORY_LIMIT: &MetricDef = &DEFS[4];
+/// The `gpu.memory.free` metric.
+pub static MEMORY_FREE: &MetricDef = &DEFS[5];
+/// The `gpu.memory.peak` metric.
+pub static MEMORY_PEAK: &MetricDef = &DEFS[6];
+/// The `gpu.process.memory.usage` metric.
+pub static GPU_PROCESS_MEMORY_USAGE: &MetricDef = &DEFS[7];
+/// The `gpu.power` metric.
+pub static POWER: &MetricDef = &DEFS[8];
+/// The `gpu.power.limit` metric.
+pub static POWER_LIMIT: &MetricDef = &DEFS[9];
+/// The `gpu.energy` metric.
+pub static ENERGY: &MetricDef = &DEFS[10];
+/// The `gpu.temperature` metric.
+pub static TEMPERATURE: &MetricDef = &DEFS[11];
+/// The `gpu.clock.sm` metric.
+pub static CLOCK_SM: &MetricDef = &DEFS[12];
+/// The `gpu.clock.memory` metric.
+pub static CLOCK_MEMORY: &MetricDef = &DEFS[13];
+/// The `gpu.throttle` metric.
+pub static THROTTLE: &MetricDef = &DEFS[14];
+/// The `gpu.errors` metric.
+pub static ERRORS: &MetricDef = &DEFS[15];
+/// The `gpu.pcie.throughput` metric.
+pub static PCIE_THROUGHPUT: &MetricDef = &DEFS[16];
+/// The `gpu.status` metric.
+pub static STATUS: &MetricDef = &DEFS[17];
+/// The `gpu.energy_per_output_token` metric.
+pub static ENERGY_PER_OUTPUT_TOKEN: &MetricDef = &DEFS[18];
+/// The `gpu.output_tokens_per_joule` metric.
+pub static OUTPUT_TOKENS_PER_JOULE: &MetricDef = &DEFS[19];
+/// The `gpu.energy.attributed` metric.
+pub static ENERGY_ATTRIBUTED: &MetricDef = &DEFS[20];
+/// The `gpu.cost_per_1k_output_tokens` metric.
+pub static COST_PER_1K_OUTPUT_TOKENS: &MetricDef = &DEFS[21];
+/// The `process.cpu.utilization` metric.
+pub static PROCESS_CPU_UTILIZATION: &MetricDef = &DEFS[22];
+/// The `process.memory.usage` metric.
+pub static PROCESS_MEMORY_USAGE: &MetricDef = &DEFS[23];
+/// The `process.memory.virtual` metric.
+pub static PROCESS_MEMORY_VIRTUAL: &MetricDef = &DEFS[24];
+/// The `process.memory.peak` metric.
+pub static PROCESS_MEMORY_PEAK: &MetricDef = &DEFS[25];
+/// The `process.thread.count` metric.
+pub static PROCESS_THREAD_COUNT: &MetricDef = &DEFS[26];
+/// The `process.open_files` metric.
+pub static PROCESS_OPEN_FILES: &MetricDef = &DEFS[27];
+/// The `process.disk.io` metric.
+pub static PROCESS_DISK_IO: &MetricDef = &DEFS[28];
+/// The `system.cpu.utilization` metric.
+pub static SYSTEM_CPU_UTILIZATION: &MetricDef = &DEFS[29];
+/// The `system.memory.usage` metric.
+pub static SYSTEM_MEMORY_USAGE: &MetricDef = &DEFS[30];
+/// The `system.memory.limit` metric.
+pub static SYSTEM_MEMORY_LIMIT: &MetricDef = &DEFS[31];
+/// The `system.disk.io` metric.
+pub static SYSTEM_DISK_IO: &MetricDef = &DEFS[32];
+/// The `system.network.io` metric.
+pub static SYSTEM_NETWORK_IO: &MetricDef = &DEFS[33];

@@ -358,15 +358,80 @@ mod tests {
         for (def, id) in typed {
             assert_eq!(def.id, id);
         }
-        let typed = [
+        let gpu = [
+            (gpu::UTILIZATION, "gpu.utilization"),
+            (gpu::MEMORY_UTILIZATION, "gpu.memory.utilization"),
+            (
+                gpu::MEMORY_CONTROLLER_UTILIZATION,
+                "gpu.memory_controller.utilization",
+            ),
+            (gpu::MEMORY_USAGE, "gpu.memory.usage"),
+            (gpu::MEMORY_LIMIT, "gpu.memory.limit"),
+            (gpu::MEMORY_FREE, "gpu.memory.free"),
+            (gpu::MEMORY_PEAK, "gpu.memory.peak"),
+            (gpu::GPU_PROCESS_MEMORY_USAGE, "gpu.process.memory.usage"),
+            (gpu::POWER, "gpu.power"),
+            (gpu::POWER_LIMIT, "gpu.power.limit"),
+            (gpu::ENERGY, "gpu.energy"),
+            (gpu::TEMPERATURE, "gpu.temperature"),
+            (gpu::CLOCK_SM, "gpu.clock.sm"),
+            (gpu::CLOCK_MEMORY, "gpu.clock.memory"),
+            (gpu::THROTTLE, "gpu.throttle"),
+            (gpu::ERRORS, "gpu.errors"),
+            (gpu::PCIE_THROUGHPUT, "gpu.pcie.throughput"),
+            (gpu::STATUS, "gpu.status"),
+            (gpu::ENERGY_PER_OUTPUT_TOKEN, "gpu.energy_per_output_token"),
+            (gpu::OUTPUT_TOKENS_PER_JOULE, "gpu.output_tokens_per_joule"),
+            (gpu::ENERGY_ATTRIBUTED, "gpu.energy.attributed"),
+            (
+                gpu::COST_PER_1K_OUTPUT_TOKENS,
+                "gpu.cost_per_1k_output_tokens",
+            ),
+            (gpu::PROCESS_CPU_UTILIZATION, "process.cpu.utilization"),
+            (gpu::PROCESS_MEMORY_USAGE, "process.memory.usage"),
+            (gpu::PROCESS_MEMORY_VIRTUAL, "process.memory.virtual"),
+            (gpu::PROCESS_MEMORY_PEAK, "process.memory.peak"),
+            (gpu::PROCESS_THREAD_COUNT, "process.thread.count"),
+            (gpu::PROCESS_OPEN_FILES, "process.open_files"),
+            (gpu::PROCESS_DISK_IO, "process.disk.io"),
+            (gpu::SYSTEM_CPU_UTILIZATION, "system.cpu.utilization"),
+            (gpu::SYSTEM_MEMORY_USAGE, "system.memory.usage"),
+            (gpu::SYSTEM_MEMORY_LIMIT, "system.memory.limit"),
+            (gpu::SYSTEM_DISK_IO, "system.disk.io"),
+            (gpu::SYSTEM_NETWORK_IO, "system.network.io"),
+        ];
+        assert_eq!(gpu.len(), gpu::DEFS.len());
+        let quality = [
+            (quality::PERPLEXITY, "quality_perplexity"),
+            (quality::ENTROPY, "quality_entropy"),
+            (quality::LOW_CONFIDENCE, "quality_low_confidence"),
+            (quality::REQUESTS, "quality_requests"),
+            (quality::REFUSALS, "quality_refusals"),
+            (quality::REPETITION, "quality_repetition"),
+            (quality::DEGENERATE, "quality_degenerate"),
+            (quality::OUTPUT_CHARS, "quality_output_chars"),
+            (quality::EMPTY, "quality_empty"),
+            (quality::REPLACEMENT_CHARS, "quality_replacement_chars"),
+            (quality::CONTROL_CHARS, "quality_control_chars"),
+            (quality::DISALLOWED_TOKENS, "quality_disallowed_tokens"),
+            (quality::KEYWORDS, "quality_keywords"),
+            (quality::SCORE, "quality_score"),
+            (quality::SAFETY_TRIGGERS, "quality_safety_triggers"),
+            (quality::FEEDBACK, "quality_feedback"),
+            (quality::DRIFT_PSI, "quality_drift_psi"),
+            (quality::DRIFT_JSD, "quality_drift_jsd"),
+            (quality::DRIFT_WINDOW, "quality_drift_window"),
+        ];
+        assert_eq!(quality.len(), quality::DEFS.len());
+        let http = [
             (http::HTTP_DURATION, "http.duration"),
             (http::HTTP_ACTIVE_REQUESTS, "http.active_requests"),
             (http::HTTP_REQUEST_BODY_SIZE, "http.request.body.size"),
             (http::HTTP_RESPONSE_BODY_SIZE, "http.response.body.size"),
             (http::HTTP_REJECTED, "http.rejected"),
         ];
-        assert_eq!(typed.len(), http::DEFS.len());
-        for (def, id) in typed {
+        assert_eq!(http.len(), http::DEFS.len());
+        for (def, id) in gpu.into_iter().chain(quality).chain(http) {
             assert_eq!(def.id, id);
         }
     }
