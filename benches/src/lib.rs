@@ -35,6 +35,40 @@ pub fn ns_per_op<F: FnMut()>(ops_per_call: u64, mut f: F) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Nanoseconds per call of `a` and of `b`, timed in alternating batches of about 2 ms, the
+/// fastest of 31 batches each. On a busy shared machine the two see the same disturbances at
+/// about the same times, so their ratio holds much better than that of two [`ns_per_op`] calls
+/// made one after the other.
+pub fn ns_per_call_pair<A: FnMut(), B: FnMut()>(mut a: A, mut b: B) -> (f64, f64) {
+    fn calls_for_2ms(f: &mut dyn FnMut()) -> u64 {
+        let mut calls: u64 = 1;
+        loop {
+            let t = Instant::now();
+            for _ in 0..calls {
+                f();
+            }
+            if t.elapsed().as_micros() >= 2000 || calls >= 1 << 30 {
+                return calls;
+            }
+            calls *= 2;
+        }
+    }
+    fn batch(f: &mut dyn FnMut(), calls: u64) -> f64 {
+        let t = Instant::now();
+        for _ in 0..calls {
+            f();
+        }
+        t.elapsed().as_nanos() as f64 / calls as f64
+    }
+    let (ca, cb) = (calls_for_2ms(&mut a), calls_for_2ms(&mut b));
+    let (mut best_a, mut best_b) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..31 {
+        best_a = best_a.min(batch(&mut a, ca));
+        best_b = best_b.min(batch(&mut b, cb));
+    }
+    (best_a, best_b)
+}
+
 /// Prints one result line: the operation, its cost, its floor and the ratio (and a target, if
 /// the issue sets one as a ratio).
 pub fn report(what: &str, ns: f64, floor_what: &str, floor_ns: f64, target_ratio: Option<f64>) {

@@ -390,4 +390,41 @@ async fn demo_bad_requests_get_openai_errors_and_are_counted_by_type() {
     assert_eq!(view.sum(&requests, &[("finish_reason", "error")]), n as f64);
     assert_eq!(view.snapshot.requests_failed, n as u64);
     assert_eq!(view.snapshot.totals.requests_ended, n as u64 + 1);
+    // The HTTP layer saw the same requests by route and status. Its series are server-scoped
+    // (no model label), so they are shared by the servers of this binary; only this test sends
+    // 4xx. Every rejection failed a guard here, so none counts as rejected before one.
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let http = loadgen::parse_exposition(&text, None);
+    let count = |route: &str, status: &str| -> f64 {
+        http.get("http_server_request_duration_seconds_count")
+            .map(|v| {
+                v.iter()
+                    .filter(|(l, _)| {
+                        l.get("http_route").map(String::as_str) == Some(route)
+                            && l.get("http_response_status_code").map(String::as_str)
+                                == Some(status)
+                    })
+                    .map(|(_, x)| *x)
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        count("/v1/chat/completions", "400"),
+        (n - 2) as f64,
+        "{text}"
+    );
+    assert_eq!(count("/v1/chat/completions", "404"), 1.0, "{text}");
+    assert_eq!(count("/v1/completions", "400"), 1.0, "{text}");
+    assert!(
+        !text.contains("tokenmeter_http_server_rejected_total{"),
+        "{text}"
+    );
 }

@@ -199,13 +199,13 @@ fn check_pipeline(
                 "sum {:?}",
                 p.sum
             );
-            // 30 ms falls in (0.02, 0.04].
+            // Every 30 ms TTFT falls in the bucket of the first bound at or above it.
             let idx = ttft_def
                 .buckets
                 .expect("b")
                 .iter()
-                .position(|b| *b == 0.04)
-                .expect("0.04");
+                .position(|b| *b >= 0.03)
+                .expect("a bound above 30 ms");
             assert_eq!(p.bucket_counts[idx], p.count);
             // Inter-token latency arrives through the guard's batched flushes (one
             // `record_many` per bucket), replayed into the SDK before the collection: 3 gaps

@@ -6,7 +6,7 @@
 //! long generation) is therefore exact in bucket counts and in sum.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use metrics::Label;
@@ -62,10 +62,11 @@ struct Params {
     adapter: Option<String>,
 }
 
-/// What the guard knows besides tokens and instants: the request's parameters, and what the
-/// engine told it (preemptions, prefix-cache hits, speculative decoding, sequence lengths).
-/// Boxed on first use, so a guard that needs none stays small.
-#[derive(Debug, Default)]
+/// What the guard knows besides tokens and instants: the request's parameters, what the
+/// engine told it (preemptions, prefix-cache hits, speculative decoding, sequence lengths), and
+/// the non-finite counts of other threads. Boxed on first use, so a guard that needs none stays
+/// small.
+#[derive(Default)]
 struct Facts {
     n: Option<u32>,
     max_tokens: Option<u64>,
@@ -75,6 +76,9 @@ struct Facts {
     spec_accepted_tokens: u64,
     /// The longest finished sequence, when the server reported sequences (n > 1).
     longest_sequence: Option<u64>,
+    /// Counts from other threads ([`non_finite_handle`](RequestGuard::non_finite_handle)),
+    /// folded in at the end.
+    shared_non_finite: Option<Arc<SharedNonFinite>>,
 }
 
 impl RequestBuilder {
@@ -161,12 +165,7 @@ impl RequestBuilder {
             Some(id) => id,
             None => meter.next_request_id().to_string(),
         };
-        let span = span::request_span(
-            meter.identity(),
-            &id,
-            self.prompt_tokens,
-            self.parent.as_ref(),
-        );
+        let span = span::request_span(meter.identity(), &id, self.parent.as_ref());
         let p = self.params;
         span::record_params(&span, p.n, p.max_tokens, p.adapter.as_deref());
         let facts = (p.n.is_some() || p.max_tokens.is_some()).then(|| {
@@ -198,6 +197,7 @@ impl RequestBuilder {
             n: 0,
             flushed: 0,
             prompt: self.prompt_tokens,
+            prompt_known: self.prompt_tokens > 0,
             itl: ItlAccumulator::new(),
             non_finite: NonFinite::default(),
             phase: Phase::Waiting,
@@ -259,8 +259,10 @@ pub struct RequestGuard {
     scheduled: bool,
     /// How the request ended; valid when `phase` is `Ended`.
     outcome: Outcome,
+    /// Whether the prompt length is known (given at start, or set once later).
+    prompt_known: bool,
     /// Its liveness slot (last progress, stored when scheduled, at flushes, at preemption);
-    /// here, it fills the padding before `itl`.
+    /// here, with the flags above, it fills the padding before `itl`.
     slot: Slot,
     /// Inter-token latencies since the last flush, per exported bucket.
     itl: ItlAccumulator,
@@ -713,6 +715,13 @@ impl RequestGuard {
         let now = self.meter.now();
         let now = self.not_before(now, floor);
         self.flush(now);
+        if let Some(shared) = self
+            .facts
+            .as_deref()
+            .and_then(|f| f.shared_non_finite.as_deref())
+        {
+            self.non_finite.add(shared.close());
+        }
         let summary = self.derive(now, outcome);
         self.record(now, &summary, outcome, reason, error);
         self.report(&summary, reason, error);
@@ -855,13 +864,71 @@ impl RequestGuard {
     }
 
     /// Adds NaN/+Inf/-Inf counts seen in this request's logits (the quality crate's scanner
-    /// calls this). Counts after the end are ignored and counted as misuse.
+    /// calls this). Every count is a fault: pass -Inf only from raw logits, never the mask of
+    /// masked ones; any count makes the request a non-finite one at its end. Counts after the
+    /// end are ignored and counted as misuse.
     pub fn record_non_finite(&mut self, counts: NonFinite) {
         if self.phase == Phase::Ended {
             self.meter.misuse("non_finite_after_end");
             return;
         }
         self.non_finite.add(counts);
+    }
+
+    /// Sets the prompt length when it is known only after start (servers that tokenize inside
+    /// the engine report it later, e.g. in the last chunk's usage). Counted once: a second
+    /// call, or a call when a non-zero length was given at start, is ignored and counted as
+    /// misuse `prompt_tokens_twice`; after the end, as `prompt_tokens_after_end`.
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter};
+    /// let meter = Meter::default();
+    /// let mut req = meter.request().start();
+    /// req.token();
+    /// req.set_prompt_tokens(42); // from the engine's usage report
+    /// assert_eq!(req.finish(Finish::Stop).input_tokens, 42);
+    /// assert_eq!(meter.totals().input_tokens, 42);
+    /// ```
+    pub fn set_prompt_tokens(&mut self, n: usize) {
+        if self.phase == Phase::Ended {
+            self.meter.misuse("prompt_tokens_after_end");
+            return;
+        }
+        if self.prompt_known {
+            self.meter.misuse("prompt_tokens_twice");
+            return;
+        }
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.prompt = n;
+        self.prompt_known = true;
+        self.meter.live_totals().input_tokens.fetch_add(n, Relaxed);
+        self.handles.input_tokens.increment(n);
+    }
+
+    /// A handle through which other threads add this request's non-finite logit counts
+    /// without a lock: `Send + Sync`, cheap to clone (an `Arc`), three relaxed adds per
+    /// record. For servers whose logits are seen on the engine thread while the guard lives in
+    /// the request's task. The guard folds the counts in when the request ends; counts recorded
+    /// through the handle after that are dropped and counted as misuse `non_finite_after_end`.
+    ///
+    /// ```
+    /// use tokenmeter_core::{Finish, Meter, NonFinite};
+    /// let meter = Meter::default();
+    /// let mut req = meter.request().start();
+    /// let logits = req.non_finite_handle();
+    /// std::thread::spawn(move || logits.record(NonFinite { nan: 2, ..NonFinite::default() }))
+    ///     .join()
+    ///     .unwrap();
+    /// req.token();
+    /// assert_eq!(req.finish(Finish::Stop).non_finite.nan, 2);
+    /// ```
+    pub fn non_finite_handle(&mut self) -> NonFiniteHandle {
+        let meter = self.meter.clone();
+        let shared = self
+            .facts()
+            .shared_non_finite
+            .get_or_insert_with(|| Arc::new(SharedNonFinite::new(meter)));
+        NonFiniteHandle(Arc::clone(shared))
     }
 
     /// Appends prompt text, when the meter captures text
@@ -937,7 +1004,8 @@ impl RequestGuard {
         self.n
     }
 
-    /// The prompt length given at start.
+    /// The prompt length (given at start, or set later with
+    /// [`set_prompt_tokens`](Self::set_prompt_tokens)).
     pub fn prompt_tokens(&self) -> u64 {
         self.prompt
     }
@@ -981,6 +1049,70 @@ impl RequestGuard {
     /// Time to first token, once there is one.
     pub fn ttft(&self) -> Option<Duration> {
         (self.n > 0).then(|| self.first.saturating_duration_since(self.arrival))
+    }
+}
+
+/// Non-finite counts shared between a guard and the threads that scan its logits.
+struct SharedNonFinite {
+    nan: AtomicU64,
+    pos_inf: AtomicU64,
+    neg_inf: AtomicU64,
+    ended: AtomicBool,
+    /// For the misuse count of a record after the end.
+    meter: Meter,
+}
+
+impl SharedNonFinite {
+    fn new(meter: Meter) -> Self {
+        SharedNonFinite {
+            nan: AtomicU64::new(0),
+            pos_inf: AtomicU64::new(0),
+            neg_inf: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            meter,
+        }
+    }
+
+    /// Marks the request ended and takes what was recorded.
+    fn close(&self) -> NonFinite {
+        self.ended.store(true, Relaxed);
+        NonFinite {
+            nan: self.nan.swap(0, Relaxed),
+            pos_inf: self.pos_inf.swap(0, Relaxed),
+            neg_inf: self.neg_inf.swap(0, Relaxed),
+        }
+    }
+}
+
+/// Adds non-finite logit counts to one request from any thread; from
+/// [`RequestGuard::non_finite_handle`].
+#[derive(Clone)]
+pub struct NonFiniteHandle(Arc<SharedNonFinite>);
+
+impl std::fmt::Debug for NonFiniteHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonFiniteHandle").finish_non_exhaustive()
+    }
+}
+
+impl NonFiniteHandle {
+    /// Adds `counts` (e.g. one scanned row's). Lock-free: three relaxed adds. After the request
+    /// ended the counts are dropped and counted as misuse `non_finite_after_end`.
+    pub fn record(&self, counts: NonFinite) {
+        let s = &*self.0;
+        if s.ended.load(Relaxed) {
+            s.meter.misuse("non_finite_after_end");
+            return;
+        }
+        for (cell, v) in [
+            (&s.nan, counts.nan),
+            (&s.pos_inf, counts.pos_inf),
+            (&s.neg_inf, counts.neg_inf),
+        ] {
+            if v > 0 {
+                cell.fetch_add(v, Relaxed);
+            }
+        }
     }
 }
 

@@ -97,8 +97,11 @@ impl ItlAccumulator {
         } else {
             gap_ns / u64::from(k)
         };
-        let b = layout.bucket(per_token, usize::from(self.last_bucket));
-        self.last_bucket = b as u8; // b <= MAX_ITL_BOUNDS < 256
+        let hint = usize::from(self.last_bucket);
+        let b = layout.bucket(per_token, hint);
+        if b != hint {
+            self.last_bucket = b as u8; // b <= MAX_ITL_BOUNDS < 256
+        }
         // `b <= MAX_ITL_BOUNDS`, so it is in range; `get_mut` keeps that promise checked
         // without a panic path.
         match (self.counts.get_mut(b), self.sums.get_mut(b)) {

@@ -56,13 +56,13 @@ mod types;
 mod window;
 
 /// The clock: [`quanta`]'s, re-exported so that servers and tests need no direct dependency.
-/// Tests build a meter on [`Clock::mock`] and get exact values.
+/// Tests build a meter on [`Clock::mock`](quanta::Clock::mock) and get exact values.
 pub mod clock {
     pub use quanta::{Clock, Instant, Mock};
 }
 
 pub use engine::EngineStep;
-pub use guard::{MAX_TOKENS_PER_STEP, RequestBuilder, RequestGuard};
+pub use guard::{MAX_TOKENS_PER_STEP, NonFiniteHandle, RequestBuilder, RequestGuard};
 pub use itl::MAX_ITL_BOUNDS;
 pub use liveness::{DEFAULT_STALL_THRESHOLD, Health};
 pub use meter::{ADAPTER_LABEL, ConfigError, LoadGuard, MAX_SPEC_POSITIONS, Meter, MeterBuilder};
@@ -72,5 +72,5 @@ pub use redact::{
 };
 pub use span::{StringArrayRecorder, set_string_array_recorder};
 pub use summary::RequestSummary;
-pub use types::{ErrorKind, Finish, NonFinite, Slo, Totals};
+pub use types::{ErrorKind, Finish, NonFinite, Slo, Totals, UnknownFinishReason};
 pub use window::{LatencySummary, Snapshot};

@@ -102,7 +102,7 @@ impl Default for MeterBuilder {
         Self {
             model: "unknown".into(),
             model_version: String::new(),
-            provider: names::DEFAULT_PREFIX.into(),
+            provider: "tokenmeter".into(),
             operation: "chat".into(),
             naming: Naming::OpenTelemetry,
             prefix: names::DEFAULT_PREFIX.into(),
@@ -160,7 +160,7 @@ impl MeterBuilder {
         self.constant_labels.push((key.into(), value.into()));
         self
     }
-    /// Label keys that requests may set with [`RequestBuilder::label`], and each key's
+    /// Label keys that requests may set with [`RequestBuilder::label`](crate::RequestBuilder::label), and each key's
     /// cardinality limit: the number of distinct values that get a series of their own. Values
     /// past it are emitted as `other` and counted in `labels.overflow` (one per request); a
     /// value unused for the [`label_idle_timeout`](Self::label_idle_timeout) gives its slot back.

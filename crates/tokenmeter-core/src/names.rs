@@ -21,6 +21,8 @@ pub const REQUEST_TARGET: &str = "tokenmeter::request";
 /// `gen_ai.*` and `error.type` names (shared/reference/otel-genai.md); `tokenmeter.*` are ours.
 /// Every name here is declared on the span, so `span.record(attr::X, v)` always lands.
 pub mod attr {
+    /// `gen_ai.usage.input_tokens` (int).
+    pub const INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
     /// `gen_ai.usage.output_tokens` (int).
     pub const OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
     /// `gen_ai.response.finish_reasons` (string array).
@@ -210,7 +212,7 @@ pub(crate) fn resolve(
     let vllm = naming == Naming::Vllm;
     let name = match def.vllm_name {
         Some(v) if vllm => v.to_owned(),
-        _ => catalog::prometheus_name(&otel_name, def.kind, def.unit),
+        _ => def.prometheus_name(prefix),
     };
     let preset = if vllm {
         def.vllm_buckets.or(def.buckets)

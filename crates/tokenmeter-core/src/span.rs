@@ -50,12 +50,7 @@ pub(crate) struct Identity {
     pub(crate) model: String,
 }
 
-pub(crate) fn request_span(
-    inner: &Identity,
-    request_id: &str,
-    prompt_tokens: u64,
-    parent: Option<&Span>,
-) -> Span {
+pub(crate) fn request_span(inner: &Identity, request_id: &str, parent: Option<&Span>) -> Span {
     let name = format!("{} {}", inner.operation, inner.model);
     macro_rules! span {
         ($($parent:expr)?) => {
@@ -71,7 +66,7 @@ pub(crate) fn request_span(
                 gen_ai.request.model = %inner.model,
                 gen_ai.response.model = %inner.model,
                 gen_ai.response.id = %request_id,
-                gen_ai.usage.input_tokens = as_i64(prompt_tokens),
+                gen_ai.usage.input_tokens = Empty,
                 gen_ai.usage.output_tokens = Empty,
                 gen_ai.response.finish_reasons = Empty,
                 gen_ai.response.time_to_first_chunk = Empty,
@@ -186,6 +181,8 @@ pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
     let prompt_cut = text.and_then(|t| t.prompt_truncated.then_some(true));
     let output_cut = text.and_then(|t| t.output_truncated.then_some(true));
     if !span.is_disabled() {
+        // Input tokens at the end: a server may learn them after start (`set_prompt_tokens`).
+        span.record(attr::INPUT_TOKENS, as_i64(s.input_tokens));
         span.record(attr::OUTPUT_TOKENS, as_i64(s.output_tokens));
         match STRING_ARRAY_RECORDER.get() {
             Some(record) => record(span, attr::FINISH_REASONS, &[r.finish_reason]),
@@ -287,9 +284,10 @@ mod tests {
         };
         let subscriber = tracing_subscriber_stub::Everything;
         tracing::subscriber::with_default(subscriber, || {
-            let span = request_span(&id, "r", 1, None);
+            let span = request_span(&id, "r", None);
             let meta = span.metadata().expect("enabled");
             for name in [
+                attr::INPUT_TOKENS,
                 attr::OUTPUT_TOKENS,
                 attr::FINISH_REASONS,
                 attr::TIME_TO_FIRST_CHUNK,

@@ -48,6 +48,43 @@ impl Finish {
     }
 }
 
+/// A finish reason string that [`Finish`]'s `FromStr` does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown finish reason `{0}` (an error ends a request through `fail`, not `finish`)")]
+pub struct UnknownFinishReason(pub String);
+
+impl std::str::FromStr for Finish {
+    type Err = UnknownFinishReason;
+
+    /// Parses the finish reasons servers and engines spell, case-insensitively: OpenAI's
+    /// (`stop`, `length`, `tool_calls`, `function_call`, `content_filter`), both spellings of
+    /// cancelled (`cancelled`, `canceled`) and vLLM's `abort`, and common engine ones
+    /// (`eos`, `eos_token`, `stop_sequence`, `end_turn` → stop; `max_tokens`, `max_length`,
+    /// `model_length` → length; `tool_use` → tool calls; `safety`, `recitation` → content
+    /// filter).
+    ///
+    /// # Errors
+    /// [`UnknownFinishReason`] for anything else, `error` included.
+    ///
+    /// ```
+    /// use tokenmeter_core::Finish;
+    /// assert_eq!("stop".parse(), Ok(Finish::Stop));
+    /// assert_eq!("canceled".parse(), Ok(Finish::Cancelled));
+    /// assert_eq!("TOOL_CALLS".parse(), Ok(Finish::ToolCalls));
+    /// assert!("error".parse::<Finish>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "stop" | "eos" | "eos_token" | "stop_sequence" | "end_turn" => Finish::Stop,
+            "length" | "max_tokens" | "max_length" | "model_length" => Finish::Length,
+            "tool_calls" | "function_call" | "tool_use" => Finish::ToolCalls,
+            "content_filter" | "safety" | "recitation" => Finish::ContentFilter,
+            "cancelled" | "canceled" | "abort" | "aborted" => Finish::Cancelled,
+            _ => return Err(UnknownFinishReason(s.to_owned())),
+        })
+    }
+}
+
 /// Why a request failed; becomes the `error.type` attribute (OpenTelemetry: a low-cardinality
 /// identifier of the error class).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,7 +115,8 @@ impl ErrorKind {
     }
 }
 
-/// Counts of non-finite values seen in logits.
+/// Counts of non-finite values seen in logits, each one a fault: NaN and +Inf anywhere, -Inf
+/// in raw logits (the quality crate never reports the -Inf of masked logits, which is intended).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]

@@ -794,3 +794,53 @@ fn finish_returns_the_measured_values_once_and_again_on_a_second_end() {
     mock.increment(100 * MS);
     assert_eq!(req.fail(ErrorKind::Internal), first);
 }
+
+/// Issue 14: input tokens learned after start are counted once; a logits handle used from
+/// another thread is folded in at the end, and a record after the end is misuse.
+#[test]
+fn late_prompt_tokens_and_the_logits_handle_are_counted_once() {
+    let (meter, _mock) = mock_meter(Meter::builder());
+    let c = recorded(|| {
+        let mut req = meter.request().start();
+        let logits = req.non_finite_handle();
+        let remote = logits.clone();
+        std::thread::spawn(move || {
+            remote.record(NonFinite {
+                nan: 1,
+                pos_inf: 2,
+                neg_inf: 0,
+            })
+        })
+        .join()
+        .expect("scanner thread");
+        req.token();
+        req.set_prompt_tokens(30);
+        req.set_prompt_tokens(31); // twice: ignored
+        let s = req.finish(Finish::Stop);
+        assert_eq!(
+            (s.input_tokens, s.non_finite.nan, s.non_finite.pos_inf),
+            (30, 1, 2)
+        );
+        logits.record(NonFinite {
+            nan: 5,
+            ..NonFinite::default()
+        }); // after the end: dropped
+        let mut given = meter.request().prompt_tokens(8).start();
+        given.set_prompt_tokens(9); // known at start: ignored
+        given.finish(Finish::Stop);
+    });
+    assert_eq!(c.counter("tokenmeter_input_tokens_total", &[]), 38);
+    assert_eq!(meter.totals().input_tokens, 38);
+    assert_eq!(
+        c.counter("tokenmeter_logits_nonfinite_total", &["kind=nan"]),
+        1
+    );
+    assert_eq!(
+        c.counter("tokenmeter_misuse_total", &["kind=prompt_tokens_twice"]),
+        2
+    );
+    assert_eq!(
+        c.counter("tokenmeter_misuse_total", &["kind=non_finite_after_end"]),
+        1
+    );
+}

@@ -16,6 +16,9 @@
 //! - [`Exporters`] composes them (with any recorder of yours) through a [`Fanout`] that passes
 //!   weighted histogram records through whole;
 //!   [`init`] is the one-call setup that reads the environment.
+//! - `stream::MeteredStream` (feature `stream`) meters a stream of response chunks from
+//!   outside the engine; `http::HttpMetricsLayer` (feature `http`) is a tower layer with the
+//!   HTTP server metrics that marks each request's arrival for its handler.
 //!
 //! **A meter with a custom prefix or bucket overrides must be passed in**: [`init`] knows only
 //! the default prefix and the catalog's buckets, so use [`init_for`]`(&meter)` or
@@ -48,10 +51,14 @@ mod log;
 mod names;
 mod stats;
 
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+#[cfg(feature = "stream")]
+pub mod stream;
 #[cfg(feature = "otlp")]
 pub mod trace_context;
 

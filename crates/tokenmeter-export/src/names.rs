@@ -35,7 +35,7 @@ impl NameMap {
         for prefix in &all_prefixes {
             for def in catalog::all() {
                 let otel = def.full_otel_name(prefix);
-                let prom = catalog::prometheus_name(&otel, def.kind, def.unit);
+                let prom = def.prometheus_name(prefix);
                 map.insert(prom, otel.clone(), def, def.buckets.map(<[f64]>::to_vec));
                 if let Some(v) = def.vllm_name {
                     map.insert(
@@ -146,6 +146,23 @@ mod tests {
             "gen_ai.request.model"
         );
         assert_eq!(map.otel_label("custom"), "custom");
+    }
+
+    #[test]
+    fn process_metrics_map_back_from_their_prometheus_client_names() {
+        let map = NameMap::new(&["acme".to_owned()], &[]);
+        for (name, otel) in [
+            ("process_open_fds", "process.unix.file_descriptor.count"),
+            ("process_threads", "process.thread.count"),
+            ("process_resident_memory_bytes", "process.memory.usage"),
+            ("process_virtual_memory_bytes", "process.memory.virtual"),
+        ] {
+            let info = map.get(name).unwrap_or_else(|| panic!("{name} unmapped"));
+            assert_eq!(info.otel_name, otel, "{name}");
+        }
+        // The OpenTelemetry mapping's names are not emitted, so they are not mapped either.
+        assert!(map.get("process_unix_file_descriptor_count").is_none());
+        assert!(map.get("process_thread_count").is_none());
     }
 
     #[test]

@@ -100,6 +100,14 @@ impl Exporters {
         if Otlp::endpoint_in_env() && var("OTEL_SDK_DISABLED").as_deref() != Some("true") {
             ex = ex.otlp(Otlp::new());
         }
+        // OTLP is not a default feature: say so rather than ignore an endpoint silently.
+        #[cfg(not(feature = "otlp"))]
+        if var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty()) {
+            tracing::warn!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but tokenmeter was built without its `otlp` \
+                 feature: nothing is sent to the collector"
+            );
+        }
         match var("TOKENMETER_REQUEST_LOG").as_deref() {
             Some("off" | "false" | "0") => {}
             Some("stderr") => {

@@ -7,13 +7,8 @@
 
 use metrics::{Counter, Gauge, Label};
 use tokenmeter_core::Meter;
-use tokenmeter_core::catalog::{MetricDef, by_id};
+use tokenmeter_core::catalog::MetricDef;
 use tokenmeter_core::emit::RecorderScoped;
-
-/// Looks a catalog entry of `catalog/gpu.rs` up by id.
-pub(crate) fn def(id: &str) -> Option<&'static MetricDef> {
-    by_id(id)
-}
 
 /// Builds `constant labels + (key, value)*` with the meter's label-key spelling.
 pub(crate) fn labels(meter: &Meter, extra: &[(&str, &str)]) -> Vec<Label> {
@@ -35,9 +30,9 @@ pub(crate) struct GaugeSlot {
 }
 
 impl GaugeSlot {
-    pub(crate) fn new(meter: &Meter, id: &str, labels: Vec<Label>) -> Self {
+    pub(crate) fn new(meter: &Meter, def: &'static MetricDef, labels: Vec<Label>) -> Self {
         GaugeSlot {
-            name: def(id).map(|d| meter.metric_names().name(d).to_owned()),
+            name: Some(meter.metric_names().name(def).to_owned()),
             labels,
             gauge: RecorderScoped::new(),
         }
@@ -81,9 +76,9 @@ pub(crate) struct CounterSlot {
 }
 
 impl CounterSlot {
-    pub(crate) fn new(meter: &Meter, id: &str, labels: Vec<Label>) -> Self {
+    pub(crate) fn new(meter: &Meter, def: &'static MetricDef, labels: Vec<Label>) -> Self {
         CounterSlot {
-            name: def(id).map(|d| meter.metric_names().name(d).to_owned()),
+            name: Some(meter.metric_names().name(def).to_owned()),
             labels,
             counter: RecorderScoped::new(),
         }

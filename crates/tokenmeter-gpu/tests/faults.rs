@@ -333,7 +333,7 @@ fn node_series_keep_the_servers_constant_labels_but_no_model_label_under_either_
             let (_, l, _) = ex.series.iter().find(|(n, _, _)| n == name).unwrap();
             l.iter().map(|(k, _)| k.clone()).collect()
         };
-        for name in ["hw_power_watts", "process_memory_usage_bytes"] {
+        for name in ["hw_power_watts", "process_resident_memory_bytes"] {
             assert!(
                 keys(name).contains(&"region".to_owned()),
                 "{naming:?} {name}"

@@ -216,7 +216,7 @@ fn every_exported_name_is_in_the_catalog() {
         }
     }
     // Host metrics flow too (this process exists on every platform the tests run on).
-    assert!(ex.gauge("process_memory_usage_bytes", &[]).unwrap() > 0.0);
+    assert!(ex.gauge("process_resident_memory_bytes", &[]).unwrap() > 0.0);
 }
 
 // ---- energy ----------------------------------------------------------------------------------
@@ -487,7 +487,7 @@ fn no_driver_logs_once_and_exports_no_gpu_metric() {
     );
     // Host metrics go on.
     assert!(snap.host.is_some());
-    assert!(ex.gauge("process_memory_usage_bytes", &[]).is_some());
+    assert!(ex.gauge("process_resident_memory_bytes", &[]).is_some());
 }
 
 #[test]

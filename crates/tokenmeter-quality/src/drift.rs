@@ -31,7 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use metrics::{Gauge, Label};
 use tokenmeter_core::Meter;
-use tokenmeter_core::catalog;
+use tokenmeter_core::catalog::{self, MetricDef};
 use tokenmeter_core::emit::{lock, recorder_id};
 
 /// The baseline file format version this crate writes and reads.
@@ -512,10 +512,7 @@ struct Gauges {
 
 impl Gauges {
     fn resolve(meter: &Meter) -> Gauges {
-        let gauge = |id: &str, feature: Option<&'static str>| -> Gauge {
-            let Some(def) = catalog::by_id(id) else {
-                return Gauge::noop();
-            };
+        let gauge = |def: &'static MetricDef, feature: Option<&'static str>| -> Gauge {
             let names = meter.metric_names();
             let mut labels: Vec<Label> = names.constant_labels().to_vec();
             if let Some(f) = feature {
@@ -525,9 +522,9 @@ impl Gauges {
         };
         Gauges {
             recorder: recorder_id(),
-            psi: FEATURES.map(|f| gauge("quality_drift_psi", Some(f))),
-            jsd: FEATURES.map(|f| gauge("quality_drift_jsd", Some(f))),
-            window: gauge("quality_drift_window", None),
+            psi: FEATURES.map(|f| gauge(catalog::quality::DRIFT_PSI, Some(f))),
+            jsd: FEATURES.map(|f| gauge(catalog::quality::DRIFT_JSD, Some(f))),
+            window: gauge(catalog::quality::DRIFT_WINDOW, None),
         }
     }
 }

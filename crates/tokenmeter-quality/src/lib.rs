@@ -2,7 +2,9 @@
 //!
 //! - **Numeric stability**: exact NaN / +Inf / -Inf counts of logits rows (`f32`, `f64`,
 //!   `half::f16`, `half::bf16`) at memory-read speed, accumulated in the guard with
-//!   [`LogitsExt::logits`] (or every k-th step with [`LogitsExt::logits_every`]).
+//!   [`LogitsExt::logits`] (or every k-th step with [`LogitsExt::logits_every`]); rows after
+//!   masking (grammars, samplers, logit bias) go through [`LogitsExt::logits_as`] with
+//!   [`LogitsKind::Masked`], where -Inf is the mask, not a fault.
 //! - **Logprobs**: per-request perplexity, mean entropy and the share of low-confidence tokens
 //!   ([`LogprobStats`]).
 //! - **Streaming text monitors** ([`QualityMonitor`] / [`RequestQuality`]): refusal phrases
@@ -55,7 +57,7 @@ pub use logprobs::{LogprobStats, LogprobSummary, MIN_LOGPROB, entropy_from_logit
 pub use monitor::{
     QualityConfig, QualityError, QualityMonitor, QualityReport, RequestQuality, TokenSet,
 };
-pub use nonfinite::{Logit, count_non_finite};
+pub use nonfinite::{Logit, LogitsKind, count_faults, count_non_finite};
 pub use repetition::Repetition;
 pub use scorer::{LexiconSentiment, Scorer};
 pub use tokenmeter_core::NonFinite;

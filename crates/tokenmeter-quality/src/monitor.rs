@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use aho_corasick::automaton::StateID;
 use metrics::{Counter, Histogram, Label};
+use tokenmeter_core::catalog::{self, MetricDef};
 use tokenmeter_core::emit::{lock, recorder_id};
 use tokenmeter_core::names::attr;
-use tokenmeter_core::{Meter, RequestGuard, catalog};
+use tokenmeter_core::{Meter, RequestGuard};
 
 use crate::drift::{DriftMonitor, TokenHistogram};
 use crate::labels::{CappedLabel, NAME_IDLE_TIMEOUT};
@@ -262,7 +263,13 @@ impl Handles {
                     .get(
                         k,
                         meter.now(),
-                        |v| counter(meter, "quality_keywords", Some(("keyword", v.to_owned()))),
+                        |v| {
+                            counter(
+                                meter,
+                                catalog::quality::KEYWORDS,
+                                Some(("keyword", v.to_owned())),
+                            )
+                        },
                         || overflowed = true,
                     )
                     .clone();
@@ -279,21 +286,21 @@ impl Handles {
         };
         Handles {
             recorder: recorder_id(),
-            perplexity: histogram(meter, "quality_perplexity", None),
-            entropy: histogram(meter, "quality_entropy", None),
-            low_confidence: histogram(meter, "quality_low_confidence", None),
-            requests: counter(meter, "quality_requests", None),
-            refusals: counter(meter, "quality_refusals", None),
-            repetition: histogram(meter, "quality_repetition", None),
-            degenerate: counter(meter, "quality_degenerate", None),
-            output_chars: histogram(meter, "quality_output_chars", None),
-            empty: counter(meter, "quality_empty", None),
-            replacement: counter(meter, "quality_replacement_chars", None),
-            control: counter(meter, "quality_control_chars", None),
-            disallowed: counter(meter, "quality_disallowed_tokens", None),
+            perplexity: histogram(meter, catalog::quality::PERPLEXITY, None),
+            entropy: histogram(meter, catalog::quality::ENTROPY, None),
+            low_confidence: histogram(meter, catalog::quality::LOW_CONFIDENCE, None),
+            requests: counter(meter, catalog::quality::REQUESTS, None),
+            refusals: counter(meter, catalog::quality::REFUSALS, None),
+            repetition: histogram(meter, catalog::quality::REPETITION, None),
+            degenerate: counter(meter, catalog::quality::DEGENERATE, None),
+            output_chars: histogram(meter, catalog::quality::OUTPUT_CHARS, None),
+            empty: counter(meter, catalog::quality::EMPTY, None),
+            replacement: counter(meter, catalog::quality::REPLACEMENT_CHARS, None),
+            control: counter(meter, catalog::quality::CONTROL_CHARS, None),
+            disallowed: counter(meter, catalog::quality::DISALLOWED_TOKENS, None),
             keywords,
             keyword_overflow: overflow_counter(meter, "keyword"),
-            feedback: histogram(meter, "quality_feedback", None),
+            feedback: histogram(meter, catalog::quality::FEEDBACK, None),
             scorers,
         }
     }
@@ -362,10 +369,7 @@ impl std::fmt::Debug for QualityMonitor {
     }
 }
 
-fn counter(meter: &Meter, id: &str, extra: Option<(&str, String)>) -> Counter {
-    let Some(def) = catalog::by_id(id) else {
-        return Counter::noop();
-    };
+fn counter(meter: &Meter, def: &'static MetricDef, extra: Option<(&str, String)>) -> Counter {
     let names = meter.metric_names();
     let mut labels = names.constant_labels().to_vec();
     if let Some((k, v)) = extra {
@@ -374,10 +378,7 @@ fn counter(meter: &Meter, id: &str, extra: Option<(&str, String)>) -> Counter {
     metrics::counter!(names.name(def).to_owned(), labels)
 }
 
-fn histogram(meter: &Meter, id: &str, extra: Option<(&str, String)>) -> Histogram {
-    let Some(def) = catalog::by_id(id) else {
-        return Histogram::noop();
-    };
+fn histogram(meter: &Meter, def: &'static MetricDef, extra: Option<(&str, String)>) -> Histogram {
     let names = meter.metric_names();
     let mut labels = names.constant_labels().to_vec();
     if let Some((k, v)) = extra {
@@ -388,7 +389,7 @@ fn histogram(meter: &Meter, id: &str, extra: Option<(&str, String)>) -> Histogra
 
 fn overflow_counter(meter: &Meter, label: &str) -> Counter {
     let key = meter.metric_names().label_key(label);
-    counter(meter, "label_overflow", Some(("label", key)))
+    counter(meter, catalog::core::LABEL_OVERFLOW, Some(("label", key)))
 }
 
 fn overflow(meter: &Meter, label: &str) {
@@ -404,7 +405,13 @@ fn scorer_histogram<'a>(
     scores.get(
         name,
         meter.now(),
-        |v| histogram(meter, "quality_score", Some(("scorer", v.to_owned()))),
+        |v| {
+            histogram(
+                meter,
+                catalog::quality::SCORE,
+                Some(("scorer", v.to_owned())),
+            )
+        },
         || overflow(meter, "scorer"),
     )
 }
@@ -487,7 +494,7 @@ impl QualityMonitor {
                 |v| {
                     counter(
                         &s.meter,
-                        "quality_safety_triggers",
+                        catalog::quality::SAFETY_TRIGGERS,
                         Some(("filter", v.to_owned())),
                     )
                 },

@@ -8,7 +8,9 @@ use half::{bf16, f16};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokenmeter_core::{Finish, Meter, NonFinite, catalog};
 use tokenmeter_quality::drift::{BaselineRecorder, DriftMonitor};
-use tokenmeter_quality::{LexiconSentiment, LogitsExt, QualityConfig, QualityMonitor, TokenSet};
+use tokenmeter_quality::{
+    LexiconSentiment, LogitsExt, LogitsKind, QualityConfig, QualityMonitor, TokenSet,
+};
 
 /// (name, sorted labels) -> value
 type Values = HashMap<(String, Vec<(String, String)>), DebugValue>;
@@ -267,6 +269,84 @@ fn logits_are_scanned_into_the_guard_and_sampling_skips_steps() {
             5
         );
         assert_eq!(counter(&v, &meter, "nonfinite_requests", &[]), 1);
+    });
+}
+
+/// Issue 12: a constrained (JSON-mode) request hands rows that are -Inf but for the allowed
+/// tokens. Scanned as masked logits they count nothing and the request is no non-finite
+/// request; a +Inf or a NaN among them still is, and so is a -Inf in raw logits.
+#[test]
+fn masked_logits_count_only_nan_and_pos_inf() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let meter = mock_meter();
+        let mut json = vec![f32::NEG_INFINITY; 32_000];
+        json[100..150].fill(2.0);
+        let json_bf16: Vec<bf16> = json.iter().map(|&x| bf16::from_f32(x)).collect();
+        let nf = |nan, pos_inf, neg_inf| NonFinite {
+            nan,
+            pos_inf,
+            neg_inf,
+        };
+
+        // A constrained request: 31,950 masked values per step, none of them a fault.
+        let mut req = meter.request().start();
+        for _ in 0..20 {
+            req.token();
+            assert_eq!(req.logits_as(&json, LogitsKind::Masked), nf(0, 0, 0));
+            assert_eq!(req.logits_as(&json_bf16, LogitsKind::Masked), nf(0, 0, 0));
+            req.logits_every_as(&json, LogitsKind::Masked, 2);
+        }
+        assert_eq!(req.non_finite(), nf(0, 0, 0));
+        req.finish(Finish::Stop);
+        let v = values(&snap);
+        assert_eq!(counter(&v, &meter, "nonfinite_requests", &[]), 0);
+        for kind in ["nan", "pos_inf", "neg_inf"] {
+            assert_eq!(
+                counter(&v, &meter, "nonfinite_values", &[("kind", kind)]),
+                0
+            );
+        }
+
+        // A constrained request whose model overflowed once: the +Inf and the NaN count.
+        let mut req = meter.request().start();
+        req.token();
+        req.logits_as(&json, LogitsKind::Masked);
+        let mut bad = json.clone();
+        bad[120] = f32::INFINITY;
+        bad[31_999] = f32::NAN;
+        req.token();
+        assert_eq!(req.logits_as(&bad, LogitsKind::Masked), nf(1, 1, 0));
+        let mut bad_bf16 = json_bf16.clone();
+        bad_bf16[7] = bf16::INFINITY;
+        assert_eq!(
+            req.logits_every_as(&bad_bf16, LogitsKind::Masked, 1),
+            Some(nf(0, 1, 0))
+        );
+        req.finish(Finish::Stop);
+
+        // Raw logits: every -Inf is a fault (and `logits` is `logits_as(.., Raw)`).
+        let mut req = meter.request().start();
+        req.token();
+        assert_eq!(req.logits_as(&json, LogitsKind::Raw), nf(0, 0, 31_950));
+        assert_eq!(req.logits(&[f16::NEG_INFINITY, f16::ONE]), nf(0, 0, 1));
+        req.finish(Finish::Stop);
+
+        let v = values(&snap);
+        assert_eq!(counter(&v, &meter, "nonfinite_requests", &[]), 2);
+        assert_eq!(
+            counter(&v, &meter, "nonfinite_values", &[("kind", "nan")]),
+            1
+        );
+        assert_eq!(
+            counter(&v, &meter, "nonfinite_values", &[("kind", "pos_inf")]),
+            2
+        );
+        assert_eq!(
+            counter(&v, &meter, "nonfinite_values", &[("kind", "neg_inf")]),
+            31_951
+        );
     });
 }
 

@@ -1,11 +1,14 @@
-//! The vectorized scanner against the naive reference over random bit patterns, with the
-//! interesting patterns (every NaN kind, infinities, subnormals, the largest finite values)
-//! over-represented, at lengths that cross the scanner's chunk and lane boundaries.
+//! The vectorized scanner, for raw and for masked rows, against the naive reference over random
+//! bit patterns, with the interesting patterns (every NaN kind, infinities, subnormals, the
+//! largest finite values) over-represented, at lengths that cross the scanner's chunk and lane
+//! boundaries.
 
 use half::{bf16, f16};
 use proptest::prelude::*;
-use tokenmeter_quality::count_non_finite;
-use tokenmeter_quality::nonfinite::{count_non_finite_naive, portable};
+use tokenmeter_quality::nonfinite::internals::{
+    NaiveClassify, count_non_finite_naive, masked, portable,
+};
+use tokenmeter_quality::{Logit, LogitsKind, NonFinite, count_faults, count_non_finite};
 
 fn f32_bits() -> impl Strategy<Value = u32> {
     prop_oneof![
@@ -56,39 +59,47 @@ fn rows<T: std::fmt::Debug + 'static>(element: BoxedStrategy<T>) -> impl Strateg
     .prop_flat_map(move |n| proptest::collection::vec(element.clone(), n))
 }
 
+/// The dispatched scanner and the portable path agree with the naive reference, for the row read
+/// as raw logits and as masked ones (where -Inf does not count).
+fn agrees<T: Logit + NaiveClassify>(
+    row: &[T],
+    portable: fn(&[T]) -> NonFinite,
+    masked_portable: fn(&[T]) -> NonFinite,
+) -> Result<(), TestCaseError> {
+    let want = count_non_finite_naive(row);
+    prop_assert_eq!(count_non_finite(row), want);
+    prop_assert_eq!(portable(row), want);
+    let want = NonFinite { neg_inf: 0, ..want };
+    prop_assert_eq!(count_faults(row, LogitsKind::Masked), want);
+    prop_assert_eq!(masked_portable(row), want);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
     fn f32_matches_naive(bits in rows(f32_bits().boxed())) {
         let row: Vec<f32> = bits.into_iter().map(f32::from_bits).collect();
-        let want = count_non_finite_naive(&row);
-        prop_assert_eq!(count_non_finite(&row), want);
-        prop_assert_eq!(portable::f32(&row), want);
+        agrees(&row, portable::f32, masked::portable::f32)?;
     }
 
     #[test]
     fn f64_matches_naive(bits in rows(f64_bits().boxed())) {
         let row: Vec<f64> = bits.into_iter().map(f64::from_bits).collect();
-        let want = count_non_finite_naive(&row);
-        prop_assert_eq!(count_non_finite(&row), want);
-        prop_assert_eq!(portable::f64(&row), want);
+        agrees(&row, portable::f64, masked::portable::f64)?;
     }
 
     #[test]
     fn f16_matches_naive(bits in rows(u16_bits(0x7C00).boxed())) {
         let row: Vec<f16> = bits.into_iter().map(f16::from_bits).collect();
-        let want = count_non_finite_naive(&row);
-        prop_assert_eq!(count_non_finite(&row), want);
-        prop_assert_eq!(portable::f16(&row), want);
+        agrees(&row, portable::f16, masked::portable::f16)?;
     }
 
     #[test]
     fn bf16_matches_naive(bits in rows(u16_bits(0x7F80).boxed())) {
         let row: Vec<bf16> = bits.into_iter().map(bf16::from_bits).collect();
-        let want = count_non_finite_naive(&row);
-        prop_assert_eq!(count_non_finite(&row), want);
-        prop_assert_eq!(portable::bf16(&row), want);
+        agrees(&row, portable::bf16, masked::portable::bf16)?;
     }
 
     /// A single special value hidden anywhere in an otherwise finite row.
@@ -96,6 +107,6 @@ proptest! {
     fn a_single_value_anywhere(pos in 0usize..5000, bits in f32_bits()) {
         let mut row = vec![f32::MAX; 5000];
         row[pos] = f32::from_bits(bits);
-        prop_assert_eq!(count_non_finite(&row), count_non_finite_naive(&row));
+        agrees(&row, portable::f32, masked::portable::f32)?;
     }
 }

@@ -417,7 +417,7 @@ fn run(
         let now = meter.now();
         stats.steps.fetch_add(1, Ordering::Relaxed);
         let sequences = active.len();
-        active.retain_mut(|a| step_done(a, now, &stop_ids, model.context_len, &stats));
+        active.retain_mut(|a| step_done(a, now, &stop_ids, model.context_len, tok, &stats));
         stats.running.store(active.len() as u64, Ordering::Relaxed);
         if cfg.report_steps {
             // A lone sequence may outgrow the budget (nothing left to preempt): report it full.
@@ -500,6 +500,7 @@ fn step_done(
     now: Instant,
     stop_ids: &[u32],
     ctx: usize,
+    tok: &Tokenizer,
     stats: &EngineStats,
 ) -> bool {
     let outcome = std::mem::replace(&mut a.outcome, StepOutcome::Gone);
@@ -533,7 +534,7 @@ fn step_done(
             a.first.get_or_insert(now);
             a.last_at = Some(now);
             let text = a.decoder.push(id);
-            a.monitor.on_token(id, &text);
+            a.monitor.on_token(id, tok.token_bytes(id));
             if a.req.events.send(Event::Token { text }).is_err() {
                 // Noticed at the next step as well; end it now.
                 if let Some(g) = a.req.guard.as_mut() {

@@ -135,7 +135,7 @@ pub(crate) fn random_gguf(seed: u64) -> Result<Vec<u8>, BoxError> {
     let (n_embd, n_head, n_kv, n_layer, n_ff) = (64usize, 4usize, 2usize, 2usize, 128usize);
     let head_dim = n_embd / n_head;
     // Vocabulary: specials, then the 256 byte-level characters, then a few merges.
-    let b2u = gpt2_byte_chars();
+    let b2u = super::tokenizer::gpt2_byte_chars();
     let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         .iter()
         .map(|s| s.to_string())
@@ -226,26 +226,6 @@ pub(crate) fn random_gguf(seed: u64) -> Result<Vec<u8>, BoxError> {
     let mut buf = Cursor::new(Vec::new());
     gguf_file::write(&mut buf, &md_refs, &t_refs)?;
     Ok(buf.into_inner())
-}
-
-/// GPT-2's byte -> printable character table: byte-level BPE spells byte `b` as `table[b]`
-/// (`tokenizers` keeps its copy private). The random model's vocabulary lists the bytes in
-/// byte order.
-fn gpt2_byte_chars() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut assigned = [false; 256];
-    for b in (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF) {
-        table[b as usize] = char::from(b);
-        assigned[b as usize] = true;
-    }
-    // The other 68 bytes take the characters from U+0100 on, in byte order.
-    let mut next = '\u{100}'..;
-    for b in 0..256 {
-        if !assigned[b] {
-            table[b] = next.next().unwrap_or('\u{FFFD}');
-        }
-    }
-    table
 }
 
 /// The default location of the cached real model (relative to the workspace root).

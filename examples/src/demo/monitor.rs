@@ -62,11 +62,10 @@ impl SeqMonitor {
         }
     }
 
-    /// One output token and the text it completed, as sent to the client (refusal phrases
-    /// match across pieces).
-    pub fn on_token(&mut self, id: u32, text: &str) {
+    /// One output token and its raw bytes (refusal phrases match across token boundaries).
+    pub fn on_token(&mut self, id: u32, bytes: &[u8]) {
         if let Some(q) = self.q.as_mut() {
-            q.piece(id, text);
+            q.piece(id, bytes);
         }
     }
 

@@ -2,9 +2,12 @@
 //! (streaming over server-sent events with `stream_options.include_usage`, or not),
 //! `GET /v1/models`, `GET /metrics`, `GET /health`, `GET /v1/tokenmeter/snapshot`.
 //!
-//! Every generation request goes through a tokenmeter guard started at the arrival instant, read
-//! before the body is parsed. A request that is rejected fails its guard with the error type it
-//! is counted under (`invalid_request`, `model_not_found`, `context_length_exceeded`).
+//! With the meter on, tokenmeter's tower layer (`HttpMetricsLayer`) records the HTTP server
+//! metrics of every route and marks each request's arrival before the body is read; every
+//! generation request goes through a tokenmeter guard started at that arrival, as a child of the
+//! layer's span (which joined the caller's `traceparent`). A request that is rejected fails its
+//! guard with the error type it is counted under (`invalid_request`, `model_not_found`,
+//! `context_length_exceeded`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,17 +15,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokenmeter::export::http::{Arrival as HttpArrival, HttpMetricsLayer};
 use tokenmeter_core::clock::Instant;
-use tokenmeter_core::{ErrorKind, Meter, RequestGuard};
+use tokenmeter_core::{ErrorKind, Meter, RequestBuilder, RequestGuard};
 use tokio::sync::mpsc;
 
 use super::chat::Message;
@@ -72,16 +77,25 @@ impl AppState {
     }
 }
 
-/// The router.
+/// The router; with the meter on, wrapped in tokenmeter's HTTP layer (route = axum's matched
+/// template). With the meter off (the overhead baseline) there is no layer either.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .route("/v1/tokenmeter/snapshot", get(snapshot))
-        .with_state(state)
+        .route("/v1/tokenmeter/snapshot", get(snapshot));
+    let routes = if state.inner.meter_on {
+        routes.layer(
+            HttpMetricsLayer::new(&state.inner.meter)
+                .route(|p| p.extensions.get::<MatchedPath>().map(MatchedPath::as_str)),
+        )
+    } else {
+        routes
+    };
+    routes.with_state(state)
 }
 
 /// Binds `addr` and serves until the future is dropped.
@@ -310,12 +324,34 @@ fn context_exceeded(ctx: usize, prompt: usize, max_tokens: u64) -> ApiError {
     }
 }
 
-async fn chat_completions(State(s): State<AppState>, body: Body) -> Response {
-    generate(s, Kind::Chat, body).await
+async fn chat_completions(
+    State(s): State<AppState>,
+    arrival: Option<Extension<HttpArrival>>,
+    body: Body,
+) -> Response {
+    generate(s, Kind::Chat, arrival.map(|Extension(a)| a), body).await
 }
 
-async fn completions(State(s): State<AppState>, body: Body) -> Response {
-    generate(s, Kind::Completion, body).await
+async fn completions(
+    State(s): State<AppState>,
+    arrival: Option<Extension<HttpArrival>>,
+    body: Body,
+) -> Response {
+    generate(s, Kind::Completion, arrival.map(|Extension(a)| a), body).await
+}
+
+/// Starts a request's guard at its arrival: the HTTP layer's, when it is there (the meter is on),
+/// else now.
+fn start_guard(
+    meter: &Meter,
+    arrival: Option<&HttpArrival>,
+    at: Instant,
+    configure: impl FnOnce(RequestBuilder) -> RequestBuilder,
+) -> RequestGuard {
+    match arrival {
+        Some(a) => a.start_with(configure),
+        None => configure(meter.request()).start_at(at),
+    }
 }
 
 fn unix_now() -> u64 {
@@ -325,10 +361,13 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn generate(s: AppState, kind: Kind, body: Body) -> Response {
+async fn generate(s: AppState, kind: Kind, http: Option<HttpArrival>, body: Body) -> Response {
     let st = &s.inner;
-    // Arrival: read before anything else, so TTFT includes parsing and tokenizing.
-    let arrival = st.meter.now();
+    // Arrival: read by the HTTP layer before the body, so TTFT includes reading, parsing and
+    // tokenizing (read here when there is no layer).
+    let arrival = http
+        .as_ref()
+        .map_or_else(|| st.meter.now(), HttpArrival::instant);
     let n = st.next_id.fetch_add(1, Ordering::Relaxed);
     let id = match kind {
         Kind::Chat => format!("chatcmpl-{n}"),
@@ -336,7 +375,9 @@ async fn generate(s: AppState, kind: Kind, body: Body) -> Response {
     };
     let fail = |e: ApiError| -> Response {
         if st.meter_on {
-            let mut g = st.meter.request().request_id(id.clone()).start_at(arrival);
+            let mut g = start_guard(&st.meter, http.as_ref(), arrival, |r| {
+                r.request_id(id.clone())
+            });
             g.fail(e.kind);
         }
         e.response()
@@ -358,12 +399,11 @@ async fn generate(s: AppState, kind: Kind, body: Body) -> Response {
         Err(e) => return fail(e),
     };
     let guard: Option<RequestGuard> = st.meter_on.then(|| {
-        st.meter
-            .request()
-            .prompt_tokens(parsed.prompt.len())
-            .max_tokens(parsed.max_tokens as u64)
-            .request_id(id.clone())
-            .start_at(arrival)
+        start_guard(&st.meter, http.as_ref(), arrival, |r| {
+            r.prompt_tokens(parsed.prompt.len())
+                .max_tokens(parsed.max_tokens as u64)
+                .request_id(id.clone())
+        })
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let req = GenRequest {

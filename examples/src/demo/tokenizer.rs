@@ -9,6 +9,8 @@
 //! prefix space (llama.cpp's `smollm`, like `starcoder` and `refact`), so that is set here; other
 //! unknown values get `ByteLevel` without a prefix space (llama.cpp's `gpt2`).
 
+use std::collections::HashMap;
+
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -29,8 +31,29 @@ pub struct Tokenizer {
     /// The same tokenizer encoding special-token spellings as plain text: completion prompts.
     /// `tokenizers` makes this a setting of the tokenizer, not of a call, hence a second copy.
     plain: tokenizers::Tokenizer,
+    /// Token id -> the raw bytes it stands for (special tokens: none).
+    token_bytes: Vec<Box<[u8]>>,
     eos: u32,
     max_token_bytes: usize,
+}
+
+/// GPT-2's byte -> printable character table: byte-level BPE spells byte `b` as `table[b]`
+/// (`tokenizers` keeps its copy private).
+pub fn gpt2_byte_chars() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut assigned = [false; 256];
+    for b in (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF) {
+        table[b as usize] = char::from(b);
+        assigned[b as usize] = true;
+    }
+    // The other 68 bytes take the characters from U+0100 on, in byte order.
+    let mut next = '\u{100}'..;
+    for b in 0..256 {
+        if !assigned[b] {
+            table[b] = next.next().unwrap_or('\u{FFFD}');
+        }
+    }
+    table
 }
 
 impl Tokenizer {
@@ -65,34 +88,48 @@ impl Tokenizer {
             .get("tokenizer.ggml.eos_token_id")
             .and_then(|v| v.to_u32().ok())
             .ok_or("GGUF metadata has no tokenizer.ggml.eos_token_id")?;
-        // Byte-level BPE spells each byte as one character of this alphabet; special tokens are
-        // their literal UTF-8 text.
-        let alphabet = ByteLevel::alphabet();
-        let max_token_bytes = chat
-            .get_vocab(true)
-            .keys()
-            .map(|t| {
-                t.chars()
-                    .map(|c| {
-                        if alphabet.contains(&c) {
-                            1
-                        } else {
-                            c.len_utf8()
-                        }
-                    })
-                    .sum::<usize>()
-            })
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        // The raw bytes of every token, for the quality monitor (`tokenizers` only decodes to
+        // text, which loses a multi-byte character cut between tokens).
+        let byte_of: HashMap<char, u8> = gpt2_byte_chars()
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let added = chat.get_added_vocabulary();
+        let mut token_bytes = vec![Box::<[u8]>::default(); chat.get_vocab_size(true)];
+        let mut max_token_bytes = 1;
+        for (text, id) in chat.get_vocab(true) {
+            if added.is_special_token(&text) {
+                // Matched literally in chat prompts.
+                max_token_bytes = max_token_bytes.max(text.len());
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(text.len());
+            for c in text.chars() {
+                match byte_of.get(&c) {
+                    Some(&b) => bytes.push(b),
+                    None => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                }
+            }
+            max_token_bytes = max_token_bytes.max(bytes.len());
+            if let Some(slot) = token_bytes.get_mut(id as usize) {
+                *slot = bytes.into();
+            }
+        }
         let mut plain = chat.clone();
         plain.set_encode_special_tokens(true);
         Ok(Self {
             chat,
             plain,
+            token_bytes,
             eos,
             max_token_bytes,
         })
+    }
+
+    /// The raw bytes of a token (special tokens and unknown ids: none).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes.get(id as usize).map_or(&[], |b| b)
     }
 
     /// End-of-sequence id (`tokenizer.ggml.eos_token_id`).
@@ -132,10 +169,11 @@ impl Tokenizer {
         Ok(self.plain.encode_fast(text, false)?.get_ids().to_vec())
     }
 
-    /// Decodes ids to text, skipping special tokens; invalid UTF-8 becomes U+FFFD.
+    /// Decodes ids to text, skipping special tokens and ids outside the vocabulary; invalid
+    /// UTF-8 becomes U+FFFD.
     ///
     /// # Errors
-    /// When an id is out of the vocabulary's range.
+    /// When the decoder fails (the byte-level decoder does not).
     pub fn decode(&self, ids: &[u32]) -> Result<String, BoxError> {
         self.chat.decode(ids, true)
     }
@@ -211,6 +249,11 @@ mod tests {
             ["in", " the", " ", "4", "2", " ", " the", "r", "e"]
         );
         assert_eq!(t.decode(&ids).expect("decode"), "in the 42  there");
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| t.token_bytes(i).to_vec())
+            .collect();
+        assert_eq!(bytes, b"in the 42  there");
         // No prefix space: a leading word is not " in".
         assert_eq!(pieces(&t, &t.encode("in").expect("encode")), ["in"]);
     }
@@ -243,6 +286,10 @@ mod tests {
         let t = tiny();
         let ids = t.encode("é the").expect("encode");
         assert_eq!(ids.len(), 3);
+        // The two bytes of "é" are two tokens; each has one raw byte.
+        assert_eq!(t.token_bytes(ids[0]), [0xC3]);
+        assert_eq!(t.token_bytes(ids[1]), [0xA9]);
+        assert_eq!(t.token_bytes(1), b"");
         let mut d = t.decode_stream();
         assert_eq!(d.push(ids[0]), "");
         assert_eq!(d.push(ids[1]), "é");

@@ -2,15 +2,54 @@
 
 use super::{MetricDef, MetricKind};
 
-/// OTel GenAI advised bounds for `gen_ai.server.time_to_first_token`.
+// Default latency bounds follow Prometheus's 1-2.5-5 ladder (its client libraries' default
+// buckets; ITL adds finer steps), at most 2.5x apart, from the smallest value a real server
+// produces to the largest it waits for: PromQL's `histogram_quantile` (linear inside the
+// bucket) then lands in the true quantile's bucket, within 2.5x, and never saturates at the
+// top bound inside that range. Where this departs from the OTel advisory bounds (kept below for
+// reference and the docs), `OTEL_ADVISORY` says so, and docs/metrics.md shows both.
+
+/// Our TTFT bounds: 5 ms (a cached prompt on a GPU) to 10 min (a long queue).
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 600.0,
+];
+/// Our TPOT bounds: 0.1 ms (speculative or batched multi-token steps) to 5 s (CPU inference
+/// of a large model).
+pub const TPOT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Our inter-token latency bounds: 0.1 ms to 5 s like TPOT's, but finer (at most 1.5x apart)
+/// between 5 ms and 1 s, where GPU decode steps live: the guard flushes each bucket's mean, so
+/// these bounds are also the resolution of `meter.snapshot()`'s ITL percentiles. At most
+/// `MAX_ITL_BOUNDS` (24), the guard's fixed accumulator size.
+pub const ITL_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04,
+    0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
+];
+/// Our end-to-end request duration bounds: 5 ms to 1 h.
+pub const E2E_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 600.0,
+    1500.0, 3600.0,
+];
+/// Our bounds for request phases (queue, prefill, decode): 1 ms to 10 min.
+pub const PHASE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0,
+    100.0, 250.0, 600.0,
+];
+
+/// OTel GenAI advised bounds for `gen_ai.server.time_to_first_token` (not our default: they
+/// stop at 10 s, so a slower TTFT saturates PromQL's quantiles there).
 pub const GENAI_TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
-/// OTel GenAI advised bounds for `gen_ai.server.time_per_output_token`.
+/// OTel GenAI advised bounds for `gen_ai.server.time_per_output_token` (not our default: they
+/// start at 10 ms, below which GPU decode steps live).
 pub const GENAI_TPOT_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
 ];
-/// OTel GenAI advised bounds for `gen_ai.server.request.duration` (and other GenAI durations).
+/// OTel GenAI advised bounds for `gen_ai.server.request.duration` and other GenAI durations
+/// (not our default for request durations: they stop at 81.92 s). The Prometheus exporter's
+/// fallback for histograms outside the catalog.
 pub const GENAI_DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 ];
@@ -19,17 +58,27 @@ pub const GENAI_TOKEN_BUCKETS: &[f64] = &[
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
     16777216.0, 67108864.0,
 ];
-/// Our inter-token latency bounds: finer than GenAI's TPOT set below 10 ms, where GPU decode
-/// steps live. At most 24 bounds, the guard's fixed accumulator size.
-pub const ITL_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
-    0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+
+/// The OTel advisory bounds of the metrics whose default bounds depart from them, by metric
+/// id, with the reason (shown in docs/metrics.md).
+pub const OTEL_ADVISORY: &[(&str, &[f64], &str)] = &[
+    (
+        "ttft",
+        GENAI_TTFT_BUCKETS,
+        "they stop at 10 s, so PromQL quantiles of slower first tokens (long queues, long prompts) saturate at 10 s",
+    ),
+    (
+        "tpot",
+        GENAI_TPOT_BUCKETS,
+        "they start at 10 ms, so every faster decode (most GPU serving) falls in the first bucket and reads as 5 ms at p50",
+    ),
+    (
+        "e2e",
+        GENAI_DURATION_BUCKETS,
+        "they stop at 81.92 s, so PromQL quantiles of longer answers saturate there",
+    ),
 ];
-/// Our bounds for request phases (queue, prefill, decode) that may be short or very long.
-pub const PHASE_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
-    160.0, 320.0,
-];
+
 /// Bounds for model load (cold start) durations.
 pub const LOAD_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -75,6 +124,7 @@ macro_rules! def {
             otel_name: $name,
             own: $own,
             vllm_name: $vllm,
+            prometheus_override: None,
             kind: MetricKind::$kind,
             unit: $unit,
             description: $desc,
@@ -89,11 +139,11 @@ macro_rules! def {
 /// Every core metric.
 pub static DEFS: &[MetricDef] = &[
     def!("ttft", "gen_ai.server.time_to_first_token", own: false, vllm: Some("vllm:time_to_first_token_seconds"),
-        Histogram, "s", labels: &[], buckets: Some(GENAI_TTFT_BUCKETS), vllm_buckets: Some(VLLM_TTFT_BUCKETS),
+        Histogram, "s", labels: &[], buckets: Some(TTFT_BUCKETS), vllm_buckets: Some(VLLM_TTFT_BUCKETS),
         "Time from request arrival to its first output token (includes queueing and prefill).",
         recorded: "Once per request, when its first output token is recorded."),
     def!("tpot", "gen_ai.server.time_per_output_token", own: false, vllm: Some("vllm:request_time_per_output_token_seconds"),
-        Histogram, "s", labels: &[], buckets: Some(GENAI_TPOT_BUCKETS), vllm_buckets: Some(VLLM_ITL_BUCKETS),
+        Histogram, "s", labels: &[], buckets: Some(TPOT_BUCKETS), vllm_buckets: Some(VLLM_ITL_BUCKETS),
         "Mean time per output token after the first: (last token - first token) / (n - 1).",
         recorded: "Once per request at finish, fail or drop, when it produced at least 2 tokens."),
     def!("itl", "inter_token_latency", own: true, vllm: Some("vllm:inter_token_latency_seconds"),
@@ -101,7 +151,7 @@ pub static DEFS: &[MetricDef] = &[
         "Gap between consecutive output tokens; a k-token step after gap g counts k gaps of g/k.",
         recorded: "Accumulated per token in the guard; flushed at the end of the request and about once a second during it."),
     def!("e2e", "gen_ai.server.request.duration", own: false, vllm: Some("vllm:e2e_request_latency_seconds"),
-        Histogram, "s", labels: &["error.type"], buckets: Some(GENAI_DURATION_BUCKETS), vllm_buckets: Some(VLLM_REQUEST_LATENCY_BUCKETS),
+        Histogram, "s", labels: &["error.type"], buckets: Some(E2E_BUCKETS), vllm_buckets: Some(VLLM_REQUEST_LATENCY_BUCKETS),
         "Time from request arrival to its end (finish, failure or cancellation).",
         recorded: "Once per request at finish, fail or drop; error.type is set on failures."),
     def!("queue", "request.queue_time", own: true, vllm: Some("vllm:request_queue_time_seconds"),
@@ -150,11 +200,11 @@ pub static DEFS: &[MetricDef] = &[
         recorded: "Once per successful request at finish."),
     def!("nonfinite_values", "logits.nonfinite", own: true, vllm: None,
         Counter, "{value}", labels: &["kind"], buckets: None, vllm_buckets: None,
-        "NaN, +Inf and -Inf values seen in scanned logits (kind = nan, pos_inf, neg_inf).",
+        "Faults seen in scanned logits (kind = nan, pos_inf, neg_inf): NaN and +Inf anywhere, -Inf in raw logits only (the -Inf of logits scanned as masked, after samplers, grammars or logit bias, is the mask and is not counted).",
         recorded: "Once per request at its end, from the guard's counts."),
     def!("nonfinite_requests", "requests.nonfinite", own: true, vllm: None,
         Counter, "{request}", labels: &[], buckets: None, vllm_buckets: None,
-        "Requests whose scanned logits held any NaN or infinity.",
+        "Requests whose scanned logits held a fault: a NaN or a +Inf, or a -Inf in raw logits.",
         recorded: "Once per request at its end."),
     def!("model_load", "model.load.duration", own: true, vllm: None,
         Histogram, "s", labels: &[], buckets: Some(LOAD_BUCKETS), vllm_buckets: None,
@@ -174,7 +224,7 @@ pub static DEFS: &[MetricDef] = &[
         recorded: "At request start, for each capped value."),
     def!("misuse", "misuse", own: true, vllm: None,
         Counter, "{event}", labels: &["kind"], buckets: None, vllm_buckets: None,
-        "Ignored API misuse: kind = finish_twice, token_after_end, clock_backwards, scheduled_after_end, enqueued_late, non_finite_after_end, unknown_label, tokens_too_many, redactor_panic (a text redactor panicked; that text was dropped), preempted_not_running, token_while_preempted (re-admitted), prefix_hits_above_queries, prefix_cache_after_end, spec_accepted_above_proposed, spec_decode_undeclared, spec_position_undeclared, spec_decode_after_end, step_repeated (an engine step at the same instant as the last, ignored), kv_usage_out_of_range (outside 0-1 or NaN, not recorded), kv_blocks_above_total.",
+        "Ignored API misuse: kind = finish_twice, token_after_end, clock_backwards, scheduled_after_end, enqueued_late, non_finite_after_end, prompt_tokens_twice, prompt_tokens_after_end, unknown_label, tokens_too_many, redactor_panic (a text redactor panicked; that text was dropped), preempted_not_running, token_while_preempted (re-admitted), prefix_hits_above_queries, prefix_cache_after_end, spec_accepted_above_proposed, spec_decode_undeclared, spec_position_undeclared, spec_decode_after_end, step_repeated (an engine step at the same instant as the last, ignored), kv_usage_out_of_range (outside 0-1 or NaN, not recorded), kv_blocks_above_total.",
         recorded: "When the misuse happens."),
     def!("export_dropped", "export.dropped", own: true, vllm: None,
         Counter, "{item}", labels: &["signal", "reason"], buckets: None, vllm_buckets: None,

@@ -19,11 +19,16 @@ const GT: &[&str] = &["hw.id", "hw.name", "gpu.uuid", "hw.type"];
 macro_rules! def {
     ($id:literal, $name:literal, own: $own:literal, $kind:ident, $unit:literal, labels: $labels:expr,
      $desc:literal, recorded: $rec:expr) => {
+        def!($id, $name, own: $own, prometheus: None, $kind, $unit, labels: $labels, $desc, recorded: $rec)
+    };
+    ($id:literal, $name:literal, own: $own:literal, prometheus: $prom:expr, $kind:ident, $unit:literal,
+     labels: $labels:expr, $desc:literal, recorded: $rec:expr) => {
         MetricDef {
             id: $id,
             otel_name: $name,
             own: $own,
             vllm_name: None,
+            prometheus_override: $prom,
             kind: MetricKind::$kind,
             unit: $unit,
             description: $desc,
@@ -116,22 +121,26 @@ pub static DEFS: &[MetricDef] = &[
         "Cost of 1000 output tokens over the sampler window: configured price per GPU-hour x the GPU-hours attributed to this model / its output tokens x 1000 (GPU time is split across models like energy).",
         recorded: "Every sampler interval, when a price per GPU-hour is configured, GPU time was attributed and the window holds output tokens."),
     // ---- process ----
+    // Where Prometheus client libraries export the same quantity (client_golang's process
+    // collector, the Python and Java clients), its name is used under both presets, so process
+    // dashboards work; the OpenTelemetry mapping would give `process_thread_count` and
+    // `process_unix_file_descriptor_count`, whose `_count` suffix promtool reserves for histograms.
     def!("process.cpu.utilization", "process.cpu.utilization", own: false, Gauge, "1", labels: &[],
         "CPU time used by this process over the last sample period / (period x logical CPUs).",
         recorded: "Every sampler interval from the second sample on (the first has no period)."),
-    def!("process.memory.usage", "process.memory.usage", own: false, Gauge, "By", labels: &[],
+    def!("process.memory.usage", "process.memory.usage", own: false, prometheus: Some("process_resident_memory_bytes"), Gauge, "By", labels: &[],
         "Resident memory (RSS) of this process.",
         recorded: "Every sampler interval."),
-    def!("process.memory.virtual", "process.memory.virtual", own: false, Gauge, "By", labels: &[],
+    def!("process.memory.virtual", "process.memory.virtual", own: false, prometheus: Some("process_virtual_memory_bytes"), Gauge, "By", labels: &[],
         "Virtual memory size of this process.",
         recorded: "Every sampler interval."),
     def!("process.memory.peak", "process.memory.peak", own: true, Gauge, "By", labels: &[],
         "Peak resident memory of this process since it started (getrusage ru_maxrss).",
         recorded: "Every sampler interval, on Unix."),
-    def!("process.thread.count", "process.thread.count", own: false, Gauge, "{thread}", labels: &[],
+    def!("process.thread.count", "process.thread.count", own: false, prometheus: Some("process_threads"), Gauge, "{thread}", labels: &[],
         "Threads of this process.",
         recorded: "Every sampler interval, on Linux."),
-    def!("process.open_files", "process.unix.file_descriptor.count", own: false, Gauge, "{file_descriptor}", labels: &[],
+    def!("process.open_files", "process.unix.file_descriptor.count", own: false, prometheus: Some("process_open_fds"), Gauge, "{file_descriptor}", labels: &[],
         "Open file descriptors of this process.",
         recorded: "Every sampler interval, on Linux."),
     def!("process.disk.io", "process.disk.io", own: false, Counter, "By", labels: &["disk.io.direction"],
@@ -154,3 +163,74 @@ pub static DEFS: &[MetricDef] = &[
         "Bytes received or transmitted by the machine's network interfaces since the sampler started (summed over interfaces, loopback excluded), direction receive or transmit.",
         recorded: "Every sampler interval from the second sample on."),
 ];
+
+// Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
+// catalog/mod.rs checks that each names the entry of its own id.
+/// The `gpu.utilization` metric.
+pub static UTILIZATION: &MetricDef = &DEFS[0];
+/// The `gpu.memory.utilization` metric.
+pub static MEMORY_UTILIZATION: &MetricDef = &DEFS[1];
+/// The `gpu.memory_controller.utilization` metric.
+pub static MEMORY_CONTROLLER_UTILIZATION: &MetricDef = &DEFS[2];
+/// The `gpu.memory.usage` metric.
+pub static MEMORY_USAGE: &MetricDef = &DEFS[3];
+/// The `gpu.memory.limit` metric.
+pub static MEMORY_LIMIT: &MetricDef = &DEFS[4];
+/// The `gpu.memory.free` metric.
+pub static MEMORY_FREE: &MetricDef = &DEFS[5];
+/// The `gpu.memory.peak` metric.
+pub static MEMORY_PEAK: &MetricDef = &DEFS[6];
+/// The `gpu.process.memory.usage` metric.
+pub static GPU_PROCESS_MEMORY_USAGE: &MetricDef = &DEFS[7];
+/// The `gpu.power` metric.
+pub static POWER: &MetricDef = &DEFS[8];
+/// The `gpu.power.limit` metric.
+pub static POWER_LIMIT: &MetricDef = &DEFS[9];
+/// The `gpu.energy` metric.
+pub static ENERGY: &MetricDef = &DEFS[10];
+/// The `gpu.temperature` metric.
+pub static TEMPERATURE: &MetricDef = &DEFS[11];
+/// The `gpu.clock.sm` metric.
+pub static CLOCK_SM: &MetricDef = &DEFS[12];
+/// The `gpu.clock.memory` metric.
+pub static CLOCK_MEMORY: &MetricDef = &DEFS[13];
+/// The `gpu.throttle` metric.
+pub static THROTTLE: &MetricDef = &DEFS[14];
+/// The `gpu.errors` metric.
+pub static ERRORS: &MetricDef = &DEFS[15];
+/// The `gpu.pcie.throughput` metric.
+pub static PCIE_THROUGHPUT: &MetricDef = &DEFS[16];
+/// The `gpu.status` metric.
+pub static STATUS: &MetricDef = &DEFS[17];
+/// The `gpu.energy_per_output_token` metric.
+pub static ENERGY_PER_OUTPUT_TOKEN: &MetricDef = &DEFS[18];
+/// The `gpu.output_tokens_per_joule` metric.
+pub static OUTPUT_TOKENS_PER_JOULE: &MetricDef = &DEFS[19];
+/// The `gpu.energy.attributed` metric.
+pub static ENERGY_ATTRIBUTED: &MetricDef = &DEFS[20];
+/// The `gpu.cost_per_1k_output_tokens` metric.
+pub static COST_PER_1K_OUTPUT_TOKENS: &MetricDef = &DEFS[21];
+/// The `process.cpu.utilization` metric.
+pub static PROCESS_CPU_UTILIZATION: &MetricDef = &DEFS[22];
+/// The `process.memory.usage` metric.
+pub static PROCESS_MEMORY_USAGE: &MetricDef = &DEFS[23];
+/// The `process.memory.virtual` metric.
+pub static PROCESS_MEMORY_VIRTUAL: &MetricDef = &DEFS[24];
+/// The `process.memory.peak` metric.
+pub static PROCESS_MEMORY_PEAK: &MetricDef = &DEFS[25];
+/// The `process.thread.count` metric.
+pub static PROCESS_THREAD_COUNT: &MetricDef = &DEFS[26];
+/// The `process.open_files` metric.
+pub static PROCESS_OPEN_FILES: &MetricDef = &DEFS[27];
+/// The `process.disk.io` metric.
+pub static PROCESS_DISK_IO: &MetricDef = &DEFS[28];
+/// The `system.cpu.utilization` metric.
+pub static SYSTEM_CPU_UTILIZATION: &MetricDef = &DEFS[29];
+/// The `system.memory.usage` metric.
+pub static SYSTEM_MEMORY_USAGE: &MetricDef = &DEFS[30];
+/// The `system.memory.limit` metric.
+pub static SYSTEM_MEMORY_LIMIT: &MetricDef = &DEFS[31];
+/// The `system.disk.io` metric.
+pub static SYSTEM_DISK_IO: &MetricDef = &DEFS[32];
+/// The `system.network.io` metric.
+pub static SYSTEM_NETWORK_IO: &MetricDef = &DEFS[33];

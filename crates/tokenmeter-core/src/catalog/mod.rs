@@ -2,8 +2,10 @@
 //!
 //! Each [`MetricDef`] carries the OpenTelemetry name, the vLLM-preset name where vLLM has one,
 //! the instrument kind, the UCUM unit, the labels, the bucket bounds and when the metric is
-//! recorded. Exposition names are derived from it by [`prometheus_name`]; `docs/metrics.md` is
-//! generated from it (and a test keeps the two equal).
+//! recorded. Exposition names are derived from it by [`prometheus_name`], except where
+//! Prometheus has a name of its own for the metric ([`MetricDef::prometheus_override`]: the
+//! process metrics every Prometheus client library exports); [`MetricDef::prometheus_name`]
+//! applies both. `docs/metrics.md` is generated from it (and a test keeps the two equal).
 //!
 //! ```
 //! use tokenmeter_core::catalog;
@@ -17,6 +19,7 @@
 
 pub mod core;
 pub mod gpu;
+pub mod http;
 pub mod quality;
 
 /// The instrument a metric is exported as.
@@ -55,6 +58,12 @@ pub struct MetricDef {
     pub own: bool,
     /// The exact exposed name under the vLLM naming preset, where vLLM defines the metric.
     pub vllm_name: Option<&'static str>,
+    /// The exact Prometheus name under both presets, where Prometheus's own client libraries
+    /// already export the metric under a conventional name (`process_open_fds`,
+    /// `process_resident_memory_bytes`, ...), so that existing process dashboards work. Only
+    /// for convention (`own: false`) names: it ignores the prefix. `None` elsewhere: the name
+    /// is derived by [`prometheus_name`].
+    pub prometheus_override: Option<&'static str>,
     /// Instrument kind.
     pub kind: MetricKind,
     /// UCUM unit: `"s"`, `"By"`, `"J"`, `"W"`, `"Cel"`, `"1"`, `"{token}"`, or `""` for none.
@@ -86,6 +95,26 @@ impl MetricDef {
             self.otel_name.to_owned()
         }
     }
+
+    /// The Prometheus exposition name under a prefix with the default (OpenTelemetry) naming:
+    /// [`prometheus_override`](Self::prometheus_override) where set, else the
+    /// [`prometheus_name`] mapping of [`full_otel_name`](Self::full_otel_name). Under the vLLM
+    /// preset, [`vllm_name`](Self::vllm_name) replaces it where set.
+    ///
+    /// ```
+    /// use tokenmeter_core::catalog::by_id;
+    /// let fds = by_id("process.open_files").unwrap();
+    /// assert_eq!(fds.otel_name, "process.unix.file_descriptor.count");
+    /// assert_eq!(fds.prometheus_name("tokenmeter"), "process_open_fds");
+    /// let goodput = by_id("goodput").unwrap();
+    /// assert_eq!(goodput.prometheus_name("acme"), "acme_requests_goodput_total");
+    /// ```
+    pub fn prometheus_name(&self, prefix: &str) -> String {
+        match self.prometheus_override {
+            Some(name) => name.to_owned(),
+            None => prometheus_name(&self.full_otel_name(prefix), self.kind, self.unit),
+        }
+    }
 }
 
 /// The `metrics` unit for a UCUM unit, where `metrics` has one (`{token}` and other
@@ -100,9 +129,13 @@ pub fn metrics_unit(ucum: &str) -> Option<metrics::Unit> {
     })
 }
 
-/// Every metric, core first, then GPU, then quality.
+/// Every metric, core first, then GPU, then quality, then HTTP.
 pub fn all() -> impl Iterator<Item = &'static MetricDef> {
-    core::DEFS.iter().chain(gpu::DEFS).chain(quality::DEFS)
+    core::DEFS
+        .iter()
+        .chain(gpu::DEFS)
+        .chain(quality::DEFS)
+        .chain(http::DEFS)
 }
 
 /// Looks a metric up by its [`MetricDef::id`].
@@ -194,8 +227,11 @@ pub fn render_markdown() -> String {
          Names are shown for the default prefix `tokenmeter`. The Prometheus name is the\n\
          OpenTelemetry name under the specification's OTLP → Prometheus mapping (dots become\n\
          underscores, the unit word is appended, `_total` on counters, `_ratio` on gauges of unit\n\
-         `1`). The vLLM column is the name used instead under `Naming::Vllm`, where vLLM defines\n\
-         the metric; elsewhere the default name is kept.\n\n\
+         `1`), except for process metrics that Prometheus client libraries already export under\n\
+         a conventional name (`process_open_fds`, `process_threads`, ...), which keep that name\n\
+         under both presets so that existing process dashboards work. The vLLM column is the name\n\
+         used instead under `Naming::Vllm`, where vLLM defines the metric; elsewhere the default\n\
+         name is kept.\n\n\
          ## Labels every model-scoped metric carries\n\n\
          | naming | labels |\n|---|---|\n\
          | OpenTelemetry (default) | `gen_ai_operation_name`, `gen_ai_provider_name`, `gen_ai_request_model` |\n\
@@ -203,7 +239,17 @@ pub fn render_markdown() -> String {
          plus the meter's constant labels and the per-request labels it declared (each capped; see\n\
          `tokenmeter_labels_overflow_total`). Label keys below are in OpenTelemetry spelling; the\n\
          exposition uses underscores (`error.type` → `error_type`; `finish_reason` is\n\
-         `finished_reason` under the vLLM preset).\n",
+         `finished_reason` under the vLLM preset).\n\n\
+         ## Default buckets\n\n\
+         Latency histograms use Prometheus's 1-2.5-5 ladder (inter-token latency adds finer\n\
+         steps between 5 ms and 1 s), each bound at most 2.5x the one below, over the range\n\
+         real servers see: TTFT 5 ms to 10 min, TPOT and inter-token latency 0.1 ms to 5 s,\n\
+         request duration 5 ms to 1 h, queue, prefill and decode time 1 ms to 10 min. Within\n\
+         that range PromQL's `histogram_quantile` lands in the bucket of the true quantile\n\
+         (within 2.5x of it) and never saturates at the top bound. Where this departs from the\n\
+         OpenTelemetry GenAI advisory bounds, the metric below shows them and why. The vLLM\n\
+         preset keeps vLLM's bounds, so its dashboards read the same; bounds are overridable\n\
+         per metric (`MeterBuilder::buckets`).\n",
     );
     let fmt_buckets = |b: Option<&[f64]>| match b {
         None => String::new(),
@@ -217,6 +263,7 @@ pub fn render_markdown() -> String {
         ("Requests and tokens", core::DEFS),
         ("GPU and host", gpu::DEFS),
         ("Quality", quality::DEFS),
+        ("HTTP server", http::DEFS),
     ] {
         let _ = write!(out, "\n## {title}\n\n");
         if defs.is_empty() {
@@ -225,11 +272,18 @@ pub fn render_markdown() -> String {
         }
         for d in defs {
             let otel = d.full_otel_name("tokenmeter");
-            let prom = prometheus_name(&otel, d.kind, d.unit);
+            let prom = d.prometheus_name("tokenmeter");
             let _ = writeln!(out, "### `{prom}`\n");
             let _ = writeln!(out, "{}\n", d.description);
             let _ = writeln!(out, "| | |\n|---|---|");
             let _ = writeln!(out, "| OpenTelemetry name | `{otel}` |");
+            if d.prometheus_override.is_some() {
+                let mapped = prometheus_name(&otel, d.kind, d.unit);
+                let _ = writeln!(
+                    out,
+                    "| Prometheus name | the client libraries' name under both presets (the OpenTelemetry mapping would give `{mapped}`) |"
+                );
+            }
             if let Some(v) = d.vllm_name {
                 let _ = writeln!(out, "| vLLM preset name | `{v}` |");
             }
@@ -248,6 +302,13 @@ pub fn render_markdown() -> String {
             let _ = writeln!(out, "| labels | {labels} |");
             if d.buckets.is_some() {
                 let _ = writeln!(out, "| buckets | {} |", fmt_buckets(d.buckets));
+            }
+            if let Some((_, advisory, why)) = core::OTEL_ADVISORY.iter().find(|a| a.0 == d.id) {
+                let _ = writeln!(
+                    out,
+                    "| OTel advisory buckets | {} (not the default: {why}) |",
+                    fmt_buckets(Some(advisory))
+                );
             }
             if d.vllm_buckets.is_some() {
                 let _ = writeln!(
@@ -326,6 +387,82 @@ mod tests {
         for (def, id) in typed {
             assert_eq!(def.id, id);
         }
+        let gpu = [
+            (gpu::UTILIZATION, "gpu.utilization"),
+            (gpu::MEMORY_UTILIZATION, "gpu.memory.utilization"),
+            (
+                gpu::MEMORY_CONTROLLER_UTILIZATION,
+                "gpu.memory_controller.utilization",
+            ),
+            (gpu::MEMORY_USAGE, "gpu.memory.usage"),
+            (gpu::MEMORY_LIMIT, "gpu.memory.limit"),
+            (gpu::MEMORY_FREE, "gpu.memory.free"),
+            (gpu::MEMORY_PEAK, "gpu.memory.peak"),
+            (gpu::GPU_PROCESS_MEMORY_USAGE, "gpu.process.memory.usage"),
+            (gpu::POWER, "gpu.power"),
+            (gpu::POWER_LIMIT, "gpu.power.limit"),
+            (gpu::ENERGY, "gpu.energy"),
+            (gpu::TEMPERATURE, "gpu.temperature"),
+            (gpu::CLOCK_SM, "gpu.clock.sm"),
+            (gpu::CLOCK_MEMORY, "gpu.clock.memory"),
+            (gpu::THROTTLE, "gpu.throttle"),
+            (gpu::ERRORS, "gpu.errors"),
+            (gpu::PCIE_THROUGHPUT, "gpu.pcie.throughput"),
+            (gpu::STATUS, "gpu.status"),
+            (gpu::ENERGY_PER_OUTPUT_TOKEN, "gpu.energy_per_output_token"),
+            (gpu::OUTPUT_TOKENS_PER_JOULE, "gpu.output_tokens_per_joule"),
+            (gpu::ENERGY_ATTRIBUTED, "gpu.energy.attributed"),
+            (
+                gpu::COST_PER_1K_OUTPUT_TOKENS,
+                "gpu.cost_per_1k_output_tokens",
+            ),
+            (gpu::PROCESS_CPU_UTILIZATION, "process.cpu.utilization"),
+            (gpu::PROCESS_MEMORY_USAGE, "process.memory.usage"),
+            (gpu::PROCESS_MEMORY_VIRTUAL, "process.memory.virtual"),
+            (gpu::PROCESS_MEMORY_PEAK, "process.memory.peak"),
+            (gpu::PROCESS_THREAD_COUNT, "process.thread.count"),
+            (gpu::PROCESS_OPEN_FILES, "process.open_files"),
+            (gpu::PROCESS_DISK_IO, "process.disk.io"),
+            (gpu::SYSTEM_CPU_UTILIZATION, "system.cpu.utilization"),
+            (gpu::SYSTEM_MEMORY_USAGE, "system.memory.usage"),
+            (gpu::SYSTEM_MEMORY_LIMIT, "system.memory.limit"),
+            (gpu::SYSTEM_DISK_IO, "system.disk.io"),
+            (gpu::SYSTEM_NETWORK_IO, "system.network.io"),
+        ];
+        assert_eq!(gpu.len(), gpu::DEFS.len());
+        let quality = [
+            (quality::PERPLEXITY, "quality_perplexity"),
+            (quality::ENTROPY, "quality_entropy"),
+            (quality::LOW_CONFIDENCE, "quality_low_confidence"),
+            (quality::REQUESTS, "quality_requests"),
+            (quality::REFUSALS, "quality_refusals"),
+            (quality::REPETITION, "quality_repetition"),
+            (quality::DEGENERATE, "quality_degenerate"),
+            (quality::OUTPUT_CHARS, "quality_output_chars"),
+            (quality::EMPTY, "quality_empty"),
+            (quality::REPLACEMENT_CHARS, "quality_replacement_chars"),
+            (quality::CONTROL_CHARS, "quality_control_chars"),
+            (quality::DISALLOWED_TOKENS, "quality_disallowed_tokens"),
+            (quality::KEYWORDS, "quality_keywords"),
+            (quality::SCORE, "quality_score"),
+            (quality::SAFETY_TRIGGERS, "quality_safety_triggers"),
+            (quality::FEEDBACK, "quality_feedback"),
+            (quality::DRIFT_PSI, "quality_drift_psi"),
+            (quality::DRIFT_JSD, "quality_drift_jsd"),
+            (quality::DRIFT_WINDOW, "quality_drift_window"),
+        ];
+        assert_eq!(quality.len(), quality::DEFS.len());
+        let http = [
+            (http::HTTP_DURATION, "http.duration"),
+            (http::HTTP_ACTIVE_REQUESTS, "http.active_requests"),
+            (http::HTTP_REQUEST_BODY_SIZE, "http.request.body.size"),
+            (http::HTTP_RESPONSE_BODY_SIZE, "http.response.body.size"),
+            (http::HTTP_REJECTED, "http.rejected"),
+        ];
+        assert_eq!(http.len(), http::DEFS.len());
+        for (def, id) in gpu.into_iter().chain(quality).chain(http) {
+            assert_eq!(def.id, id);
+        }
     }
 
     #[test]
@@ -388,6 +525,24 @@ mod tests {
                 "hw_temperature_celsius",
             ),
             (
+                "http.server.request.duration",
+                MetricKind::Histogram,
+                "s",
+                "http_server_request_duration_seconds",
+            ),
+            (
+                "http.server.response.body.size",
+                MetricKind::Histogram,
+                "By",
+                "http_server_response_body_size_bytes",
+            ),
+            (
+                "http.server.active_requests",
+                MetricKind::Gauge,
+                "{request}",
+                "http_server_active_requests",
+            ),
+            (
                 "hw.errors",
                 MetricKind::Counter,
                 "{error}",
@@ -396,6 +551,38 @@ mod tests {
         ];
         for (otel, kind, unit, want) in cases {
             assert_eq!(prometheus_name(otel, kind, unit), want, "{otel}");
+        }
+    }
+
+    #[test]
+    fn default_latency_buckets_cover_the_range_real_servers_see() {
+        // Issue 12 §4: PromQL's p50/p99 within one bucket of the truth over these ranges (s).
+        for (id, lo, hi) in [
+            ("ttft", 0.005, 600.0),
+            ("tpot", 0.0001, 5.0),
+            ("itl", 0.0001, 5.0),
+            ("e2e", 0.005, 3600.0),
+            ("queue", 0.001, 600.0),
+            ("prefill", 0.001, 600.0),
+            ("decode", 0.001, 600.0),
+        ] {
+            let b = by_id(id).and_then(|d| d.buckets).expect(id);
+            assert!(b[0] <= lo, "{id}: first bound {} above {lo}", b[0]);
+            assert!(b[b.len() - 1] >= hi, "{id}: last bound below {hi}");
+            for w in b.windows(2) {
+                assert!(
+                    w[1] / w[0] <= 2.5 + 1e-9,
+                    "{id}: {} to {} is too wide",
+                    w[0],
+                    w[1]
+                );
+            }
+        }
+        // The guard accumulates ITL in a fixed array.
+        assert!(core::ITL_BUCKETS.len() <= crate::MAX_ITL_BOUNDS);
+        // Departures from the OTel advisory bounds are documented only where they depart.
+        for (id, advisory, _) in core::OTEL_ADVISORY {
+            assert_ne!(by_id(id).and_then(|d| d.buckets), Some(*advisory), "{id}");
         }
     }
 
@@ -415,6 +602,17 @@ mod tests {
                 "{} undocumented",
                 d.id
             );
+            if let Some(name) = d.prometheus_override {
+                assert!(!d.own, "{}: an override ignores the prefix", d.id);
+                assert!(names.insert((false, name)), "{name} is emitted twice");
+            }
+            // promtool reserves these suffixes for histograms and summaries.
+            let prom = d.prometheus_name("tokenmeter");
+            if d.kind != MetricKind::Histogram {
+                for suffix in ["_count", "_sum", "_bucket"] {
+                    assert!(!prom.ends_with(suffix), "{prom}: {suffix} is reserved");
+                }
+            }
             if d.kind == MetricKind::Histogram {
                 let b = d
                     .buckets

@@ -41,6 +41,7 @@ macro_rules! def {
             otel_name: $name,
             own: true,
             vllm_name: None,
+            prometheus_override: None,
             kind: MetricKind::$kind,
             unit: $unit,
             description: $desc,
@@ -133,3 +134,44 @@ pub static DEFS: &[MetricDef] = &[
         "Requests in the drift monitor's live window (drift values over a small window are noise).",
         recorded: "Each time the drift monitor evaluates."),
 ];
+
+// Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
+// catalog/mod.rs checks that each names the entry of its own id.
+/// The `quality_perplexity` metric.
+pub static PERPLEXITY: &MetricDef = &DEFS[0];
+/// The `quality_entropy` metric.
+pub static ENTROPY: &MetricDef = &DEFS[1];
+/// The `quality_low_confidence` metric.
+pub static LOW_CONFIDENCE: &MetricDef = &DEFS[2];
+/// The `quality_requests` metric.
+pub static REQUESTS: &MetricDef = &DEFS[3];
+/// The `quality_refusals` metric.
+pub static REFUSALS: &MetricDef = &DEFS[4];
+/// The `quality_repetition` metric.
+pub static REPETITION: &MetricDef = &DEFS[5];
+/// The `quality_degenerate` metric.
+pub static DEGENERATE: &MetricDef = &DEFS[6];
+/// The `quality_output_chars` metric.
+pub static OUTPUT_CHARS: &MetricDef = &DEFS[7];
+/// The `quality_empty` metric.
+pub static EMPTY: &MetricDef = &DEFS[8];
+/// The `quality_replacement_chars` metric.
+pub static REPLACEMENT_CHARS: &MetricDef = &DEFS[9];
+/// The `quality_control_chars` metric.
+pub static CONTROL_CHARS: &MetricDef = &DEFS[10];
+/// The `quality_disallowed_tokens` metric.
+pub static DISALLOWED_TOKENS: &MetricDef = &DEFS[11];
+/// The `quality_keywords` metric.
+pub static KEYWORDS: &MetricDef = &DEFS[12];
+/// The `quality_score` metric.
+pub static SCORE: &MetricDef = &DEFS[13];
+/// The `quality_safety_triggers` metric.
+pub static SAFETY_TRIGGERS: &MetricDef = &DEFS[14];
+/// The `quality_feedback` metric.
+pub static FEEDBACK: &MetricDef = &DEFS[15];
+/// The `quality_drift_psi` metric.
+pub static DRIFT_PSI: &MetricDef = &DEFS[16];
+/// The `quality_drift_jsd` metric.
+pub static DRIFT_JSD: &MetricDef = &DEFS[17];
+/// The `quality_drift_window` metric.
+pub static DRIFT_WINDOW: &MetricDef = &DEFS[18];

@@ -241,11 +241,7 @@ impl SpanProcessor for BoundedSpanProcessor {
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         let r = self.control(Msg::Shutdown, timeout);
         if r.is_ok()
-            && let Some(w) = self
-                .worker
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
+            && let Some(w) = tokenmeter_core::emit::lock(&self.worker).take()
         {
             let _ = w.join();
         }

@@ -357,8 +357,9 @@ mod tests {
             resp.contains("gen_ai_server_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"),
             "{resp}"
         );
+        // The catalog's TTFT bounds, up to 10 min.
         assert!(
-            resp.contains("gen_ai_server_time_to_first_token_seconds_bucket{le=\"0.001\"} 0"),
+            resp.contains("gen_ai_server_time_to_first_token_seconds_bucket{le=\"600\"} 1"),
             "{resp}"
         );
         assert!(resp.contains("somebody_elses_histogram_bucket"), "{resp}");

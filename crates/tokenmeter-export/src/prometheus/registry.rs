@@ -18,6 +18,8 @@ use metrics::{
     SharedString, Unit,
 };
 
+use tokenmeter_core::emit::lock;
+
 use super::text;
 
 /// Bucket upper bounds of one histogram family, with their `le` label values rendered once.
@@ -193,7 +195,7 @@ impl<C> Series<C> {
     /// True when nothing outside the registry holds the series (so it can never change
     /// again) and its value has not changed for `timeout`.
     fn idle(&self, fingerprint: u64, now: Instant, timeout: Duration) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = lock(&self.seen);
         if seen.0 != fingerprint {
             *seen = (fingerprint, now);
             return false;

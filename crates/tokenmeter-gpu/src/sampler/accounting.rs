@@ -13,6 +13,7 @@ use std::time::Duration;
 use metrics::Label;
 use serde::Serialize;
 use tokenmeter_core::Meter;
+use tokenmeter_core::catalog;
 use tokenmeter_core::clock::Instant;
 
 use crate::emit::{CounterSlot, GaugeSlot, labels};
@@ -102,10 +103,10 @@ impl Account {
     fn new(meter: &Meter) -> Self {
         let l = labels(meter, &[]);
         Account {
-            energy: CounterSlot::new(meter, "gpu.energy.attributed", l.clone()),
-            j_per_token: GaugeSlot::new(meter, "gpu.energy_per_output_token", l.clone()),
-            tokens_per_j: GaugeSlot::new(meter, "gpu.output_tokens_per_joule", l.clone()),
-            cost: GaugeSlot::new(meter, "gpu.cost_per_1k_output_tokens", l.clone()),
+            energy: CounterSlot::new(meter, catalog::gpu::ENERGY_ATTRIBUTED, l.clone()),
+            j_per_token: GaugeSlot::new(meter, catalog::gpu::ENERGY_PER_OUTPUT_TOKEN, l.clone()),
+            tokens_per_j: GaugeSlot::new(meter, catalog::gpu::OUTPUT_TOKENS_PER_JOULE, l.clone()),
+            cost: GaugeSlot::new(meter, catalog::gpu::COST_PER_1K_OUTPUT_TOKENS, l.clone()),
             labels: l,
             meter: meter.clone(),
             first_tokens: None,

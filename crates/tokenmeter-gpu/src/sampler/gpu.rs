@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokenmeter_core::Meter;
+use tokenmeter_core::catalog::{self, MetricDef};
 use tokenmeter_core::clock::Instant;
 
 use crate::emit::{CounterSlot, GaugeSlot, node_labels};
@@ -156,55 +157,59 @@ impl GpuMetrics {
             all.extend_from_slice(extra);
             node_labels(meter, &all)
         };
-        let g = |metric: &str| GaugeSlot::new(meter, metric, with(&[]));
+        let g = |def: &'static MetricDef| GaugeSlot::new(meter, def, with(&[]));
         let gpu = ("hw.type", "gpu");
         GpuMetrics {
             utilization: GaugeSlot::new(
                 meter,
-                "gpu.utilization",
+                catalog::gpu::UTILIZATION,
                 with(&[("hw.gpu.task", "general")]),
             ),
-            memory_utilization: g("gpu.memory.utilization"),
-            memory_controller: g("gpu.memory_controller.utilization"),
-            memory_used: g("gpu.memory.usage"),
-            memory_limit: g("gpu.memory.limit"),
-            memory_free: g("gpu.memory.free"),
-            memory_peak: g("gpu.memory.peak"),
-            process_memory: g("gpu.process.memory.usage"),
-            power: GaugeSlot::new(meter, "gpu.power", with(&[gpu])),
-            power_limit: g("gpu.power.limit"),
-            temperature: g("gpu.temperature"),
-            clock_sm: g("gpu.clock.sm"),
-            clock_memory: g("gpu.clock.memory"),
+            memory_utilization: g(catalog::gpu::MEMORY_UTILIZATION),
+            memory_controller: g(catalog::gpu::MEMORY_CONTROLLER_UTILIZATION),
+            memory_used: g(catalog::gpu::MEMORY_USAGE),
+            memory_limit: g(catalog::gpu::MEMORY_LIMIT),
+            memory_free: g(catalog::gpu::MEMORY_FREE),
+            memory_peak: g(catalog::gpu::MEMORY_PEAK),
+            process_memory: g(catalog::gpu::GPU_PROCESS_MEMORY_USAGE),
+            power: GaugeSlot::new(meter, catalog::gpu::POWER, with(&[gpu])),
+            power_limit: g(catalog::gpu::POWER_LIMIT),
+            temperature: g(catalog::gpu::TEMPERATURE),
+            clock_sm: g(catalog::gpu::CLOCK_SM),
+            clock_memory: g(catalog::gpu::CLOCK_MEMORY),
             throttle: THROTTLE_REASONS
                 .iter()
-                .map(|(_, r)| GaugeSlot::new(meter, "gpu.throttle", with(&[("reason", r)])))
+                .map(|(_, r)| GaugeSlot::new(meter, catalog::gpu::THROTTLE, with(&[("reason", r)])))
                 .collect(),
             pcie_tx: GaugeSlot::new(
                 meter,
-                "gpu.pcie.throughput",
+                catalog::gpu::PCIE_THROUGHPUT,
                 with(&[("network.io.direction", "transmit")]),
             ),
             pcie_rx: GaugeSlot::new(
                 meter,
-                "gpu.pcie.throughput",
+                catalog::gpu::PCIE_THROUGHPUT,
                 with(&[("network.io.direction", "receive")]),
             ),
-            status_ok: GaugeSlot::new(meter, "gpu.status", with(&[gpu, ("hw.state", "ok")])),
+            status_ok: GaugeSlot::new(
+                meter,
+                catalog::gpu::STATUS,
+                with(&[gpu, ("hw.state", "ok")]),
+            ),
             status_failed: GaugeSlot::new(
                 meter,
-                "gpu.status",
+                catalog::gpu::STATUS,
                 with(&[gpu, ("hw.state", "failed")]),
             ),
-            energy: CounterSlot::new(meter, "gpu.energy", with(&[gpu])),
+            energy: CounterSlot::new(meter, catalog::gpu::ENERGY, with(&[gpu])),
             ecc_corrected: RawCounter::new(CounterSlot::new(
                 meter,
-                "gpu.errors",
+                catalog::gpu::ERRORS,
                 with(&[gpu, ("error.type", "corrected")]),
             )),
             ecc_uncorrected: RawCounter::new(CounterSlot::new(
                 meter,
-                "gpu.errors",
+                catalog::gpu::ERRORS,
                 with(&[gpu, ("error.type", "uncorrected")]),
             )),
         }

@@ -1,6 +1,7 @@
 //! The host and process series, fed from [`HostSampler`].
 
 use tokenmeter_core::Meter;
+use tokenmeter_core::catalog::{self, MetricDef};
 
 use crate::emit::{CounterSlot, GaugeSlot, node_labels};
 use crate::host::{HostSample, HostSampler};
@@ -28,35 +29,44 @@ pub(super) struct HostState {
 impl HostState {
     pub(super) fn new(meter: &Meter) -> Self {
         let none = || node_labels(meter, &[]);
-        let g = |id: &str| GaugeSlot::new(meter, id, none());
-        let dir =
-            |id: &str, k: &str, v: &str| CounterSlot::new(meter, id, node_labels(meter, &[(k, v)]));
+        let g = |def: &'static MetricDef| GaugeSlot::new(meter, def, none());
+        let dir = |def: &'static MetricDef, k: &str, v: &str| {
+            CounterSlot::new(meter, def, node_labels(meter, &[(k, v)]))
+        };
         HostState {
             sampler: HostSampler::new(),
-            cpu: g("process.cpu.utilization"),
-            rss: g("process.memory.usage"),
-            virt: g("process.memory.virtual"),
-            peak_rss: g("process.memory.peak"),
-            threads: g("process.thread.count"),
-            open_files: g("process.open_files"),
-            disk_read: dir("process.disk.io", "disk.io.direction", "read"),
-            disk_write: dir("process.disk.io", "disk.io.direction", "write"),
-            sys_cpu: g("system.cpu.utilization"),
+            cpu: g(catalog::gpu::PROCESS_CPU_UTILIZATION),
+            rss: g(catalog::gpu::PROCESS_MEMORY_USAGE),
+            virt: g(catalog::gpu::PROCESS_MEMORY_VIRTUAL),
+            peak_rss: g(catalog::gpu::PROCESS_MEMORY_PEAK),
+            threads: g(catalog::gpu::PROCESS_THREAD_COUNT),
+            open_files: g(catalog::gpu::PROCESS_OPEN_FILES),
+            disk_read: dir(catalog::gpu::PROCESS_DISK_IO, "disk.io.direction", "read"),
+            disk_write: dir(catalog::gpu::PROCESS_DISK_IO, "disk.io.direction", "write"),
+            sys_cpu: g(catalog::gpu::SYSTEM_CPU_UTILIZATION),
             sys_mem_used: GaugeSlot::new(
                 meter,
-                "system.memory.usage",
+                catalog::gpu::SYSTEM_MEMORY_USAGE,
                 node_labels(meter, &[("system.memory.state", "used")]),
             ),
             sys_mem_free: GaugeSlot::new(
                 meter,
-                "system.memory.usage",
+                catalog::gpu::SYSTEM_MEMORY_USAGE,
                 node_labels(meter, &[("system.memory.state", "free")]),
             ),
-            sys_mem_total: g("system.memory.limit"),
-            sys_disk_read: dir("system.disk.io", "disk.io.direction", "read"),
-            sys_disk_write: dir("system.disk.io", "disk.io.direction", "write"),
-            net_rx: dir("system.network.io", "network.io.direction", "receive"),
-            net_tx: dir("system.network.io", "network.io.direction", "transmit"),
+            sys_mem_total: g(catalog::gpu::SYSTEM_MEMORY_LIMIT),
+            sys_disk_read: dir(catalog::gpu::SYSTEM_DISK_IO, "disk.io.direction", "read"),
+            sys_disk_write: dir(catalog::gpu::SYSTEM_DISK_IO, "disk.io.direction", "write"),
+            net_rx: dir(
+                catalog::gpu::SYSTEM_NETWORK_IO,
+                "network.io.direction",
+                "receive",
+            ),
+            net_tx: dir(
+                catalog::gpu::SYSTEM_NETWORK_IO,
+                "network.io.direction",
+                "transmit",
+            ),
         }
     }
 
