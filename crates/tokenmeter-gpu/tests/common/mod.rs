@@ -135,12 +135,7 @@ pub fn warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
         fn exit(&self, _: &span::Id) {}
     }
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let out = tracing::subscriber::with_default(Capture(lines.clone()), || {
-        // Another test thread may have hit the callsite with no subscriber and cached "never":
-        // recompute interest now that this thread has one.
-        tracing::callsite::rebuild_interest_cache();
-        f()
-    });
+    let out = tracing::subscriber::with_default(Capture(lines.clone()), f);
     let lines = lines.lock().unwrap().clone();
     (out, lines)
 }
