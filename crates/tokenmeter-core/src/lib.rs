@@ -33,13 +33,14 @@
 //!
 //! The modules form a one-way stack (a module uses only those listed before it):
 //! [`catalog`] and `types` (finish reasons, error kinds, non-finite counts, totals, SLO) at the
-//! bottom; then the leaves [`names`], [`emit`], [`cardinality`], `itl` (the ITL bucket layout
+//! bottom; then the leaves [`names`], [`emit`], [`exemplar`], [`cardinality`], `itl` (the ITL bucket layout
 //! and accumulator), `summary` (a request's derived values), `window`, `handles`, `redact`
 //! and `span`, none of which knows the meter; then `meter`; then `guard` on top.
 
 pub mod cardinality;
 pub mod catalog;
 pub mod emit;
+pub mod exemplar;
 mod guard;
 mod handles;
 mod itl;

@@ -4,12 +4,13 @@
 //! (no sample buffers to drain between scrapes). A histogram series is one counter per bucket
 //! of its fixed bounds plus a sum: `record_many(v, n)` is one bucket lookup and two atomic
 //! adds whatever `n` is, which is what lets the guard flush a whole bucket of inter-token
-//! latencies at once.
+//! latencies at once. With native histograms on, the series also keeps sparse exponential
+//! buckets (see `native`), and each classic bucket an exemplar slot (see `exemplar`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use metrics::{
@@ -17,7 +18,9 @@ use metrics::{
     SharedString, Unit,
 };
 
-use super::text;
+use super::exemplar::{ExemplarSlot, ExemplarValue, now_ms};
+use super::native::{Layout, NativeBuckets, NativeView};
+use super::{proto, text};
 
 /// Bucket upper bounds of one histogram family, with their `le` label values rendered once.
 #[derive(Debug)]
@@ -43,6 +46,12 @@ impl Bounds {
 #[derive(Debug, Default)]
 pub(crate) struct CounterCell(pub(crate) AtomicU64);
 
+impl CounterCell {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
 impl CounterFn for CounterCell {
     fn increment(&self, value: u64) {
         self.0.fetch_add(value, Relaxed);
@@ -64,6 +73,12 @@ fn add_f64(cell: &AtomicU64, delta: f64) {
     });
 }
 
+impl GaugeCell {
+    pub(crate) fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Relaxed))
+    }
+}
+
 impl GaugeFn for GaugeCell {
     fn increment(&self, value: f64) {
         add_f64(&self.0, value);
@@ -79,16 +94,19 @@ impl GaugeFn for GaugeCell {
 }
 
 /// A histogram series: a count per bucket (not cumulative; the last is the `+Inf` overflow)
-/// and the sum of the observations.
+/// and the sum of the observations; with native histograms on, the native buckets too. Each
+/// bucket gets an exemplar slot once an observation with trace ids lands in it.
 #[derive(Debug)]
 pub(crate) struct HistogramCell {
     pub(crate) bounds: Arc<Bounds>,
     pub(crate) buckets: Box<[AtomicU64]>,
     pub(crate) sum: AtomicU64,
+    native: Option<(Arc<Layout>, NativeBuckets)>,
+    exemplars: OnceLock<Box<[ExemplarSlot]>>,
 }
 
 impl HistogramCell {
-    fn new(bounds: Arc<Bounds>) -> Self {
+    fn new(bounds: Arc<Bounds>, native: Option<&Arc<Layout>>) -> Self {
         let buckets = (0..=bounds.upper.len())
             .map(|_| AtomicU64::new(0))
             .collect();
@@ -96,7 +114,19 @@ impl HistogramCell {
             bounds,
             buckets,
             sum: AtomicU64::new(0f64.to_bits()),
+            native: native.map(|l| (Arc::clone(l), NativeBuckets::new(l))),
+            exemplars: OnceLock::new(),
         }
+    }
+
+    /// The native buckets now (`None` with native histograms off).
+    pub(crate) fn native(&self) -> Option<NativeView> {
+        self.native.as_ref().map(|(layout, b)| b.read(layout))
+    }
+
+    /// The exemplar of classic bucket `i` (the last is `+Inf`), if one was recorded.
+    pub(crate) fn exemplar(&self, i: usize) -> Option<ExemplarValue> {
+        self.exemplars.get()?.get(i)?.read()
     }
 
     /// The bucket counts and the sum as they are now. The `+Inf` count and `_count` are the
@@ -126,6 +156,24 @@ impl HistogramFn for HistogramCell {
             b.fetch_add(n, Relaxed);
         }
         add_f64(&self.sum, value * count as f64);
+        if let Some((layout, native)) = &self.native {
+            native.add(layout, value, n);
+        }
+        // Set only while the guard records a request's latencies: never per token.
+        if let Some(ids) = tokenmeter_core::exemplar::current() {
+            let slots = self.exemplars.get_or_init(|| {
+                (0..self.buckets.len())
+                    .map(|_| ExemplarSlot::default())
+                    .collect()
+            });
+            if let Some(slot) = slots.get(i) {
+                slot.write(&ExemplarValue {
+                    ids,
+                    value,
+                    timestamp_ms: now_ms(),
+                });
+            }
+        }
     }
 }
 
@@ -169,21 +217,31 @@ cell_kind!(CounterCell, Counter);
 cell_kind!(GaugeCell, Gauge);
 cell_kind!(HistogramCell, Histogram);
 
-/// One series: its rendered label set (`k="v",…`, escaped, global labels included) and cell.
+/// A series' label set (global labels included), encoded once at registration for each
+/// exposition format.
+#[derive(Debug, Default)]
+pub(crate) struct SeriesLabels {
+    /// `k="v",…`, escaped for the text formats.
+    pub(crate) text: String,
+    /// The `LabelPair`s as encoded `Metric.label` fields (field 1) of the protobuf format.
+    pub(crate) proto: Vec<u8>,
+}
+
+/// One series: its label set and cell.
 #[derive(Debug)]
 pub(crate) struct Series<C> {
     pub(crate) key: Key,
-    pub(crate) labels: Arc<str>,
+    pub(crate) labels: Arc<SeriesLabels>,
     pub(crate) cell: Arc<C>,
     /// For the idle timeout: the value last seen by an upkeep pass, and since when.
     seen: Mutex<(u64, Instant)>,
 }
 
 impl<C> Series<C> {
-    fn new(key: Key, labels: String, cell: Arc<C>) -> Self {
+    fn new(key: Key, labels: SeriesLabels, cell: Arc<C>) -> Self {
         Series {
             key,
-            labels: labels.into(),
+            labels: Arc::new(labels),
             cell,
             seen: Mutex::new((u64::MAX, Instant::now())),
         }
@@ -205,6 +263,8 @@ impl<C> Series<C> {
 #[derive(Debug)]
 pub(crate) struct Family {
     pub(crate) help: Option<String>,
+    /// The OpenMetrics unit (`seconds`, `bytes`, …) of catalog metrics whose name ends in it.
+    pub(crate) unit: Option<&'static str>,
     pub(crate) cells: Cells,
     index: HashMap<Key, usize>,
     /// Whether registering this name as another kind was logged (once per family).
@@ -230,9 +290,13 @@ pub(crate) struct Config {
     pub(crate) fallback: Arc<Bounds>,
     /// Help text per sanitized metric name from the catalog.
     pub(crate) help: HashMap<String, String>,
-    /// `(sanitized key, escaped value)` added to every series unless it has that key.
+    /// Unit word per sanitized metric name from the catalog (`seconds`, `bytes`, …).
+    pub(crate) units: HashMap<String, &'static str>,
+    /// `(sanitized key, value)` added to every series unless it has that key.
     pub(crate) global_labels: Vec<(String, String)>,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Native buckets beside the classic ones (`None`: off).
+    pub(crate) native: Option<Arc<Layout>>,
 }
 
 /// The storage behind a [`PrometheusRecorder`](super::PrometheusRecorder) and its renders.
@@ -249,17 +313,18 @@ pub(crate) struct Registry {
 pub(crate) struct FamilyView {
     pub(crate) name: String,
     pub(crate) help: Option<String>,
+    pub(crate) unit: Option<&'static str>,
     pub(crate) cells: CellsView,
 }
 
 /// Shared references to a family's series.
 pub(crate) enum CellsView {
-    Counter(Vec<(Arc<str>, Arc<CounterCell>)>),
-    Gauge(Vec<(Arc<str>, Arc<GaugeCell>)>),
-    Histogram(Vec<(Arc<str>, Arc<HistogramCell>)>),
+    Counter(Vec<(Arc<SeriesLabels>, Arc<CounterCell>)>),
+    Gauge(Vec<(Arc<SeriesLabels>, Arc<GaugeCell>)>),
+    Histogram(Vec<(Arc<SeriesLabels>, Arc<HistogramCell>)>),
 }
 
-fn view<C>(series: &[Series<C>]) -> Vec<(Arc<str>, Arc<C>)> {
+fn view<C>(series: &[Series<C>]) -> Vec<(Arc<SeriesLabels>, Arc<C>)> {
     series
         .iter()
         .map(|s| (Arc::clone(&s.labels), Arc::clone(&s.cell)))
@@ -309,6 +374,7 @@ impl Registry {
             }
         }
         let help = self.help(&name);
+        let unit = self.config.units.get(name.as_ref()).copied();
         let mut families = self
             .families
             .write()
@@ -317,6 +383,7 @@ impl Registry {
             .entry(name.clone().into_owned())
             .or_insert_with(|| Family {
                 help,
+                unit,
                 cells: C::empty(),
                 index: HashMap::new(),
                 kind_conflict_logged: false,
@@ -344,21 +411,23 @@ impl Registry {
         Some(cell)
     }
 
-    /// The rendered label set of `key`: its labels, then the global labels it does not set.
-    fn labels(&self, key: &Key) -> String {
-        let mut out = String::new();
-        let mut sep = "";
-        for l in key.labels() {
-            let _ = write!(out, "{sep}{}=\"", text::label_key(l.key()));
-            text::escape_label_value(&mut out, l.value());
-            out.push('"');
-            sep = ",";
-        }
-        for (k, v) in &self.config.global_labels {
-            if key.labels().all(|l| text::label_key(l.key()) != k.as_str()) {
-                let _ = write!(out, "{sep}{k}=\"{v}\"");
-                sep = ",";
-            }
+    /// The label set of `key`, encoded for each format: its labels, then the global labels
+    /// it does not set.
+    fn labels(&self, key: &Key) -> SeriesLabels {
+        let own = key.labels().map(|l| (text::label_key(l.key()), l.value()));
+        let global = self
+            .config
+            .global_labels
+            .iter()
+            .filter(|(k, _)| key.labels().all(|l| text::label_key(l.key()) != k.as_str()))
+            .map(|(k, v)| (std::borrow::Cow::Borrowed(k.as_str()), v.as_str()));
+        let mut out = SeriesLabels::default();
+        for (k, v) in own.chain(global) {
+            let sep = if out.text.is_empty() { "" } else { "," };
+            let _ = write!(out.text, "{sep}{k}=\"");
+            text::escape_label_value(&mut out.text, v);
+            out.text.push('"');
+            proto::encode_label(&mut out.proto, &k, v);
         }
         out
     }
@@ -385,6 +454,7 @@ impl Registry {
             .map(|(name, f)| FamilyView {
                 name: name.clone(),
                 help: f.help.clone(),
+                unit: f.unit,
                 cells: match &f.cells {
                     Cells::Counter(v) => CellsView::Counter(view(v)),
                     Cells::Gauge(v) => CellsView::Gauge(view(v)),
@@ -481,7 +551,12 @@ impl Recorder for PrometheusRecorder {
 
     fn register_histogram(&self, key: &Key, _metadata: &Metadata<'_>) -> Histogram {
         self.registry
-            .series(key, |name| HistogramCell::new(self.registry.bounds(name)))
+            .series(key, |name| {
+                HistogramCell::new(
+                    self.registry.bounds(name),
+                    self.registry.config.native.as_ref(),
+                )
+            })
             .map_or_else(Histogram::noop, Histogram::from_arc)
     }
 }
