@@ -86,6 +86,20 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     })
 }
 
+/// The trace and span ids of `span` as an exemplar carries them, if an OpenTelemetry layer
+/// records it. [`OtlpExporter::tracing_layer`](crate::otlp::OtlpExporter::tracing_layer)
+/// installs it as the core's exemplar resolver
+/// ([`tokenmeter_core::exemplar::set_resolver`]), so the request latencies the Prometheus
+/// exporter keeps carry their request's trace id.
+pub fn trace_ids_of(span: &tracing::Span) -> Option<tokenmeter_core::exemplar::TraceIds> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| tokenmeter_core::exemplar::TraceIds {
+        trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

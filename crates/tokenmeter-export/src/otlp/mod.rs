@@ -542,12 +542,17 @@ impl OtlpExporter {
     /// per-request log event (INFO, target `tokenmeter::request`) is left to the
     /// [`RequestLog`](crate::RequestLog): its fields are already the span's attributes, and
     /// skipping it keeps `finish()` cheap.
+    ///
+    /// It also installs the process's exemplar resolver (see [`tokenmeter_core::exemplar`]),
+    /// so the Prometheus exporter's latency buckets carry the request spans' trace ids.
     pub fn tracing_layer<S>(&self) -> Option<Box<dyn tracing_subscriber::Layer<S> + Send + Sync>>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
     {
         use tracing_subscriber::Layer as _;
         let tracer = self.tracer_provider.as_ref()?.tracer("tokenmeter");
+        // Request spans now have trace ids: let them reach the latency exemplars.
+        tokenmeter_core::exemplar::set_resolver(crate::trace_context::trace_ids_of);
         let layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_threads(false)

@@ -1120,4 +1120,62 @@ mod tests {
             .collect();
         assert_eq!(with, [(Some(7.5), Some(7.0))]);
     }
+
+    /// ITL reaches the recorder as `record_many(mean, count)` per classic bucket at each guard
+    /// flush, so its native buckets hold each flush's per-bucket mean: exact when a request's
+    /// gaps within one classic bucket are equal, and otherwise off by at most the width of
+    /// the classic bucket the gaps share (the bound docs/exporters.md states).
+    #[test]
+    fn itl_native_buckets_hold_each_flush_s_classic_bucket_mean() {
+        use tokenmeter_core::catalog::core::ITL;
+        use tokenmeter_core::clock::Clock;
+        let mut prom = Prometheus::new()
+            .without_listener()
+            .native_histograms(Some(NativeHistograms::new().schema(5)))
+            .build()
+            .expect("build");
+        let rec = prom.take_recorder().expect("recorder");
+        let (clock, mock) = Clock::mock();
+        let meter = Meter::builder().model("m").clock(clock).build();
+        metrics::with_local_recorder(&rec, || {
+            // Equal gaps of 0.25 ms: exact. Then gaps of 0.1, 0.2, 0.4 and 0.9 ms, all in the
+            // first classic ITL bucket (<= 1 ms): recorded as four of their mean, 0.4 ms.
+            for gaps in [
+                &[250_000u64; 4][..],
+                &[100_000, 200_000, 400_000, 900_000][..],
+            ] {
+                let mut req = meter.request().start();
+                mock.increment(Duration::from_millis(5));
+                req.token();
+                for g in gaps {
+                    mock.increment(Duration::from_nanos(*g));
+                    req.token();
+                }
+                req.finish(tokenmeter_core::Finish::Stop);
+            }
+        });
+        let families = decode(&prom.negotiate(Some(PROTOBUF_CONTENT_TYPE)).body);
+        let name = meter.metric_names().name(ITL).to_owned();
+        let h = families
+            .iter()
+            .find(|f| f.name() == name)
+            .and_then(|f| f.metric[0].histogram.clone())
+            .expect("itl");
+        let layout = native::Layout::new(5, 160);
+        let (exact, mean) = (layout.index_of(0.00025), layout.index_of(0.0004));
+        assert!(exact < mean);
+        assert_eq!(h.sample_count, Some(8));
+        assert_eq!(
+            h.positive_span
+                .iter()
+                .map(|s| (s.offset(), s.length()))
+                .collect::<Vec<_>>(),
+            [(exact, 1), (mean - exact - 1, 1)]
+        );
+        assert_eq!(h.positive_delta, [4, 0]);
+        // The bound: every reported bucket lies inside the classic bucket (0, 1 ms] that
+        // held the gaps; the sum stays exact.
+        assert!(native::upper_bound(5, mean) <= 0.001);
+        assert!((h.sample_sum.expect("sum") - (0.001 + 0.0016)).abs() < 1e-12);
+    }
 }

@@ -69,6 +69,12 @@ impl Layout {
         j + (exp - 1) * self.per_octave()
     }
 
+    /// The bucket index of `v` at the stored schema, as a render reports it (tests).
+    #[cfg(test)]
+    pub(crate) fn index_of(&self, v: f64) -> i32 {
+        self.index(v)
+    }
+
     /// The lowest index stored (that of values just above 2^-64).
     fn first_index(&self) -> i32 {
         -OCTAVES * self.per_octave() + 1
@@ -166,13 +172,18 @@ fn downscale(buckets: &[(i32, u64)]) -> Vec<(i32, u64)> {
     out
 }
 
+/// The upper bound of bucket `i` at `schema`: `2^(i / 2^schema)`.
+#[cfg(test)]
+pub(crate) fn upper_bound(schema: i8, i: i32) -> f64 {
+    (f64::from(i) / f64::from(schema).exp2()).exp2()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The upper bound of bucket `i` at `schema`.
     fn upper(schema: i8, i: i32) -> f64 {
-        (f64::from(i) / f64::from(schema).exp2()).exp2()
+        upper_bound(schema, i)
     }
 
     #[test]
