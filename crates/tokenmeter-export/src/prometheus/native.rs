@@ -92,7 +92,8 @@ pub(crate) struct NativeBuckets {
     chunks: Box<[OnceLock<Box<[AtomicU64; CHUNK]>>]>,
 }
 
-/// The native buckets as a render reads them.
+/// The native buckets as a render reads them (tests).
+#[cfg(test)]
 #[derive(Debug, PartialEq)]
 pub(crate) struct NativeView {
     pub(crate) schema: i8,
@@ -133,8 +134,23 @@ impl NativeBuckets {
     }
 
     /// The buckets now, merged down until at most `layout.max_buckets` are populated.
+    #[cfg(test)]
     pub(crate) fn read(&self, layout: &Layout) -> NativeView {
         let mut buckets = Vec::new();
+        let (schema, zero_count) = self.read_into(layout, &mut buckets);
+        NativeView {
+            schema,
+            zero_threshold: ZERO_THRESHOLD,
+            zero_count,
+            buckets,
+        }
+    }
+
+    /// Fills `buckets` with the populated buckets now, in increasing index order as
+    /// (index, count), merged down until at most `layout.max_buckets` remain; returns their
+    /// schema and the zero bucket's count. `buckets` is reused from render to render.
+    pub(crate) fn read_into(&self, layout: &Layout, buckets: &mut Vec<(i32, u64)>) -> (i8, u64) {
+        buckets.clear();
         let first = layout.first_index();
         for (c, chunk) in self.chunks.iter().enumerate() {
             let Some(chunk) = chunk.get() else { continue };
@@ -147,15 +163,10 @@ impl NativeBuckets {
         }
         let mut schema = layout.schema;
         while buckets.len() > layout.max_buckets && schema > MIN_SCHEMA {
-            buckets = downscale(&buckets);
+            *buckets = downscale(buckets);
             schema -= 1;
         }
-        NativeView {
-            schema,
-            zero_threshold: ZERO_THRESHOLD,
-            zero_count: self.zero.load(Relaxed),
-            buckets,
-        }
+        (schema, self.zero.load(Relaxed))
     }
 }
 

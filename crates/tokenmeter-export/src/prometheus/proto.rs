@@ -10,6 +10,7 @@
 use prost::Message;
 
 use super::exemplar::ExemplarValue;
+use super::native::ZERO_THRESHOLD;
 use super::registry::{CellsView, FamilyView, HistogramCell, SeriesLabels};
 
 /// `io.prometheus.client.LabelPair`.
@@ -181,6 +182,7 @@ const METRIC_FIELD_KEY: u8 = (4 << 3) | 2;
 /// Encodes the families as length-delimited `MetricFamily` messages, appending to `out`.
 pub(crate) fn render(families: &[FamilyView], out: &mut Vec<u8>) {
     let mut counts = Vec::new();
+    let mut native = Vec::new();
     let mut family = Vec::new();
     let mut value = Vec::new();
     for f in families {
@@ -199,7 +201,7 @@ pub(crate) fn render(families: &[FamilyView], out: &mut Vec<u8>) {
         };
         // Encoding into a Vec cannot run out of room (here and below).
         let _ = head.encode(&mut family);
-        let mut metric = |labels: &SeriesLabels, m: Metric| {
+        let mut metric = |labels: &SeriesLabels, m: &Metric| {
             value.clear();
             let _ = m.encode(&mut value);
             family.push(METRIC_FIELD_KEY);
@@ -215,7 +217,7 @@ pub(crate) fn render(families: &[FamilyView], out: &mut Vec<u8>) {
                     });
                     metric(
                         labels,
-                        Metric {
+                        &Metric {
                             counter,
                             ..Metric::default()
                         },
@@ -229,7 +231,7 @@ pub(crate) fn render(families: &[FamilyView], out: &mut Vec<u8>) {
                     });
                     metric(
                         labels,
-                        Metric {
+                        &Metric {
                             gauge,
                             ..Metric::default()
                         },
@@ -237,15 +239,15 @@ pub(crate) fn render(families: &[FamilyView], out: &mut Vec<u8>) {
                 }
             }
             CellsView::Histogram(series) => {
+                let mut m = Metric {
+                    histogram: Some(Histogram::default()),
+                    ..Metric::default()
+                };
                 for (labels, h) in series {
-                    let histogram = Some(histogram(h, &mut counts));
-                    metric(
-                        labels,
-                        Metric {
-                            histogram,
-                            ..Metric::default()
-                        },
-                    );
+                    if let Some(out) = m.histogram.as_mut() {
+                        fill_histogram(h, out, &mut counts, &mut native);
+                    }
+                    metric(labels, &m);
                 }
             }
         }
@@ -254,55 +256,62 @@ pub(crate) fn render(families: &[FamilyView], out: &mut Vec<u8>) {
     }
 }
 
-fn histogram(h: &HistogramCell, counts: &mut Vec<u64>) -> Histogram {
+/// Fills `out` with `h` now, reusing its vectors (and `counts` and `native`) from series to
+/// series, so a render allocates only while they grow.
+fn fill_histogram(
+    h: &HistogramCell,
+    out: &mut Histogram,
+    counts: &mut Vec<u64>,
+    native: &mut Vec<(i32, u64)>,
+) {
     let sum = h.read(counts);
     let mut cumulative = 0u64;
-    let mut bucket = Vec::with_capacity(h.bounds.upper.len());
+    out.bucket.clear();
     // The +Inf bucket is implied by the sample count.
     for (i, (count, upper)) in counts.iter().zip(&h.bounds.upper).enumerate() {
         cumulative += count;
-        bucket.push(Bucket {
+        out.bucket.push(Bucket {
             cumulative_count: Some(cumulative),
             upper_bound: Some(*upper),
             exemplar: h.exemplar(i).as_ref().map(exemplar),
         });
     }
-    let total = counts.iter().sum();
-    let mut out = Histogram {
-        sample_count: Some(total),
-        sample_sum: Some(sum),
-        bucket,
-        ..Histogram::default()
+    out.sample_count = Some(counts.iter().sum());
+    out.sample_sum = Some(sum);
+    out.positive_span.clear();
+    out.positive_delta.clear();
+    let Some((schema, zero_count)) = h.native_into(native) else {
+        out.schema = None;
+        out.zero_threshold = None;
+        out.zero_count = None;
+        return;
     };
-    if let Some(native) = h.native() {
-        out.schema = Some(i32::from(native.schema));
-        out.zero_threshold = Some(native.zero_threshold);
-        out.zero_count = Some(native.zero_count);
-        let mut prev_index = None;
-        let mut prev_count = 0u64;
-        for &(index, count) in &native.buckets {
-            match (prev_index, out.positive_span.last_mut()) {
-                (Some(p), Some(span)) if index == p + 1 => {
-                    span.length = Some(span.length.unwrap_or(0) + 1);
-                }
-                _ => out.positive_span.push(BucketSpan {
-                    offset: Some(prev_index.map_or(index, |p| index - p - 1)),
-                    length: Some(1),
-                }),
+    out.schema = Some(i32::from(schema));
+    out.zero_threshold = Some(ZERO_THRESHOLD);
+    out.zero_count = Some(zero_count);
+    let mut prev_index = None;
+    let mut prev_count = 0u64;
+    for &(index, count) in native.iter() {
+        match (prev_index, out.positive_span.last_mut()) {
+            (Some(p), Some(span)) if index == p + 1 => {
+                span.length = Some(span.length.unwrap_or(0) + 1);
             }
-            // Counts are far below 2^63: the difference fits.
-            out.positive_delta.push(count as i64 - prev_count as i64);
-            prev_index = Some(index);
-            prev_count = count;
+            _ => out.positive_span.push(BucketSpan {
+                offset: Some(prev_index.map_or(index, |p| index - p - 1)),
+                length: Some(1),
+            }),
         }
-        if out.positive_span.is_empty() {
-            // No bucket yet: an empty span still marks the histogram native (what the
-            // official client libraries send).
-            out.positive_span.push(BucketSpan {
-                offset: Some(0),
-                length: Some(0),
-            });
-        }
+        // Counts are far below 2^63: the difference fits.
+        out.positive_delta.push(count as i64 - prev_count as i64);
+        prev_index = Some(index);
+        prev_count = count;
     }
-    out
+    if out.positive_span.is_empty() {
+        // No bucket yet: an empty span still marks the histogram native (what the official
+        // client libraries send).
+        out.positive_span.push(BucketSpan {
+            offset: Some(0),
+            length: Some(0),
+        });
+    }
 }

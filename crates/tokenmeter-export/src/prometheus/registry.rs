@@ -19,7 +19,7 @@ use metrics::{
 };
 
 use super::exemplar::{ExemplarSlot, ExemplarValue, now_ms};
-use super::native::{Layout, NativeBuckets, NativeView};
+use super::native::{Layout, NativeBuckets};
 use super::{proto, text};
 
 /// Bucket upper bounds of one histogram family, with their `le` label values rendered once.
@@ -119,9 +119,12 @@ impl HistogramCell {
         }
     }
 
-    /// The native buckets now (`None` with native histograms off).
-    pub(crate) fn native(&self) -> Option<NativeView> {
-        self.native.as_ref().map(|(layout, b)| b.read(layout))
+    /// The native buckets now into `buckets` (see `NativeBuckets::read_into`): returns the
+    /// schema and zero count, or `None` with native histograms off.
+    pub(crate) fn native_into(&self, buckets: &mut Vec<(i32, u64)>) -> Option<(i8, u64)> {
+        self.native
+            .as_ref()
+            .map(|(layout, b)| b.read_into(layout, buckets))
     }
 
     /// The exemplar of classic bucket `i` (the last is `+Inf`), if one was recorded.
