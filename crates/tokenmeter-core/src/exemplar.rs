@@ -21,6 +21,7 @@
 
 use std::cell::Cell;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A W3C trace id and span id (the request span's), as an exemplar carries them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,6 +61,9 @@ impl TraceIds {
 pub type Resolver = fn(&tracing::Span) -> Option<TraceIds>;
 
 static RESOLVER: OnceLock<Resolver> = OnceLock::new();
+/// Whether some recorder keeps exemplars: resolving a span's ids is not free (the
+/// OpenTelemetry layer builds the span's context), so without one the guard skips it.
+static WANTED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static CURRENT: Cell<Option<TraceIds>> = const { Cell::new(None) };
@@ -68,6 +72,12 @@ thread_local! {
 /// Installs the process's resolver; the first one set stays. Returns whether this one was set.
 pub fn set_resolver(resolver: Resolver) -> bool {
     RESOLVER.set(resolver).is_ok()
+}
+
+/// Declares that a recorder keeps exemplars, so the guard resolves request spans' trace ids
+/// from now on (the Prometheus exporter calls it when built with exemplars on).
+pub fn set_wanted() {
+    WANTED.store(true, Ordering::Relaxed);
 }
 
 /// The trace ids of the request whose values are being recorded on this thread, if any.
@@ -85,8 +95,12 @@ pub fn with_trace_ids<R>(ids: TraceIds, f: impl FnOnce() -> R) -> R {
     set_current(Some(ids), f)
 }
 
-/// The ids the installed resolver finds for `span` (`None` without a resolver).
+/// The ids the installed resolver finds for `span` (`None` without a resolver, or when no
+/// recorder wants exemplars).
 pub(crate) fn resolve(span: &tracing::Span) -> Option<TraceIds> {
+    if !WANTED.load(Ordering::Relaxed) {
+        return None;
+    }
     RESOLVER.get().and_then(|resolve| resolve(span))
 }
 

@@ -229,6 +229,7 @@ pub struct Prometheus {
     buckets: Vec<(String, Vec<f64>)>,
     global_labels: Vec<(String, String)>,
     native: Option<NativeHistograms>,
+    exemplars: bool,
 }
 
 impl Default for Prometheus {
@@ -245,6 +246,7 @@ impl Default for Prometheus {
             buckets: Vec::new(),
             global_labels: Vec::new(),
             native: Some(NativeHistograms::default()),
+            exemplars: true,
         }
     }
 }
@@ -335,6 +337,15 @@ impl Prometheus {
         self
     }
 
+    /// Whether latency buckets keep the request's trace id as an exemplar (default: on).
+    /// Finding a request span's ids through the OpenTelemetry layer costs about 0.5 us per
+    /// request at `finish()` (the layer builds the span's context early); off, the guard
+    /// skips it unless another recorder asks for exemplars.
+    pub fn exemplars(mut self, on: bool) -> Self {
+        self.exemplars = on;
+        self
+    }
+
     fn config(&self) -> Result<Config, Error> {
         let names = NameMap::new(&self.prefixes, &self.meters);
         let bounds = |name: &str, b: &[f64]| {
@@ -389,6 +400,7 @@ impl Prometheus {
             global_labels,
             idle_timeout: self.idle_timeout,
             native,
+            exemplars: self.exemplars,
         })
     }
 
@@ -406,6 +418,9 @@ impl Prometheus {
     pub fn build(self) -> Result<PrometheusExporter, Error> {
         self.limits.check()?;
         let registry = Arc::new(Registry::new(self.config()?));
+        if self.exemplars {
+            tokenmeter_core::exemplar::set_wanted();
+        }
         let render = PrometheusRender {
             registry: Arc::clone(&registry),
             last_len: Arc::new(AtomicUsize::new(0)),
@@ -1177,5 +1192,26 @@ mod tests {
         // held the gaps; the sum stays exact.
         assert!(native::upper_bound(5, mean) <= 0.001);
         assert!((h.sample_sum.expect("sum") - (0.001 + 0.0016)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn exemplars_can_be_turned_off() {
+        use tokenmeter_core::exemplar::{TraceIds, with_trace_ids};
+        let mut prom = Prometheus::new()
+            .without_listener()
+            .exemplars(false)
+            .build()
+            .expect("build");
+        let rec = prom.take_recorder().expect("recorder");
+        let h = rec.register_histogram(&Key::from_name("x_seconds"), &meta());
+        let ids = TraceIds {
+            trace_id: 1,
+            span_id: 2,
+        };
+        with_trace_ids(ids, || h.record(0.5));
+        let text =
+            String::from_utf8(prom.negotiate(Some(OPENMETRICS_CONTENT_TYPE)).body).expect("utf-8");
+        assert!(text.contains("x_seconds_count 1\n"), "{text}");
+        assert!(!text.contains(" # {"), "{text}");
     }
 }

@@ -103,10 +103,11 @@ pub(crate) struct HistogramCell {
     pub(crate) sum: AtomicU64,
     native: Option<(Arc<Layout>, NativeBuckets)>,
     exemplars: OnceLock<Box<[ExemplarSlot]>>,
+    keep_exemplars: bool,
 }
 
 impl HistogramCell {
-    fn new(bounds: Arc<Bounds>, native: Option<&Arc<Layout>>) -> Self {
+    fn new(bounds: Arc<Bounds>, native: Option<&Arc<Layout>>, keep_exemplars: bool) -> Self {
         let buckets = (0..=bounds.upper.len())
             .map(|_| AtomicU64::new(0))
             .collect();
@@ -116,6 +117,7 @@ impl HistogramCell {
             sum: AtomicU64::new(0f64.to_bits()),
             native: native.map(|l| (Arc::clone(l), NativeBuckets::new(l))),
             exemplars: OnceLock::new(),
+            keep_exemplars,
         }
     }
 
@@ -163,7 +165,7 @@ impl HistogramFn for HistogramCell {
             native.add(layout, value, n);
         }
         // Set only while the guard records a request's latencies: never per token.
-        if let Some(ids) = tokenmeter_core::exemplar::current() {
+        if let Some(ids) = tokenmeter_core::exemplar::current().filter(|_| self.keep_exemplars) {
             let slots = self.exemplars.get_or_init(|| {
                 (0..self.buckets.len())
                     .map(|_| ExemplarSlot::default())
@@ -300,6 +302,8 @@ pub(crate) struct Config {
     pub(crate) idle_timeout: Option<Duration>,
     /// Native buckets beside the classic ones (`None`: off).
     pub(crate) native: Option<Arc<Layout>>,
+    /// Whether histogram buckets keep exemplars.
+    pub(crate) exemplars: bool,
 }
 
 /// The storage behind a [`PrometheusRecorder`](super::PrometheusRecorder) and its renders.
@@ -558,6 +562,7 @@ impl Recorder for PrometheusRecorder {
                 HistogramCell::new(
                     self.registry.bounds(name),
                     self.registry.config.native.as_ref(),
+                    self.registry.config.exemplars,
                 )
             })
             .map_or_else(Histogram::noop, Histogram::from_arc)
