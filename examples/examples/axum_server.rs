@@ -1,5 +1,5 @@
 //! An axum server instrumented with tokenmeter: `/metrics` mounted in the server's own router
-//! through `render()` (no second port), OTLP metrics and traces when
+//! through `negotiate()` (no second port), OTLP metrics and traces when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the JSON request log on stdout, and each request's
 //! span joining the caller's trace from its W3C `traceparent` header.
 //!
@@ -31,13 +31,14 @@ struct App {
     metrics: PrometheusRender,
 }
 
-async fn metrics(State(app): State<App>) -> impl IntoResponse {
+/// The exposition in the format the scraper's `Accept` prefers: text, OpenMetrics (with
+/// exemplars) or protobuf (with native histograms).
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let exposition = app.metrics.negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            tokenmeter::export::prometheus::CONTENT_TYPE,
-        )],
-        app.metrics.render(),
+        [(header::CONTENT_TYPE, exposition.content_type())],
+        exposition.body,
     )
 }
 

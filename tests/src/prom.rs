@@ -33,13 +33,22 @@ impl PromServer {
         scrape_interval: &str,
         rule_files: &[PathBuf],
     ) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "tokenmeter-prom-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self::start_with(bin, target, scrape_interval, rule_files, &[])
+    }
+
+    /// [`start`](Self::start) with extra command-line flags (e.g.
+    /// `--enable-feature=native-histograms,exemplar-storage`).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with(
+        bin: &Path,
+        target: SocketAddr,
+        scrape_interval: &str,
+        rule_files: &[PathBuf],
+        flags: &[&str],
+    ) -> Self {
         let rules: Vec<String> = rule_files
             .iter()
             .map(|p| format!("  - {}", p.display()))
@@ -54,20 +63,41 @@ impl PromServer {
             }
         );
         let config = config.replace("rule_files:\n  []", "rule_files: []");
+        Self::start_config(bin, &config, flags, false)
+    }
+
+    /// Starts Prometheus with `config` (a prometheus.yml) and `flags`; in agent mode
+    /// (`--enable-feature=agent`, its WAL under the server's directory) when `agent` is set.
+    /// Waits until it is ready.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_config(bin: &Path, config: &str, flags: &[&str], agent: bool) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tokenmeter-prom-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("prometheus.yml"), config).expect("write config");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
+        let storage = if agent {
+            format!("--storage.agent.path={}", dir.join("data").display())
+        } else {
+            format!("--storage.tsdb.path={}", dir.join("data").display())
+        };
         let child = Command::new(bin)
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
             ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
+            .arg(storage)
             .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -85,22 +115,27 @@ impl PromServer {
         server
     }
 
+    /// GETs an API path (with its query string); returns the `data` object.
+    ///
+    /// # Errors
+    ///
+    /// The error text when the call fails (bad PromQL, HTTP error).
+    pub fn api(&self, path: &str) -> Result<Value, String> {
+        let (status, body) = http::get(self.addr, path).map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if status != 200 || v["status"] != "success" {
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        Ok(v["data"].clone())
+    }
+
     /// Runs an instant query; returns the `data` object.
     ///
     /// # Errors
     ///
     /// The error text when the query fails (bad PromQL, HTTP error).
     pub fn query(&self, expr: &str) -> Result<Value, String> {
-        let (status, body) = http::get(
-            self.addr,
-            &format!("/api/v1/query?query={}", http::encode(expr)),
-        )
-        .map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if status != 200 || v["status"] != "success" {
-            return Err(format!("HTTP {status}: {body}"));
-        }
-        Ok(v["data"].clone())
+        self.api(&format!("/api/v1/query?query={}", http::encode(expr)))
     }
 
     /// The value of a query that returns one sample, if it returns exactly one.

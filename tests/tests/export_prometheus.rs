@@ -199,6 +199,17 @@ fn real_prometheus_scrape_matches_the_in_process_numbers() {
                 );
                 prom.query(&expr)
                     .unwrap_or_else(|e| panic!("{file}: `{expr}` failed: {e}"));
+                // Latency quantiles show exemplars (issue 15 §3); Grafana asks for them with
+                // the panel's query, which the live Prometheus must accept.
+                if expr.starts_with("histogram_quantile(") {
+                    assert_eq!(target["exemplar"], true, "{file}: {expr}");
+                    let path = format!(
+                        "/api/v1/query_exemplars?query={}&start=0&end=4102444800",
+                        tokenmeter_tests::http::encode(&expr)
+                    );
+                    prom.api(&path)
+                        .unwrap_or_else(|e| panic!("{file}: exemplars of `{expr}`: {e}"));
+                }
                 n += 1;
             }
         }

@@ -457,9 +457,13 @@ impl RequestGuard {
             // The other k - 1 tokens arrived together with the first: gaps of zero.
             self.itl.add_zero_gaps(k - 1);
         }
-        self.handles
-            .ttft
-            .record(now.saturating_duration_since(self.arrival).as_secs_f64());
+        // Once per request, off the per-token path: the span's trace ids for the exemplar.
+        let ids = crate::exemplar::resolve(&self.span);
+        crate::exemplar::scope(ids, || {
+            self.handles
+                .ttft
+                .record(now.saturating_duration_since(self.arrival).as_secs_f64());
+        });
         if self.scheduled {
             self.handles.prefill.record(
                 now.saturating_duration_since(self.scheduled_at)
@@ -714,16 +718,20 @@ impl RequestGuard {
         let floor = if self.n > 0 { self.last } else { self.arrival };
         let now = self.meter.now();
         let now = self.not_before(now, floor);
-        self.flush(now);
-        if let Some(shared) = self
-            .facts
-            .as_deref()
-            .and_then(|f| f.shared_non_finite.as_deref())
-        {
-            self.non_finite.add(shared.close());
-        }
-        let summary = self.derive(now, outcome);
-        self.record(now, &summary, outcome, reason, error);
+        let ids = crate::exemplar::resolve(&self.span);
+        let summary = crate::exemplar::scope(ids, || {
+            self.flush(now);
+            if let Some(shared) = self
+                .facts
+                .as_deref()
+                .and_then(|f| f.shared_non_finite.as_deref())
+            {
+                self.non_finite.add(shared.close());
+            }
+            let summary = self.derive(now, outcome);
+            self.record(now, &summary, outcome, reason, error);
+            summary
+        });
         self.report(&summary, reason, error);
         summary
     }

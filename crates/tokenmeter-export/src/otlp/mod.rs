@@ -542,6 +542,9 @@ impl OtlpExporter {
     /// per-request log event (INFO, target `tokenmeter::request`) is left to the
     /// [`RequestLog`](crate::RequestLog): its fields are already the span's attributes, and
     /// skipping it keeps `finish()` cheap.
+    ///
+    /// It also installs the process's exemplar resolver (see [`tokenmeter_core::exemplar`]),
+    /// so the Prometheus exporter's latency buckets carry the request spans' trace ids.
     pub fn tracing_layer<S>(&self) -> Option<Box<dyn tracing_subscriber::Layer<S> + Send + Sync>>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
@@ -551,6 +554,8 @@ impl OtlpExporter {
         // `gen_ai.response.finish_reasons` is a string array in the GenAI conventions; tracing
         // fields are scalars, so the core hands arrays to this recorder.
         tokenmeter_core::set_string_array_recorder(record_string_array);
+        // Request spans now have trace ids: let them reach the latency exemplars.
+        tokenmeter_core::exemplar::set_resolver(crate::trace_context::trace_ids_of);
         let layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_threads(false)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -216,20 +216,19 @@ fn respond(req: &Request<Incoming>, render: &PrometheusRender) -> Response<Full<
     const TEXT: &str = "text/plain; charset=utf-8";
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            (StatusCode::OK, super::CONTENT_TYPE, render.render())
+            // A header that is not visible ASCII counts as absent: the default format.
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let exposition = render.negotiate(accept);
+            (StatusCode::OK, exposition.content_type(), exposition.body)
         }
-        (&Method::GET | &Method::HEAD, "/") => (
-            StatusCode::OK,
-            TEXT,
-            "tokenmeter: see /metrics\n".to_owned(),
-        ),
-        (&Method::GET | &Method::HEAD, _) => {
-            (StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned())
+        (&Method::GET | &Method::HEAD, "/") => {
+            (StatusCode::OK, TEXT, b"tokenmeter: see /metrics\n".to_vec())
         }
+        (&Method::GET | &Method::HEAD, _) => (StatusCode::NOT_FOUND, TEXT, b"not found\n".to_vec()),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
-            "method not allowed\n".to_owned(),
+            b"method not allowed\n".to_vec(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

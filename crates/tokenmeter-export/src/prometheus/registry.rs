@@ -4,13 +4,14 @@
 //! (no sample buffers to drain between scrapes). A histogram series is one counter per bucket
 //! of its fixed bounds plus a sum: `record_many(v, n)` is one bucket lookup and two atomic
 //! adds whatever `n` is, which is what lets the guard flush a whole bucket of inter-token
-//! latencies at once.
+//! latencies at once. With native histograms on, the series also keeps sparse exponential
+//! buckets (see `native`), and each classic bucket an exemplar slot (see `exemplar`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use metrics::{
@@ -20,7 +21,9 @@ use metrics::{
 
 use tokenmeter_core::emit::lock;
 
-use super::text;
+use super::exemplar::{ExemplarSlot, ExemplarValue, now_ms};
+use super::native::{Layout, NativeBuckets};
+use super::{proto, text};
 
 /// Bucket upper bounds of one histogram family, with their `le` label values rendered once.
 #[derive(Debug)]
@@ -46,6 +49,12 @@ impl Bounds {
 #[derive(Debug, Default)]
 pub(crate) struct CounterCell(pub(crate) AtomicU64);
 
+impl CounterCell {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
 impl CounterFn for CounterCell {
     fn increment(&self, value: u64) {
         self.0.fetch_add(value, Relaxed);
@@ -67,6 +76,12 @@ fn add_f64(cell: &AtomicU64, delta: f64) {
     });
 }
 
+impl GaugeCell {
+    pub(crate) fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Relaxed))
+    }
+}
+
 impl GaugeFn for GaugeCell {
     fn increment(&self, value: f64) {
         add_f64(&self.0, value);
@@ -82,16 +97,20 @@ impl GaugeFn for GaugeCell {
 }
 
 /// A histogram series: a count per bucket (not cumulative; the last is the `+Inf` overflow)
-/// and the sum of the observations.
+/// and the sum of the observations; with native histograms on, the native buckets too. Each
+/// bucket gets an exemplar slot once an observation with trace ids lands in it.
 #[derive(Debug)]
 pub(crate) struct HistogramCell {
     pub(crate) bounds: Arc<Bounds>,
     pub(crate) buckets: Box<[AtomicU64]>,
     pub(crate) sum: AtomicU64,
+    native: Option<(Arc<Layout>, NativeBuckets)>,
+    exemplars: OnceLock<Box<[ExemplarSlot]>>,
+    keep_exemplars: bool,
 }
 
 impl HistogramCell {
-    fn new(bounds: Arc<Bounds>) -> Self {
+    fn new(bounds: Arc<Bounds>, native: Option<&Arc<Layout>>, keep_exemplars: bool) -> Self {
         let buckets = (0..=bounds.upper.len())
             .map(|_| AtomicU64::new(0))
             .collect();
@@ -99,7 +118,23 @@ impl HistogramCell {
             bounds,
             buckets,
             sum: AtomicU64::new(0f64.to_bits()),
+            native: native.map(|l| (Arc::clone(l), NativeBuckets::new(l))),
+            exemplars: OnceLock::new(),
+            keep_exemplars,
         }
+    }
+
+    /// The native buckets now into `buckets` (see `NativeBuckets::read_into`): returns the
+    /// schema and zero count, or `None` with native histograms off.
+    pub(crate) fn native_into(&self, buckets: &mut Vec<(i32, u64)>) -> Option<(i8, u64)> {
+        self.native
+            .as_ref()
+            .map(|(layout, b)| b.read_into(layout, buckets))
+    }
+
+    /// The exemplar of classic bucket `i` (the last is `+Inf`), if one was recorded.
+    pub(crate) fn exemplar(&self, i: usize) -> Option<ExemplarValue> {
+        self.exemplars.get()?.get(i)?.read()
     }
 
     /// The bucket counts and the sum as they are now. The `+Inf` count and `_count` are the
@@ -129,6 +164,24 @@ impl HistogramFn for HistogramCell {
             b.fetch_add(n, Relaxed);
         }
         add_f64(&self.sum, value * count as f64);
+        if let Some((layout, native)) = &self.native {
+            native.add(layout, value, n);
+        }
+        // Set only while the guard records a request's latencies: never per token.
+        if let Some(ids) = tokenmeter_core::exemplar::current().filter(|_| self.keep_exemplars) {
+            let slots = self.exemplars.get_or_init(|| {
+                (0..self.buckets.len())
+                    .map(|_| ExemplarSlot::default())
+                    .collect()
+            });
+            if let Some(slot) = slots.get(i) {
+                slot.write(&ExemplarValue {
+                    ids,
+                    value,
+                    timestamp_ms: now_ms(),
+                });
+            }
+        }
     }
 }
 
@@ -172,21 +225,31 @@ cell_kind!(CounterCell, Counter);
 cell_kind!(GaugeCell, Gauge);
 cell_kind!(HistogramCell, Histogram);
 
-/// One series: its rendered label set (`k="v",…`, escaped, global labels included) and cell.
+/// A series' label set (global labels included), encoded once at registration for each
+/// exposition format.
+#[derive(Debug, Default)]
+pub(crate) struct SeriesLabels {
+    /// `k="v",…`, escaped for the text formats.
+    pub(crate) text: String,
+    /// The `LabelPair`s as encoded `Metric.label` fields (field 1) of the protobuf format.
+    pub(crate) proto: Vec<u8>,
+}
+
+/// One series: its label set and cell.
 #[derive(Debug)]
 pub(crate) struct Series<C> {
     pub(crate) key: Key,
-    pub(crate) labels: Arc<str>,
+    pub(crate) labels: Arc<SeriesLabels>,
     pub(crate) cell: Arc<C>,
     /// For the idle timeout: the value last seen by an upkeep pass, and since when.
     seen: Mutex<(u64, Instant)>,
 }
 
 impl<C> Series<C> {
-    fn new(key: Key, labels: String, cell: Arc<C>) -> Self {
+    fn new(key: Key, labels: SeriesLabels, cell: Arc<C>) -> Self {
         Series {
             key,
-            labels: labels.into(),
+            labels: Arc::new(labels),
             cell,
             seen: Mutex::new((u64::MAX, Instant::now())),
         }
@@ -208,6 +271,8 @@ impl<C> Series<C> {
 #[derive(Debug)]
 pub(crate) struct Family {
     pub(crate) help: Option<String>,
+    /// The OpenMetrics unit (`seconds`, `bytes`, …) of catalog metrics whose name ends in it.
+    pub(crate) unit: Option<&'static str>,
     pub(crate) cells: Cells,
     index: HashMap<Key, usize>,
     /// Whether registering this name as another kind was logged (once per family).
@@ -233,9 +298,15 @@ pub(crate) struct Config {
     pub(crate) fallback: Arc<Bounds>,
     /// Help text per sanitized metric name from the catalog.
     pub(crate) help: HashMap<String, String>,
-    /// `(sanitized key, escaped value)` added to every series unless it has that key.
+    /// Unit word per sanitized metric name from the catalog (`seconds`, `bytes`, …).
+    pub(crate) units: HashMap<String, &'static str>,
+    /// `(sanitized key, value)` added to every series unless it has that key.
     pub(crate) global_labels: Vec<(String, String)>,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Native buckets beside the classic ones (`None`: off).
+    pub(crate) native: Option<Arc<Layout>>,
+    /// Whether histogram buckets keep exemplars.
+    pub(crate) exemplars: bool,
 }
 
 /// The storage behind a [`PrometheusRecorder`](super::PrometheusRecorder) and its renders.
@@ -252,17 +323,18 @@ pub(crate) struct Registry {
 pub(crate) struct FamilyView {
     pub(crate) name: String,
     pub(crate) help: Option<String>,
+    pub(crate) unit: Option<&'static str>,
     pub(crate) cells: CellsView,
 }
 
 /// Shared references to a family's series.
 pub(crate) enum CellsView {
-    Counter(Vec<(Arc<str>, Arc<CounterCell>)>),
-    Gauge(Vec<(Arc<str>, Arc<GaugeCell>)>),
-    Histogram(Vec<(Arc<str>, Arc<HistogramCell>)>),
+    Counter(Vec<(Arc<SeriesLabels>, Arc<CounterCell>)>),
+    Gauge(Vec<(Arc<SeriesLabels>, Arc<GaugeCell>)>),
+    Histogram(Vec<(Arc<SeriesLabels>, Arc<HistogramCell>)>),
 }
 
-fn view<C>(series: &[Series<C>]) -> Vec<(Arc<str>, Arc<C>)> {
+fn view<C>(series: &[Series<C>]) -> Vec<(Arc<SeriesLabels>, Arc<C>)> {
     series
         .iter()
         .map(|s| (Arc::clone(&s.labels), Arc::clone(&s.cell)))
@@ -312,6 +384,7 @@ impl Registry {
             }
         }
         let help = self.help(&name);
+        let unit = self.config.units.get(name.as_ref()).copied();
         let mut families = self
             .families
             .write()
@@ -320,6 +393,7 @@ impl Registry {
             .entry(name.clone().into_owned())
             .or_insert_with(|| Family {
                 help,
+                unit,
                 cells: C::empty(),
                 index: HashMap::new(),
                 kind_conflict_logged: false,
@@ -347,14 +421,14 @@ impl Registry {
         Some(cell)
     }
 
-    /// The rendered label set of `key`: its labels, then the global labels it does not set.
-    /// No series can carry a label name twice, which would make Prometheus reject the whole
-    /// scrape: of labels that map to the same name (`a.b` and `a_b`, or a key given twice) the
-    /// first is kept, and reserved names (`le`, `quantile`, `__`-prefixed) are dropped, each
-    /// with a warning when the series is registered.
-    fn labels(&self, key: &Key) -> String {
-        let mut out = String::new();
+    /// The label set of `key`, encoded for each format: its labels, then the global labels
+    /// it does not set. No series can carry a label name twice, which would make Prometheus
+    /// reject the whole scrape: of labels that map to the same name (`a.b` and `a_b`, or a key
+    /// given twice) the first is kept, and reserved names (`le`, `quantile`, `__`-prefixed) are
+    /// dropped, each with a warning when the series is registered.
+    fn labels(&self, key: &Key) -> SeriesLabels {
         let mut seen: Vec<Cow<'_, str>> = Vec::with_capacity(key.labels().len());
+        let mut own = Vec::with_capacity(key.labels().len());
         for l in key.labels() {
             let k = text::label_key(l.key());
             if text::is_reserved_label(&k) || seen.contains(&k) {
@@ -366,15 +440,22 @@ impl Registry {
                 );
                 continue;
             }
-            let _ = write!(out, "{}{k}=\"", if seen.is_empty() { "" } else { "," });
-            text::escape_label_value(&mut out, l.value());
-            out.push('"');
-            seen.push(k);
+            seen.push(k.clone());
+            own.push((k, l.value()));
         }
-        for (k, v) in &self.config.global_labels {
-            if !seen.iter().any(|s| s == k) {
-                let _ = write!(out, "{}{k}=\"{v}\"", if out.is_empty() { "" } else { "," });
-            }
+        let global = self
+            .config
+            .global_labels
+            .iter()
+            .filter(|(k, _)| !seen.iter().any(|s| s == k))
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), v.as_str()));
+        let mut out = SeriesLabels::default();
+        for (k, v) in own.into_iter().chain(global) {
+            let sep = if out.text.is_empty() { "" } else { "," };
+            let _ = write!(out.text, "{sep}{k}=\"");
+            text::escape_label_value(&mut out.text, v);
+            out.text.push('"');
+            proto::encode_label(&mut out.proto, &k, v);
         }
         out
     }
@@ -401,6 +482,7 @@ impl Registry {
             .map(|(name, f)| FamilyView {
                 name: name.clone(),
                 help: f.help.clone(),
+                unit: f.unit,
                 cells: match &f.cells {
                     Cells::Counter(v) => CellsView::Counter(view(v)),
                     Cells::Gauge(v) => CellsView::Gauge(view(v)),
@@ -497,7 +579,13 @@ impl Recorder for PrometheusRecorder {
 
     fn register_histogram(&self, key: &Key, _metadata: &Metadata<'_>) -> Histogram {
         self.registry
-            .series(key, |name| HistogramCell::new(self.registry.bounds(name)))
+            .series(key, |name| {
+                HistogramCell::new(
+                    self.registry.bounds(name),
+                    self.registry.config.native.as_ref(),
+                    self.registry.config.exemplars,
+                )
+            })
             .map_or_else(Histogram::noop, Histogram::from_arc)
     }
 }

@@ -1,11 +1,22 @@
-//! The Prometheus text exposition format (version 0.0.4): name and label sanitizing, escaping,
-//! and rendering the registry.
+//! The text expositions: Prometheus's text format (version 0.0.4) and OpenMetrics 1.0 text
+//! (the same samples, plus `# UNIT` metadata, exemplars on histogram buckets and `# EOF`);
+//! name and label sanitizing, escaping, and rendering the registry.
 //!
 //! Label sets are escaped once, when a series is registered; a render only formats numbers.
 
 use std::borrow::Cow;
 
+use super::exemplar::ExemplarValue;
 use super::registry::{CellsView, FamilyView};
+
+/// Which text format to render.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// Prometheus text format 0.0.4.
+    Prometheus,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
 
 /// A metric name made valid (`[a-zA-Z_:][a-zA-Z0-9_:]*`): other characters become `_`.
 pub(crate) fn metric_name(name: &str) -> Cow<'_, str> {
@@ -46,11 +57,6 @@ fn sanitize(s: &str, valid: impl Fn(usize, char) -> bool) -> Cow<'_, str> {
 /// Everything else, any Unicode included, is kept as it is.
 pub(crate) fn escape_label_value(out: &mut String, value: &str) {
     escape(out, value, true);
-}
-
-/// Appends HELP text escaped per the format: `\` → `\\`, newline → `\n`.
-fn escape_help(out: &mut String, help: &str) {
-    escape(out, help, false);
 }
 
 fn escape(out: &mut String, s: &str, quotes: bool) {
@@ -102,51 +108,86 @@ fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, extra: &str)
     out.push(' ');
 }
 
-/// Renders the families in the text format, appending to `out`.
-pub(crate) fn render(families: &[FamilyView], out: &mut String) {
+/// Appends an OpenMetrics exemplar: ` # {trace_id="…",span_id="…"} value timestamp`.
+fn push_exemplar(out: &mut String, ex: &ExemplarValue) {
+    let (trace, span) = ex.ids.hex();
+    out.push_str(" # {trace_id=\"");
+    out.push_str(&trace);
+    out.push_str("\",span_id=\"");
+    out.push_str(&span);
+    out.push_str("\"} ");
+    push_f64(out, ex.value);
+    out.push(' ');
+    out.push_str(itoa::Buffer::new().format(ex.timestamp_ms.div_euclid(1000)));
+    out.push('.');
+    let ms = ex.timestamp_ms.rem_euclid(1000);
+    out.push_str(&format!("{ms:03}"));
+}
+
+/// Renders the families in `flavor`, appending to `out`.
+pub(crate) fn render(families: &[FamilyView], out: &mut String, flavor: Flavor) {
+    let om = flavor == Flavor::OpenMetrics;
     let mut counts = Vec::new();
     for f in families {
         let name = f.name.as_str();
+        // OpenMetrics names a counter family without its samples' `_total`; a counter whose
+        // name lacks the suffix keeps its name as an `unknown` family.
+        let (family, kind) = match (&f.cells, om) {
+            (CellsView::Counter(_), true) => match name.strip_suffix("_total") {
+                Some(base) => (base, "counter"),
+                None => (name, "unknown"),
+            },
+            (CellsView::Counter(_), false) => (name, "counter"),
+            (CellsView::Gauge(_), _) => (name, "gauge"),
+            (CellsView::Histogram(_), _) => (name, "histogram"),
+        };
         if let Some(help) = &f.help {
             out.push_str("# HELP ");
-            out.push_str(name);
+            out.push_str(family);
             out.push(' ');
-            escape_help(out, help);
+            // OpenMetrics escapes quotes in HELP too.
+            escape(out, help, om);
             out.push('\n');
         }
         out.push_str("# TYPE ");
-        out.push_str(name);
-        out.push_str(match f.cells {
-            CellsView::Counter(_) => " counter\n",
-            CellsView::Gauge(_) => " gauge\n",
-            CellsView::Histogram(_) => " histogram\n",
-        });
+        out.push_str(family);
+        out.push(' ');
+        out.push_str(kind);
+        out.push('\n');
+        if let Some(unit) = f.unit.filter(|u| om && family.ends_with(&format!("_{u}"))) {
+            out.push_str("# UNIT ");
+            out.push_str(family);
+            out.push(' ');
+            out.push_str(unit);
+            out.push('\n');
+        }
         match &f.cells {
             CellsView::Counter(series) => {
                 for (labels, c) in series {
-                    sample(out, name, "", labels, "");
-                    push_u64(out, c.0.load(std::sync::atomic::Ordering::Relaxed));
+                    sample(out, name, "", &labels.text, "");
+                    push_u64(out, c.get());
                     out.push('\n');
                 }
             }
             CellsView::Gauge(series) => {
                 for (labels, g) in series {
-                    sample(out, name, "", labels, "");
-                    push_f64(
-                        out,
-                        f64::from_bits(g.0.load(std::sync::atomic::Ordering::Relaxed)),
-                    );
+                    sample(out, name, "", &labels.text, "");
+                    push_f64(out, g.get());
                     out.push('\n');
                 }
             }
             CellsView::Histogram(series) => {
                 for (labels, h) in series {
+                    let labels = &labels.text;
                     let sum = h.read(&mut counts);
                     let mut cumulative = 0u64;
-                    for (count, le) in counts.iter().zip(&h.bounds.le) {
+                    for (i, (count, le)) in counts.iter().zip(&h.bounds.le).enumerate() {
                         cumulative += count;
                         sample(out, name, "_bucket", labels, le);
                         push_u64(out, cumulative);
+                        if let Some(ex) = h.exemplar(i).filter(|_| om) {
+                            push_exemplar(out, &ex);
+                        }
                         out.push('\n');
                     }
                     sample(out, name, "_sum", labels, "");
@@ -158,6 +199,9 @@ pub(crate) fn render(families: &[FamilyView], out: &mut String) {
                 }
             }
         }
+    }
+    if om {
+        out.push_str("# EOF\n");
     }
 }
 
@@ -185,7 +229,7 @@ mod tests {
         escape_label_value(&mut out, "a\\\"b\nc\\d é\t");
         assert_eq!(out, "a\\\\\\\"b\\nc\\\\d é\t");
         let mut help = String::new();
-        escape_help(&mut help, "say \"hi\"\\\n");
+        escape(&mut help, "say \"hi\"\\\n", false);
         assert_eq!(help, "say \"hi\"\\\\\\n");
     }
 
