@@ -236,7 +236,9 @@ fn three_replicas_through_agents_to_one_central_prometheus() {
     }
 
     // The deploy rules, unchanged, aggregate the fleet by model: one series per model, no
-    // replica label, equal to the sum of the replicas' rates at the same instant.
+    // replica label, equal to the sum of the replicas' rates at the same instant. The rule is
+    // the exact 5-minute increase / 300, counted from zero for a meter younger than 5 minutes
+    // (all of them here), so each replica's rate is its total / 300.
     let rate = central.wait_value(
         r#"tokenmeter:requests:rate5m{model="fleet"}"#,
         deadline,
@@ -254,7 +256,7 @@ fn three_replicas_through_agents_to_one_central_prometheus() {
     let path = format!(
         "/api/v1/query?query={}&time={at}",
         tokenmeter_tests::http::encode(&format!(
-            "sum by (replica) (rate(tokenmeter_requests_total{{{sel}}}[5m]))"
+            "sum by (replica) (tokenmeter_requests_total{{{sel}}}) / 300"
         ))
     );
     let replica_rates = samples(&central.api(&path).expect("per-replica rates"));

@@ -1010,7 +1010,7 @@ mod tests {
         assert_eq!(h.sample_count, Some(4));
         assert_eq!(h.sample_sum, Some(23.0));
         // Classic buckets: the catalog's TTFT bounds, cumulative, no +Inf (implied).
-        let bounds = catalog::core::GENAI_TTFT_BUCKETS;
+        let bounds = catalog::core::TTFT.buckets.unwrap_or_default();
         assert_eq!(h.bucket.len(), bounds.len());
         for (b, upper) in h.bucket.iter().zip(bounds) {
             let want = [3.0, 4.0, 16.0, 0.0]
@@ -1113,11 +1113,11 @@ mod tests {
             text.contains("# TYPE no_suffix unknown\nno_suffix{replica=\"r\\\"1\"} 1\n"),
             "{text}"
         );
-        // The exemplar sits on the bucket 7 s fell in (le=7.5), and only there.
+        // The exemplar sits on the bucket 7 s fell in (le=10), and only there.
         let exemplar_lines: Vec<&str> = text.lines().filter(|l| l.contains(" # {")).collect();
         assert_eq!(exemplar_lines.len(), 1, "{text}");
         let line = exemplar_lines[0];
-        assert!(line.starts_with("gen_ai_server_time_to_first_token_seconds_bucket{model=\"m\",replica=\"r\\\"1\",le=\"7.5\"} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\",span_id=\"00f067aa0ba902b7\"} 7 "), "{line}");
+        assert!(line.starts_with("gen_ai_server_time_to_first_token_seconds_bucket{model=\"m\",replica=\"r\\\"1\",le=\"10\"} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\",span_id=\"00f067aa0ba902b7\"} 7 "), "{line}");
         let ts: f64 = line
             .rsplit(' ')
             .next()
@@ -1139,7 +1139,7 @@ mod tests {
             .iter()
             .filter_map(|b| b.exemplar.as_ref().map(|e| (b.upper_bound, e.value)))
             .collect();
-        assert_eq!(with, [(Some(7.5), Some(7.0))]);
+        assert_eq!(with, [(Some(10.0), Some(7.0))]);
     }
 
     /// ITL reaches the recorder as `record_many(mean, count)` per classic bucket at each guard
@@ -1159,11 +1159,11 @@ mod tests {
         let (clock, mock) = Clock::mock();
         let meter = Meter::builder().model("m").clock(clock).build();
         metrics::with_local_recorder(&rec, || {
-            // Equal gaps of 0.25 ms: exact. Then gaps of 0.1, 0.2, 0.4 and 0.9 ms, all in the
-            // first classic ITL bucket (<= 1 ms): recorded as four of their mean, 0.4 ms.
+            // Equal gaps of 0.25 ms: exact. Then gaps of 1.1, 1.5, 2.0 and 2.4 ms, all in the
+            // classic ITL bucket (1 ms, 2.5 ms]: recorded as four of their mean, 1.75 ms.
             for gaps in [
                 &[250_000u64; 4][..],
-                &[100_000, 200_000, 400_000, 900_000][..],
+                &[1_100_000, 1_500_000, 2_000_000, 2_400_000][..],
             ] {
                 let mut req = meter.request().start();
                 mock.increment(Duration::from_millis(5));
@@ -1183,7 +1183,7 @@ mod tests {
             .and_then(|f| f.metric[0].histogram.clone())
             .expect("itl");
         let layout = native::Layout::new(5, 160);
-        let (exact, mean) = (layout.index_of(0.00025), layout.index_of(0.0004));
+        let (exact, mean) = (layout.index_of(0.00025), layout.index_of(0.00175));
         assert!(exact < mean);
         assert_eq!(h.sample_count, Some(8));
         assert_eq!(
@@ -1194,10 +1194,11 @@ mod tests {
             [(exact, 1), (mean - exact - 1, 1)]
         );
         assert_eq!(h.positive_delta, [4, 0]);
-        // The bound: every reported bucket lies inside the classic bucket (0, 1 ms] that
+        // The bound: every reported bucket lies inside the classic bucket (1 ms, 2.5 ms] that
         // held the gaps; the sum stays exact.
-        assert!(native::upper_bound(5, mean) <= 0.001);
-        assert!((h.sample_sum.expect("sum") - (0.001 + 0.0016)).abs() < 1e-12);
+        assert!(native::upper_bound(5, mean) <= 0.0025);
+        assert!(native::upper_bound(5, mean - 1) >= 0.001);
+        assert!((h.sample_sum.expect("sum") - (0.001 + 0.007)).abs() < 1e-12);
     }
 
     #[test]
