@@ -6,6 +6,7 @@
 //! pass.
 
 pub mod bins;
+pub mod exporter;
 pub mod http;
 pub mod otlp_receiver;
 pub mod prom;

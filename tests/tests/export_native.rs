@@ -3,7 +3,6 @@
 //! format), one with `exemplar-storage` only (it scrapes OpenMetrics text), both scraping the
 //! same listener. Latencies come from the mock clock, so the exact quantiles are known.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,35 +11,10 @@ use tokenmeter_core::clock::Clock;
 use tokenmeter_core::exemplar::{TraceIds, with_trace_ids};
 use tokenmeter_core::{Finish, Meter};
 use tokenmeter_export::prometheus::{Format, PROTOBUF_CONTENT_TYPE};
-use tokenmeter_export::{Exporters, Prometheus, PrometheusRender};
 use tokenmeter_tests::bins;
 use tokenmeter_tests::prom::PromServer;
 
-struct Installed {
-    addr: std::net::SocketAddr,
-    render: PrometheusRender,
-}
-
-/// One global recorder per test binary: Prometheus (native histograms on by default) on a
-/// random port.
-fn installed() -> &'static Installed {
-    static CELL: OnceLock<Installed> = OnceLock::new();
-    CELL.get_or_init(|| {
-        let guard = Exporters::new()
-            .prometheus(Prometheus::new().listen("127.0.0.1:0".parse().expect("addr")))
-            .install_tracing(false)
-            .install()
-            .expect("install exporters");
-        let p = guard.prometheus().expect("prometheus");
-        let inst = Installed {
-            addr: p.local_addr().expect("listener"),
-            render: p.renderer(),
-        };
-        // Keep the exporters for the life of the test process.
-        std::mem::forget(guard);
-        inst
-    })
-}
+use tokenmeter_tests::exporter::installed;
 
 /// Requests per scenario; each scenario spreads its latencies ±10 % around the target.
 const N: u64 = 200;

@@ -3,40 +3,16 @@
 //! exposition, the rules and their unit tests, and every dashboard query.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokenmeter_core::catalog;
 use tokenmeter_core::clock::Clock;
 use tokenmeter_core::{ErrorKind, Finish, Meter, Naming};
-use tokenmeter_export::{Exporters, Prometheus, PrometheusRender};
+use tokenmeter_export::{Exporters, Prometheus};
 use tokenmeter_tests::bins;
 use tokenmeter_tests::prom::PromServer;
 
-struct Installed {
-    addr: std::net::SocketAddr,
-    render: PrometheusRender,
-}
-
-/// One global recorder per test binary: Prometheus on a random port.
-fn installed() -> &'static Installed {
-    static CELL: OnceLock<Installed> = OnceLock::new();
-    CELL.get_or_init(|| {
-        let guard = Exporters::new()
-            .prometheus(Prometheus::new().listen("127.0.0.1:0".parse().expect("addr")))
-            .install_tracing(false)
-            .install()
-            .expect("install exporters");
-        let p = guard.prometheus().expect("prometheus");
-        let inst = Installed {
-            addr: p.local_addr().expect("listener"),
-            render: p.renderer(),
-        };
-        // Keep the exporters for the life of the test process.
-        std::mem::forget(guard);
-        inst
-    })
-}
+use tokenmeter_tests::exporter::installed;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy")
