@@ -81,29 +81,32 @@ pub mod portable {
     }
 }
 
+/// AVX2 + FMA paths by themselves: one function per element type, `None` where the CPU lacks
+/// them (used for the raw and the masked kernels).
+macro_rules! avx2_paths {
+    ($($name:ident: $t:ty => $kernel:ident),*) => {$(
+        /// The AVX2 + FMA kernel, if the CPU has them.
+        pub fn $name(row: &[$t]) -> Option<NonFinite> {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if x86::avx2() {
+                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                    return Some(unsafe { x86::$kernel(row) });
+                }
+            }
+            let _ = row;
+            None
+        }
+    )*};
+}
+
 /// The AVX2 + FMA kernels alone (x86-64), `None` where the CPU lacks them: for tests that check
 /// every path agrees on machines whose dispatch picks a wider one, and for the bench's fallback
 /// figures.
 pub mod avx2 {
     use super::*;
 
-    macro_rules! path {
-        ($($name:ident: $t:ty => $kernel:ident),*) => {$(
-            /// The AVX2 + FMA kernel, if the CPU has them.
-            pub fn $name(row: &[$t]) -> Option<NonFinite> {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    if x86::avx2() {
-                        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                        return Some(unsafe { x86::$kernel(row) });
-                    }
-                }
-                let _ = row;
-                None
-            }
-        )*};
-    }
-    path!(f32: f32 => avx2_f32, f64: f64 => avx2_f64, f16: f16 => avx2_f16, bf16: bf16 => avx2_bf16);
+    avx2_paths!(f32: f32 => avx2_f32, f64: f64 => avx2_f64, f16: f16 => avx2_f16, bf16: bf16 => avx2_bf16);
 }
 
 /// One 512-bit path by itself: `None` off x86-64 (and, from the path, where the CPU lacks it).
@@ -189,23 +192,7 @@ pub mod masked {
     pub mod avx2 {
         use super::*;
 
-        macro_rules! path {
-            ($($name:ident: $t:ty => $kernel:ident),*) => {$(
-                /// The AVX2 + FMA kernel, if the CPU has them.
-                pub fn $name(row: &[$t]) -> Option<NonFinite> {
-                    #[cfg(target_arch = "x86_64")]
-                    {
-                        if x86::avx2() {
-                            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                            return Some(unsafe { x86::$kernel(row) });
-                        }
-                    }
-                    let _ = row;
-                    None
-                }
-            )*};
-        }
-        path!(
+        avx2_paths!(
             f32: f32 => avx2_masked_f32,
             f64: f64 => avx2_masked_f64,
             f16: f16 => avx2_masked_f16,
