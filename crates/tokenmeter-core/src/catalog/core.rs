@@ -1,6 +1,6 @@
 //! Core request metrics: latency, tokens, requests, queue, goodput, model load, self-metrics.
 
-use super::{MetricDef, MetricKind};
+use super::MetricDef;
 
 // Default latency bounds follow Prometheus's 1-2.5-5 ladder (its client libraries' default
 // buckets; ITL adds finer steps), at most 2.5x apart, from the smallest value a real server
@@ -119,20 +119,9 @@ const FIN: &[&str] = &["finish_reason", "error.type"];
 macro_rules! def {
     ($id:literal, $name:literal, own: $own:literal, vllm: $vllm:expr, $kind:ident, $unit:literal,
      labels: $labels:expr, buckets: $b:expr, vllm_buckets: $vb:expr, $desc:literal, recorded: $rec:literal) => {
-        MetricDef {
-            id: $id,
-            otel_name: $name,
-            own: $own,
-            vllm_name: $vllm,
-            prometheus_override: None,
-            kind: MetricKind::$kind,
-            unit: $unit,
-            description: $desc,
-            labels: $labels,
-            buckets: $b,
-            vllm_buckets: $vb,
-            recorded: $rec,
-        }
+        metric_def!(id: $id, otel: $name, own: $own, vllm: $vllm, prometheus: None,
+            kind: $kind, unit: $unit, labels: $labels, buckets: $b, vllm_buckets: $vb,
+            description: $desc, recorded: $rec)
     };
 }
 

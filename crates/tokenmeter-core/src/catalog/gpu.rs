@@ -9,7 +9,7 @@
 //! gauges are set to 0 once, next to `hw.status{hw.state="failed"}` = 1, so node sums stay
 //! finite. Per-GPU and host series carry no model label: one sampler serves every model.
 
-use super::{MetricDef, MetricKind};
+use super::MetricDef;
 
 /// Labels on every per-GPU metric: the NVML index, the product name and the GPU UUID.
 const G: &[&str] = &["hw.id", "hw.name", "gpu.uuid"];
@@ -23,20 +23,9 @@ macro_rules! def {
     };
     ($id:literal, $name:literal, own: $own:literal, prometheus: $prom:expr, $kind:ident, $unit:literal,
      labels: $labels:expr, $desc:literal, recorded: $rec:expr) => {
-        MetricDef {
-            id: $id,
-            otel_name: $name,
-            own: $own,
-            vllm_name: None,
-            prometheus_override: $prom,
-            kind: MetricKind::$kind,
-            unit: $unit,
-            description: $desc,
-            labels: $labels,
-            buckets: None,
-            vllm_buckets: None,
-            recorded: $rec,
-        }
+        metric_def!(id: $id, otel: $name, own: $own, vllm: None, prometheus: $prom,
+            kind: $kind, unit: $unit, labels: $labels, buckets: None, vllm_buckets: None,
+            description: $desc, recorded: $rec)
     };
 }
 

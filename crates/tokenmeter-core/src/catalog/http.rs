@@ -9,7 +9,7 @@
 //! the raw path; a request no route matched gets `unmatched`, and distinct templates past the
 //! layer's cap get `other`.
 
-use super::{MetricDef, MetricKind};
+use super::MetricDef;
 
 /// OTel HTTP semconv advised bounds for `http.server.request.duration`.
 pub const HTTP_DURATION_BUCKETS: &[f64] = &[
@@ -36,20 +36,9 @@ const AT_END: &str = "When the response ends: its body's last frame was sent, or
 macro_rules! def {
     ($id:literal, $name:literal, own: $own:literal, $kind:ident, $unit:literal, labels: $labels:expr,
      buckets: $b:expr, $desc:literal, recorded: $rec:expr) => {
-        MetricDef {
-            id: $id,
-            otel_name: $name,
-            own: $own,
-            vllm_name: None,
-            prometheus_override: None,
-            kind: MetricKind::$kind,
-            unit: $unit,
-            description: $desc,
-            labels: $labels,
-            buckets: $b,
-            vllm_buckets: None,
-            recorded: $rec,
-        }
+        metric_def!(id: $id, otel: $name, own: $own, vllm: None, prometheus: None,
+            kind: $kind, unit: $unit, labels: $labels, buckets: $b, vllm_buckets: None,
+            description: $desc, recorded: $rec)
     };
 }
 

@@ -17,6 +17,28 @@
 //! );
 //! ```
 
+/// Builds a [`MetricDef`] from every field; each catalog file's `def!` fills in its defaults.
+macro_rules! metric_def {
+    (id: $id:expr, otel: $name:expr, own: $own:expr, vllm: $vllm:expr, prometheus: $prom:expr,
+     kind: $kind:ident, unit: $unit:expr, labels: $labels:expr, buckets: $b:expr,
+     vllm_buckets: $vb:expr, description: $desc:expr, recorded: $rec:expr) => {
+        $crate::catalog::MetricDef {
+            id: $id,
+            otel_name: $name,
+            own: $own,
+            vllm_name: $vllm,
+            prometheus_override: $prom,
+            kind: $crate::catalog::MetricKind::$kind,
+            unit: $unit,
+            description: $desc,
+            labels: $labels,
+            buckets: $b,
+            vllm_buckets: $vb,
+            recorded: $rec,
+        }
+    };
+}
+
 pub mod core;
 pub mod gpu;
 pub mod http;

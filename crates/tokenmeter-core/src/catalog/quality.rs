@@ -7,7 +7,7 @@
 //! `nonfinite_requests`), since the guard owns them. All names are ours (`own: true`), under
 //! the meter's prefix.
 
-use super::{MetricDef, MetricKind};
+use super::MetricDef;
 
 /// Bounds for perplexity (exp of minus the mean chosen-token logprob; 1 = certain).
 pub const PERPLEXITY_BUCKETS: &[f64] = &[
@@ -36,20 +36,9 @@ pub const FEEDBACK_BUCKETS: &[f64] = &[-1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0,
 macro_rules! def {
     ($id:literal, $name:literal, $kind:ident, $unit:literal, labels: $labels:expr,
      buckets: $b:expr, $desc:literal, recorded: $rec:expr) => {
-        MetricDef {
-            id: $id,
-            otel_name: $name,
-            own: true,
-            vllm_name: None,
-            prometheus_override: None,
-            kind: MetricKind::$kind,
-            unit: $unit,
-            description: $desc,
-            labels: $labels,
-            buckets: $b,
-            vllm_buckets: None,
-            recorded: $rec,
-        }
+        metric_def!(id: $id, otel: $name, own: true, vllm: None, prometheus: None,
+            kind: $kind, unit: $unit, labels: $labels, buckets: $b, vllm_buckets: None,
+            description: $desc, recorded: $rec)
     };
 }
 
