@@ -71,6 +71,32 @@ struct Cli {
     /// Do not reuse the KV of the prompt prefix requests share (the system prompt)
     #[arg(long)]
     no_prefix_cache: bool,
+    /// After the load, save the drift monitor's live window (prompt length and token ids,
+    /// output length and token ids, perplexity, refusals) as a drift baseline to FILE
+    #[arg(long, value_name = "FILE")]
+    capture_baseline: Option<PathBuf>,
+    /// Compare the live traffic with this drift baseline (from --capture-baseline): served on
+    /// GET /drift and printed in the report
+    #[arg(long, value_name = "FILE")]
+    drift_baseline: Option<PathBuf>,
+    /// Serve a degraded variant B (the same model, its layer matrices perturbed by seeded
+    /// noise of up to one quantization step and requantized: a poor quantization) to SHARE of
+    /// the requests, on an engine of its own; KIND: noise | noise=STEPS
+    #[arg(long, value_name = "SHARE[:KIND]", value_parser = demo::VariantB::parse)]
+    variant_b: Option<demo::VariantB>,
+    /// Golden set (JSONL: id, prompt, references, scoring) run through the server during the
+    /// load, on each variant [default: examples/golden/smollm2.jsonl]
+    #[arg(long, value_name = "FILE")]
+    golden: Option<PathBuf>,
+    /// Seconds between the end of a golden-set pass and the start of the next
+    #[arg(long, value_name = "S", value_parser = seconds, default_value_t = 10.0)]
+    golden_every: f64,
+    /// Do not run the golden set
+    #[arg(long)]
+    no_golden: bool,
+    /// Requests in the drift monitor's live window
+    #[arg(long, value_name = "N", default_value_t = ServerOptions::default().drift_window)]
+    drift_window: u64,
     /// No live view
     #[arg(long)]
     quiet: bool,
@@ -94,11 +120,13 @@ fn seconds(s: &str) -> Result<f64, String> {
 }
 
 struct Args {
+    golden: Option<(PathBuf, Duration)>,
     server: ServerOptions,
     serve_only: bool,
     load: LoadOptions,
     report_dir: PathBuf,
     overhead_rounds: usize,
+    capture_baseline: Option<PathBuf>,
 }
 
 impl From<Cli> for Args {
@@ -131,14 +159,25 @@ impl From<Cli> for Args {
             },
             kv_budget: c.kv_budget,
             prefix_cache: !c.no_prefix_cache,
+            drift_baseline: c.drift_baseline,
+            drift_window: c.drift_window,
+            variant_b: c.variant_b,
             ..ServerOptions::default()
         };
+        let golden = (!c.no_golden).then(|| {
+            (
+                c.golden.unwrap_or_else(demo::golden::default_path),
+                Duration::try_from_secs_f64(c.golden_every).unwrap_or(Duration::from_secs(10)),
+            )
+        });
         Self {
+            golden,
             server,
             serve_only: c.serve_only,
             load,
             report_dir: c.report_dir,
             overhead_rounds: c.overhead.map_or(0, |n| n.max(1)),
+            capture_baseline: c.capture_baseline,
         }
     }
 }
@@ -192,7 +231,7 @@ async fn run(args: Args) -> i32 {
         }
     );
     eprintln!(
-        "demo: endpoints POST /v1/chat/completions /v1/completions, GET /metrics /health /v1/tokenmeter/snapshot"
+        "demo: endpoints POST /v1/chat/completions /v1/completions, GET /metrics /health /v1/tokenmeter/snapshot /drift"
     );
     if let Some(url) = &args.server.otlp {
         eprintln!("demo: exporting OTLP metrics and traces to {url}");
@@ -202,7 +241,24 @@ async fn run(args: Args) -> i32 {
         demo::telemetry::flush();
         return 0;
     }
-    let result = match loadgen::run(&server.base_url(), &server.model_id, &args.load).await {
+    let mut load = args.load.clone();
+    if let Some((path, every)) = &args.golden {
+        match demo::golden::load(path) {
+            Ok(items) => {
+                load.golden = Some(demo::golden::GoldenProbe {
+                    items: std::sync::Arc::new(items),
+                    every: *every,
+                    variants: if args.server.variant_b.is_some() {
+                        vec!["a".into(), "b".into()]
+                    } else {
+                        Vec::new()
+                    },
+                })
+            }
+            Err(e) => eprintln!("demo: golden set not run: {e}"),
+        }
+    }
+    let result = match loadgen::run(&server.base_url(), &server.model_id, &load).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("demo: load generator failed: {e}");
@@ -216,7 +272,28 @@ async fn run(args: Args) -> i32 {
             return 1;
         }
     };
-    let table = report::table(&result, &server_view, &server.meter);
+    let mut table = report::table(&result, &server_view, &server.meter);
+    if let Some(v) = report::variants(&result) {
+        table.push('\n');
+        table.push_str(&v);
+    }
+    if let Some(d) = &server.drift {
+        if let Some(r) = d.evaluate() {
+            table.push_str(&format!("\n{r}\n"));
+        }
+        if let Some(path) = &args.capture_baseline {
+            let w = d.window();
+            match w.save(path) {
+                Ok(()) => table.push_str(&format!(
+                    "\ndrift baseline: {} requests, {} output tokens -> {}\n",
+                    w.traffic.requests,
+                    w.traffic.tokens,
+                    path.display()
+                )),
+                Err(e) => eprintln!("demo: {e}"),
+            }
+        }
+    }
     println!("{table}");
     match report::write(&args.report_dir, &result, &server_view, &table) {
         Ok(paths) => {

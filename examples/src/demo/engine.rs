@@ -19,9 +19,8 @@ use tokio::sync::mpsc;
 
 use super::llama::KvCache;
 use super::model::Model;
-use super::monitor::SeqMonitor;
+use super::monitor::{SeqMonitor, ServerQuality};
 use super::tokenizer::{StreamDecoder, Tokenizer};
-use tokenmeter::quality::QualityMonitor;
 
 /// Sampling parameters.
 #[derive(Debug, Clone, Copy)]
@@ -34,8 +33,9 @@ pub struct Sampling {
     pub seed: u64,
 }
 
-/// Server-side timings of one request, from the same instants the guard recorded.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+/// Server-side timings of one request, from the same instants the guard recorded, and its
+/// variant and perplexity.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct ServerTiming {
     /// Time to first token, seconds (None when no token).
     pub ttft_s: Option<f64>,
@@ -45,6 +45,12 @@ pub struct ServerTiming {
     pub queue_s: f64,
     /// Arrival to the end of the request, seconds.
     pub e2e_s: f64,
+    /// The variant that served it (`a`, or `b` for the degraded one).
+    #[serde(default)]
+    pub variant: String,
+    /// Perplexity of its sampled tokens (`exp(-mean logprob)`; None without a meter or token).
+    #[serde(default)]
+    pub perplexity: Option<f64>,
 }
 
 /// What the engine sends back for one request.
@@ -105,6 +111,8 @@ pub struct EngineConfig {
     /// Report engine steps (batch, iteration tokens, KV, waiting) to the meter; off for the
     /// overhead baseline.
     pub report_steps: bool,
+    /// The variant this engine serves (`a`, or `b` for the degraded one).
+    pub variant: &'static str,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +123,7 @@ impl Default for EngineConfig {
             kv_budget: None,
             prefix_cache: true,
             report_steps: true,
+            variant: "a",
         }
     }
 }
@@ -199,7 +208,7 @@ enum StepOutcome {
 pub fn spawn(
     model: Model,
     meter: Meter,
-    quality: Option<QualityMonitor>,
+    quality: Option<ServerQuality>,
     cfg: EngineConfig,
 ) -> EngineHandle {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -218,7 +227,7 @@ pub fn spawn(
 fn run(
     model: Model,
     meter: Meter,
-    quality: Option<QualityMonitor>,
+    quality: Option<ServerQuality>,
     cfg: EngineConfig,
     mut rx: mpsc::UnboundedReceiver<GenRequest>,
     stats: Arc<EngineStats>,
@@ -318,7 +327,7 @@ fn run(
                     admitted: admissions,
                     rng: StdRng::seed_from_u64(seed),
                     decoder: tok.decode_stream(),
-                    monitor: SeqMonitor::new(quality.as_ref()),
+                    monitor: SeqMonitor::new(quality.as_ref(), cfg.variant),
                     generated: 0,
                     last: 0,
                     scheduled: now,
@@ -507,14 +516,17 @@ fn step_done(
     match outcome {
         StepOutcome::Gone => {
             if let Some(g) = a.req.guard.as_mut() {
-                a.monitor.finish(g);
-                g.finish(Finish::Cancelled);
+                let report = a.monitor.finish(g, &a.req.prompt);
+                let summary = g.finish(Finish::Cancelled);
+                a.monitor
+                    .ended(Ok(Finish::Cancelled), &summary, report.as_ref());
             }
             false
         }
         StepOutcome::Error(msg) => {
             if let Some(g) = a.req.guard.as_mut() {
-                g.fail(ErrorKind::Internal);
+                let summary = g.fail(ErrorKind::Internal);
+                a.monitor.ended(Err(ErrorKind::Internal), &summary, None);
             }
             let _ = a.req.events.send(Event::Error(msg));
             false
@@ -553,6 +565,7 @@ fn step_done(
 
 fn end(a: &mut Active<'_>, now: Instant, reason: Finish, reason_str: &'static str) {
     let mut timing = ServerTiming {
+        variant: a.monitor.variant().to_string(),
         queue_s: a
             .scheduled
             .saturating_duration_since(a.req.arrival)
@@ -570,8 +583,10 @@ fn end(a: &mut Active<'_>, now: Instant, reason: Finish, reason_str: &'static st
         }
     }
     if let Some(g) = a.req.guard.as_mut() {
-        a.monitor.finish(g);
-        g.finish(reason);
+        let report = a.monitor.finish(g, &a.req.prompt);
+        let summary = g.finish(reason);
+        a.monitor.ended(Ok(reason), &summary, report.as_ref());
+        timing.perplexity = report.and_then(|r| r.logprobs.perplexity);
         if let Some(t) = g.ttft() {
             timing.ttft_s = Some(t.as_secs_f64());
         }

@@ -7,8 +7,10 @@
 //! KV cache per model and takes one position per batch. A test checks the logits against
 //! `quantized_llama::ModelWeights`.
 
-use candle_core::quantized::{QMatMul, gguf_file};
+use candle_core::quantized::{QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::model::{BoxError, MAX_CONTEXT};
 
@@ -22,6 +24,49 @@ struct Layer {
     down: QMatMul,
     attn_norm: Tensor,
     ffn_norm: Tensor,
+}
+
+/// Seeded noise on the layer matrices, to mimic a poor quantization (the demo's variant B):
+/// each weight moves by up to `steps` quantization steps (uniform), the step being its block's
+/// range / 15 (one step of a 4-bit format such as the model's Q4_1), and the matrix is
+/// quantized again in its own format, so the degraded model runs exactly as fast as the
+/// original. The embedding and output matrices are left alone. Deterministic for a seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Perturb {
+    /// RNG seed.
+    pub seed: u64,
+    /// Noise amplitude in quantization steps.
+    pub steps: f32,
+}
+
+impl Perturb {
+    /// `w` with the noise added (`salt` makes each tensor's noise its own).
+    fn apply(&self, w: QTensor, salt: u64) -> Result<QTensor, BoxError> {
+        let dtype = w.dtype();
+        let block = dtype.block_size().max(1);
+        let t = w.dequantize(&Device::Cpu)?;
+        let shape = t.shape().clone();
+        let mut v = t.flatten_all()?.to_vec1::<f32>()?;
+        let mut rng = StdRng::seed_from_u64(self.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        for chunk in v.chunks_mut(block) {
+            let (lo, hi) = chunk
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+                    (lo.min(x), hi.max(x))
+                });
+            let step = (hi - lo) / 15.0;
+            if !(step.is_finite() && step > 0.0) {
+                continue;
+            }
+            for x in chunk {
+                *x += self.steps * step * rng.random_range(-1.0f32..=1.0);
+            }
+        }
+        Ok(QTensor::quantize(
+            &Tensor::from_vec(v, shape, &Device::Cpu)?,
+            dtype,
+        )?)
+    }
 }
 
 /// The weights.
@@ -94,6 +139,18 @@ impl Llama {
         ct: &gguf_file::Content,
         reader: &mut R,
     ) -> Result<Self, BoxError> {
+        Self::from_gguf_perturbed(ct, reader, None)
+    }
+
+    /// [`from_gguf`](Self::from_gguf), with the layer matrices perturbed by `perturb`.
+    ///
+    /// # Errors
+    /// On missing metadata or tensors.
+    pub fn from_gguf_perturbed<R: std::io::Read + std::io::Seek>(
+        ct: &gguf_file::Content,
+        reader: &mut R,
+        perturb: Option<Perturb>,
+    ) -> Result<Self, BoxError> {
         let dev = Device::Cpu;
         let md = |k: &str| {
             ct.metadata
@@ -144,8 +201,15 @@ impl Llama {
         };
         let mut layers = Vec::with_capacity(n_layer);
         for l in 0..n_layer {
+            let mut salt = (l as u64) << 8;
             let mut q = |n: &str| -> Result<QMatMul, BoxError> {
-                Ok(QMatMul::from_qtensor(t(&format!("blk.{l}.{n}.weight"))?)?)
+                let w = t(&format!("blk.{l}.{n}.weight"))?;
+                salt += 1;
+                let w = match perturb {
+                    Some(p) => p.apply(w, salt)?,
+                    None => w,
+                };
+                Ok(QMatMul::from_qtensor(w)?)
             };
             let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
             let (gate, up, down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokenmeter_core::Snapshot;
 
 use super::engine::ServerTiming;
+use super::golden::{self, GoldenPass, GoldenProbe};
 use super::model::BoxError;
 use super::monitor::looks_like_refusal;
 
@@ -41,6 +42,8 @@ pub struct LoadOptions {
     pub live: bool,
     /// Sampling temperature.
     pub temperature: f64,
+    /// The golden set, run during the load.
+    pub golden: Option<GoldenProbe>,
 }
 
 impl Default for LoadOptions {
@@ -52,6 +55,7 @@ impl Default for LoadOptions {
             mix: PromptMix::Mixed,
             live: true,
             temperature: 0.7,
+            golden: None,
         }
     }
 }
@@ -80,7 +84,8 @@ const LONG_QUESTIONS: &[&str] = &[
     "What is Cargo, according to the text?",
 ];
 
-fn prompt(mix: PromptMix, i: usize) -> String {
+/// The `i`-th prompt a client of `mix` sends (clients take every `concurrency`-th).
+pub fn prompt(mix: PromptMix, i: usize) -> String {
     let long = match mix {
         PromptMix::Short => false,
         PromptMix::Long => true,
@@ -142,6 +147,20 @@ pub async fn stream_chat(
     body: &Value,
     origin: Instant,
 ) -> Result<ClientRecord, BoxError> {
+    stream_chat_as(client, base, body, origin, None).await
+}
+
+/// [`stream_chat`], asking for a variant (`a` / `b`) with the server's variant header.
+///
+/// # Errors
+/// Only on client errors before the response (connection refused...); HTTP errors are recorded.
+pub async fn stream_chat_as(
+    client: &reqwest::Client,
+    base: &str,
+    body: &Value,
+    origin: Instant,
+    variant: Option<&str>,
+) -> Result<ClientRecord, BoxError> {
     let t0 = Instant::now();
     let since = |t: Instant| t.saturating_duration_since(origin).as_secs_f64();
     let mut rec = ClientRecord {
@@ -159,11 +178,11 @@ pub async fn stream_chat(
         token_times: Vec::new(),
         text: String::new(),
     };
-    let resp = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await?;
+    let mut req = client.post(format!("{base}/v1/chat/completions")).json(body);
+    if let Some(v) = variant {
+        req = req.header(super::server::VARIANT_HEADER, v);
+    }
+    let resp = req.send().await?;
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -264,6 +283,8 @@ pub struct LoadResult {
     pub wall: f64,
     /// The settings.
     pub opts: LoadOptions,
+    /// The golden-set passes run during the load.
+    pub golden: Vec<GoldenPass>,
 }
 
 impl LoadResult {
@@ -375,9 +396,24 @@ pub async fn run(base: &str, model: &str, opts: &LoadOptions) -> Result<LoadResu
             }
         })
     });
+    let probe = opts.golden.clone().map(|g| {
+        tokio::spawn(golden::run(
+            g,
+            client.clone(),
+            base.to_string(),
+            model.to_string(),
+            origin,
+            deadline,
+            records.clone(),
+        ))
+    });
     for w in workers {
         let _ = w.await;
     }
+    let golden = match probe {
+        Some(p) => p.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     if let Some(t) = ticker {
         t.abort();
     }
@@ -390,6 +426,7 @@ pub async fn run(base: &str, model: &str, opts: &LoadOptions) -> Result<LoadResu
         records,
         wall,
         opts: opts.clone(),
+        golden,
     })
 }
 

@@ -3,7 +3,9 @@
 //! server's numbers from the client side. `scripts/demo` runs it; see docs/demo.md.
 
 pub mod chat;
+pub mod drift;
 pub mod engine;
+pub mod golden;
 pub mod llama;
 pub mod loadgen;
 pub mod model;
@@ -19,7 +21,65 @@ use std::time::Duration;
 
 use tokenmeter_core::{Meter, Naming, Slo};
 
+use llama::Perturb;
 use model::{BoxError, Model};
+
+/// The request label that carries the variant (`a`, or `b` for the degraded one).
+pub const VARIANT_LABEL: &str = "variant";
+
+/// `--variant-b SHARE[:KIND]`: a degraded copy of the model serving a share of the traffic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VariantB {
+    /// Share of requests served by B, in (0, 1].
+    pub share: f64,
+    /// How B's weights are degraded.
+    pub perturb: Perturb,
+}
+
+impl VariantB {
+    /// The default noise of `noise`, in quantization steps.
+    pub const DEFAULT_STEPS: f32 = 1.0;
+    /// The noise seed.
+    pub const SEED: u64 = 0x5EED_B;
+
+    /// Parses `SHARE[:KIND]`: SHARE in (0, 1]; KIND `noise` (the default: seeded noise of up
+    /// to one quantization step on every layer matrix, requantized) or `noise=STEPS`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (share, kind) = s.split_once(':').unwrap_or((s, "noise"));
+        let share: f64 = share
+            .parse()
+            .map_err(|e| format!("share {share:?}: {e}"))?;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(format!("share {share} is not in (0, 1]"));
+        }
+        let steps = match kind.split_once('=') {
+            None if kind == "noise" => Self::DEFAULT_STEPS,
+            Some(("noise", v)) => v
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .ok_or_else(|| format!("noise={v}: not a positive number of steps"))?,
+            _ => return Err(format!("unknown kind {kind:?} (noise or noise=STEPS)")),
+        };
+        Ok(VariantB {
+            share,
+            perturb: Perturb {
+                seed: Self::SEED,
+                steps,
+            },
+        })
+    }
+
+    /// Whether request number `n` (1, 2, ...) goes to B: exactly `share` of every run of
+    /// requests, spread evenly.
+    pub fn takes(&self, n: u64) -> bool {
+        let f = |n: u64| (n as f64 * self.share).floor();
+        f(n) > f(n.saturating_sub(1))
+    }
+}
 
 /// The model id the real model is served under.
 pub const SMOLLM2_ID: &str = "smollm2-135m-instruct-q4_1";
@@ -58,6 +118,13 @@ pub struct ServerOptions {
     pub kv_budget: Option<usize>,
     /// Reuse the KV of the prompt prefix requests share (the chat template's system prompt).
     pub prefix_cache: bool,
+    /// A drift baseline (`--capture-baseline` wrote it) to compare the live traffic with.
+    pub drift_baseline: Option<PathBuf>,
+    /// Requests in the drift monitor's live window.
+    pub drift_window: u64,
+    /// Serve a degraded variant B to a share of the traffic (a second engine on perturbed
+    /// weights); requests carry `variant="a"|"b"`.
+    pub variant_b: Option<VariantB>,
 }
 
 impl Default for ServerOptions {
@@ -77,6 +144,9 @@ impl Default for ServerOptions {
             naming: Naming::OpenTelemetry,
             kv_budget: None,
             prefix_cache: true,
+            drift_baseline: None,
+            drift_window: drift::DEFAULT_WINDOW,
+            variant_b: None,
         }
     }
 }
@@ -95,6 +165,8 @@ pub struct RunningServer {
     pub load_time: Duration,
     /// The GPU/host sampler, when started.
     pub gpu: Option<tokenmeter::gpu::SamplerHandle>,
+    /// The live traffic's drift (None with the meter off).
+    pub drift: Option<std::sync::Arc<drift::TrafficDrift>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -140,7 +212,11 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         .model_id
         .clone()
         .unwrap_or_else(|| model_id_default.to_string());
-    let meter = Meter::builder()
+    let mut builder = Meter::builder();
+    if opts.variant_b.is_some() {
+        builder = builder.request_labels([VARIANT_LABEL], 2);
+    }
+    let meter = builder
         .model(model_id.clone())
         .provider("tokenmeter-demo")
         .naming(opts.naming)
@@ -171,25 +247,58 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
     };
     let random = matches!(model.source, model::ModelSource::Random(_));
     let quality = if opts.meter_on {
-        Some(monitor::quality_monitor(&meter)?)
+        let baseline = match &opts.drift_baseline {
+            Some(p) => Some(drift::TrafficWindow::load(p)?),
+            None => None,
+        };
+        let d = drift::TrafficDrift::new(&meter, baseline, opts.drift_window);
+        Some(monitor::ServerQuality::new(
+            &meter,
+            std::sync::Arc::new(d),
+        )?)
     } else {
         None
     };
-    let engine = engine::spawn(
-        model.clone(),
-        meter.clone(),
-        quality,
-        engine::EngineConfig {
-            max_batch: opts.max_batch.max(1),
-            kv_budget: opts.kv_budget,
-            prefix_cache: opts.prefix_cache,
-            report_steps: opts.meter_on,
-            ..engine::EngineConfig::default()
-        },
-    );
+    let drift = quality.as_ref().map(|q| q.drift.clone());
+    let engine_cfg = engine::EngineConfig {
+        max_batch: opts.max_batch.max(1),
+        kv_budget: opts.kv_budget,
+        prefix_cache: opts.prefix_cache,
+        report_steps: opts.meter_on,
+        ..engine::EngineConfig::default()
+    };
+    // Variant B runs on an engine thread of its own, as a second replica would: each engine
+    // batches its own sequences over its own weights (a batched pass needs one weight set), and
+    // the two share the cores alike, so their latencies compare.
+    let engine_b = match opts.variant_b {
+        Some(v) => {
+            let b = match &opts.model_path {
+                Some(p) if p.is_file() => Model::load_perturbed(p, &model_id, Some(v.perturb))?,
+                _ => Model::random_perturbed(&model_id, "variant b", 42, Some(v.perturb))?,
+            };
+            let cfg = engine::EngineConfig {
+                variant: "b",
+                ..engine_cfg
+            };
+            Some((
+                v,
+                engine::spawn(b, meter.clone(), quality.clone(), cfg),
+            ))
+        }
+        None => None,
+    };
+    let engine = engine::spawn(model.clone(), meter.clone(), quality, engine_cfg);
     let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], opts.port))).await?;
     let addr = listener.local_addr()?;
-    let state = server::AppState::new(meter.clone(), opts.meter_on, engine, model, render);
+    let state = server::AppState::new(
+        meter.clone(),
+        opts.meter_on,
+        engine,
+        model,
+        render,
+        drift.clone(),
+    )
+    .with_variant_b(engine_b);
     let task = tokio::spawn(async move {
         if let Err(e) = server::serve(listener, state).await {
             eprintln!("demo: server stopped: {e}");
@@ -202,6 +311,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
     };
     Ok(RunningServer {
         gpu,
+        drift,
         addr,
         meter,
         model_id,

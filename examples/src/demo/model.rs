@@ -8,7 +8,7 @@ use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 
 use super::chat::ChatTemplate;
-use super::llama::Llama;
+use super::llama::{Llama, Perturb};
 use super::tokenizer::Tokenizer;
 
 /// The largest context the demo serves: candle's quantized llama precomputes RoPE tables for
@@ -71,6 +71,19 @@ impl Model {
         id: &str,
         source: ModelSource,
     ) -> Result<Self, BoxError> {
+        Self::from_gguf_perturbed(reader, id, source, None)
+    }
+
+    /// [`from_gguf`](Self::from_gguf) with the layer matrices perturbed (the demo's variant B).
+    ///
+    /// # Errors
+    /// When the file is not a llama-architecture GGUF with a gpt2 tokenizer.
+    pub fn from_gguf_perturbed<R: std::io::Read + std::io::Seek>(
+        reader: &mut R,
+        id: &str,
+        source: ModelSource,
+        perturb: Option<Perturb>,
+    ) -> Result<Self, BoxError> {
         let ct = gguf_file::Content::read(reader)?;
         let arch = md(&ct, "general.architecture")?.to_string()?.clone();
         if arch != "llama" {
@@ -89,7 +102,7 @@ impl Model {
             .map(|c| c as usize)
             .unwrap_or(2048)
             .min(MAX_CONTEXT);
-        let llama = Llama::from_gguf(&ct, reader)?;
+        let llama = Llama::from_gguf_perturbed(&ct, reader, perturb)?;
         Ok(Self {
             llama: Arc::new(llama),
             tokenizer: Arc::new(tokenizer),
@@ -105,8 +118,25 @@ impl Model {
     /// # Errors
     /// When the file cannot be read or is not a supported model.
     pub fn load(path: &Path, id: &str) -> Result<Self, BoxError> {
+        Self::load_perturbed(path, id, None)
+    }
+
+    /// Loads the GGUF file at `path` with the layer matrices perturbed.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a supported model.
+    pub fn load_perturbed(
+        path: &Path,
+        id: &str,
+        perturb: Option<Perturb>,
+    ) -> Result<Self, BoxError> {
         let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::from_gguf(&mut f, id, ModelSource::Gguf(path.display().to_string()))
+        Self::from_gguf_perturbed(
+            &mut f,
+            id,
+            ModelSource::Gguf(path.display().to_string()),
+            perturb,
+        )
     }
 
     /// A small randomly initialized model of SmolLM2's architecture (llama, GQA, tied
@@ -116,11 +146,25 @@ impl Model {
     /// # Errors
     /// Only on internal candle errors.
     pub fn random(id: &str, reason: &str, seed: u64) -> Result<Self, BoxError> {
+        Self::random_perturbed(id, reason, seed, None)
+    }
+
+    /// [`random`](Self::random) with the layer matrices perturbed.
+    ///
+    /// # Errors
+    /// Only on internal candle errors.
+    pub fn random_perturbed(
+        id: &str,
+        reason: &str,
+        seed: u64,
+        perturb: Option<Perturb>,
+    ) -> Result<Self, BoxError> {
         let bytes = random_gguf(seed)?;
-        Self::from_gguf(
+        Self::from_gguf_perturbed(
             &mut Cursor::new(bytes),
             id,
             ModelSource::Random(reason.to_string()),
+            perturb,
         )
     }
 }

@@ -1,18 +1,58 @@
 //! Per-sequence quality monitoring: the one place where the demo calls tokenmeter's quality
 //! features (`tokenmeter::quality`): the NaN/Inf scan of each step's logits
 //! ([`LogitsExt::logits`]), log-probability statistics and the streaming refusal / repetition
-//! monitors of [`RequestQuality`], recorded when the request ends.
+//! monitors of [`RequestQuality`], recorded when the request ends, and the drift of the live
+//! traffic ([`TrafficDrift`]).
+
+use std::sync::Arc;
 
 use tokenmeter::quality::text::DEFAULT_REFUSAL_PHRASES;
-use tokenmeter::quality::{LogitsExt, QualityConfig, QualityMonitor, RequestQuality};
-use tokenmeter_core::{Meter, RequestGuard};
+use tokenmeter::quality::{
+    LogitsExt, QualityConfig, QualityMonitor, QualityReport, RequestQuality,
+};
+use tokenmeter_core::{ErrorKind, Finish, Meter, RequestGuard, RequestSummary};
 
-/// Builds the server's quality monitor (default refusal phrases, seq-rep-4).
-///
-/// # Errors
-/// When the monitor's configuration cannot be compiled.
-pub fn quality_monitor(meter: &Meter) -> Result<QualityMonitor, super::model::BoxError> {
-    Ok(QualityMonitor::new(meter, QualityConfig::default())?)
+use super::drift::TrafficDrift;
+
+/// Called once per request when it ended: its variant, how it ended, its summary and quality
+/// report (the A/B readout's input).
+pub type EndSink =
+    Arc<dyn Fn(&str, Result<Finish, ErrorKind>, &RequestSummary, Option<&QualityReport>) + Send + Sync>;
+
+/// The server's quality monitoring: tokenmeter's quality monitor (default refusal phrases,
+/// seq-rep-4) feeding the drift monitor, the drift of the live traffic, and where ended
+/// requests go. Shared by the engines (cloning copies `Arc`s).
+#[derive(Clone)]
+pub struct ServerQuality {
+    monitor: QualityMonitor,
+    /// The live traffic's drift.
+    pub drift: Arc<TrafficDrift>,
+    /// Where each ended request goes (the A/B readout).
+    pub on_end: Option<EndSink>,
+}
+
+impl std::fmt::Debug for ServerQuality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerQuality")
+            .field("drift", &self.drift)
+            .field("on_end", &self.on_end.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerQuality {
+    /// Builds the quality monitor, feeding `drift`.
+    ///
+    /// # Errors
+    /// When the monitor's configuration cannot be compiled.
+    pub fn new(meter: &Meter, drift: Arc<TrafficDrift>) -> Result<Self, super::model::BoxError> {
+        let monitor = QualityMonitor::new(meter, QualityConfig::default().drift(drift.monitor()))?;
+        Ok(ServerQuality {
+            monitor,
+            drift,
+            on_end: None,
+        })
+    }
 }
 
 /// Whether `text` contains one of the quality crate's default refusal phrases (the rule the load
@@ -31,7 +71,8 @@ pub fn looks_like_refusal(text: &str) -> bool {
 
 /// Quality state of one sequence (None when the server runs without a meter).
 pub struct SeqMonitor {
-    q: Option<RequestQuality>,
+    q: Option<(RequestQuality, ServerQuality)>,
+    variant: &'static str,
 }
 
 impl std::fmt::Debug for SeqMonitor {
@@ -43,10 +84,11 @@ impl std::fmt::Debug for SeqMonitor {
 }
 
 impl SeqMonitor {
-    /// A monitor for one request.
-    pub fn new(monitor: Option<&QualityMonitor>) -> Self {
+    /// A monitor for one request of `variant`.
+    pub fn new(quality: Option<&ServerQuality>, variant: &'static str) -> Self {
         Self {
-            q: monitor.map(QualityMonitor::request),
+            q: quality.map(|s| (s.monitor.request(), s.clone())),
+            variant,
         }
     }
 
@@ -57,22 +99,41 @@ impl SeqMonitor {
 
     /// The sampled token's log-probability; the entropy comes from the step's logits.
     pub fn on_sample(&mut self, logprob: f32, logits: &[f32]) {
-        if let Some(q) = self.q.as_mut() {
+        if let Some((q, _)) = self.q.as_mut() {
             q.logprob_logits(logprob, logits);
         }
     }
 
     /// One output token and its raw bytes (refusal phrases match across token boundaries).
     pub fn on_token(&mut self, id: u32, bytes: &[u8]) {
-        if let Some(q) = self.q.as_mut() {
+        if let Some((q, _)) = self.q.as_mut() {
             q.piece(id, bytes);
         }
     }
 
-    /// Records the request's quality metrics and span fields; call before `guard.finish`.
-    pub fn finish(&mut self, guard: &RequestGuard) {
-        if let Some(q) = self.q.as_mut() {
-            q.finish(guard);
+    /// Records the request's quality metrics and span fields and its traffic features (drift);
+    /// call before `guard.finish`. Returns the request's quality report (None without a meter).
+    pub fn finish(&mut self, guard: &RequestGuard, prompt: &[u32]) -> Option<QualityReport> {
+        let (q, s) = self.q.as_mut()?;
+        let report = q.finish(guard);
+        s.drift.record(prompt, &report);
+        Some(report)
+    }
+
+    /// The variant this request is served by.
+    pub fn variant(&self) -> &'static str {
+        self.variant
+    }
+
+    /// Hands the ended request to the server's [`EndSink`], if any.
+    pub fn ended(
+        &self,
+        end: Result<Finish, ErrorKind>,
+        summary: &RequestSummary,
+        report: Option<&QualityReport>,
+    ) {
+        if let Some(sink) = self.q.as_ref().and_then(|(_, s)| s.on_end.as_ref()) {
+            sink(self.variant, end, summary, report);
         }
     }
 }

@@ -148,6 +148,69 @@ pub fn table(r: &LoadResult, view: &ServerView, meter: &Meter) -> String {
     out
 }
 
+/// Per-variant view of the run as the clients saw it (requests' variant and perplexity come
+/// back in the usage block), with the golden-set score of each variant's passes; `None` when
+/// the run had neither variants nor golden passes.
+pub fn variants(r: &LoadResult) -> Option<String> {
+    let mut names: Vec<&str> = r
+        .ok()
+        .filter_map(|x| x.server.as_ref().map(|s| s.variant.as_str()))
+        .chain(r.golden.iter().map(|p| p.variant.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.iter().all(|n| n.is_empty()) && r.golden.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>11} {:>16}",
+        "variant", "requests", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "perplexity", "golden score"
+    );
+    for name in names {
+        let recs: Vec<_> = r
+            .ok()
+            .filter(|x| x.server.as_ref().is_some_and(|s| s.variant == name))
+            .collect();
+        let mut ttft: Vec<f64> = recs.iter().filter_map(|x| x.ttft).collect();
+        let mut tpot: Vec<f64> = recs.iter().filter_map(|x| x.tpot).collect();
+        let ppl: Vec<f64> = recs
+            .iter()
+            .filter_map(|x| x.server.as_ref().and_then(|s| s.perplexity))
+            .collect();
+        let mean_ppl = (!ppl.is_empty()).then(|| ppl.iter().sum::<f64>() / ppl.len() as f64);
+        let scores: Vec<f64> = r
+            .golden
+            .iter()
+            .filter(|p| p.variant == name)
+            .flat_map(|p| p.scores.iter().map(|s| s.1))
+            .collect();
+        let golden = if scores.is_empty() {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.3} ({} ans.)",
+                scores.iter().sum::<f64>() / scores.len() as f64,
+                scores.len()
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>11} {:>16}",
+            if name.is_empty() { "-" } else { name },
+            recs.len(),
+            ms(percentile(&mut ttft, 50.0)),
+            ms(percentile(&mut ttft, 99.0)),
+            ms(percentile(&mut tpot, 50.0)),
+            ms(percentile(&mut tpot, 99.0)),
+            mean_ppl.map_or_else(|| "-".to_string(), |p| format!("{p:.3}")),
+            golden
+        );
+    }
+    Some(out)
+}
+
 fn slo_text(slo: &tokenmeter_core::Slo) -> String {
     let f = |d: Option<std::time::Duration>| {
         d.map(|d| format!("{:.0}ms", d.as_secs_f64() * 1e3))

@@ -1,6 +1,6 @@
 //! The OpenAI-compatible HTTP server (axum): `POST /v1/chat/completions`, `POST /v1/completions`
 //! (streaming over server-sent events with `stream_options.include_usage`, or not),
-//! `GET /v1/models`, `GET /metrics`, `GET /health`, `GET /v1/tokenmeter/snapshot`.
+//! `GET /v1/models`, `GET /metrics`, `GET /health`, `GET /v1/tokenmeter/snapshot`, `GET /drift`.
 //!
 //! With the meter on, tokenmeter's tower layer (`HttpMetricsLayer`) records the HTTP server
 //! metrics of every route and marks each request's arrival before the body is read; every
@@ -19,7 +19,7 @@ use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +31,8 @@ use tokenmeter_core::{ErrorKind, Meter, RequestBuilder, RequestGuard};
 use tokio::sync::mpsc;
 
 use super::chat::Message;
+use super::VariantB;
+use super::drift::TrafficDrift;
 use super::engine::{EngineHandle, Event, GenRequest, Sampling, ServerTiming};
 use super::model::Model;
 
@@ -52,6 +54,8 @@ struct Inner {
     engine: EngineHandle,
     model: Model,
     render: MetricsRender,
+    drift: Option<Arc<TrafficDrift>>,
+    variant_b: Option<(VariantB, EngineHandle)>,
     next_id: AtomicU64,
 }
 
@@ -63,6 +67,7 @@ impl AppState {
         engine: EngineHandle,
         model: Model,
         render: MetricsRender,
+        drift: Option<Arc<TrafficDrift>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -71,11 +76,27 @@ impl AppState {
                 engine,
                 model,
                 render,
+                drift,
+                variant_b: None,
                 next_id: AtomicU64::new(1),
             }),
         }
     }
 }
+
+impl AppState {
+    /// Serves variant B on `engine` to its share of the requests (before the state is shared).
+    #[must_use]
+    pub fn with_variant_b(mut self, b: Option<(VariantB, EngineHandle)>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.variant_b = b;
+        }
+        self
+    }
+}
+
+/// The header a client (the golden-set probe) sets to pick the variant: `a` or `b`.
+pub const VARIANT_HEADER: &str = "x-tokenmeter-variant";
 
 /// The router; with the meter on, wrapped in tokenmeter's HTTP layer (route = axum's matched
 /// template). With the meter off (the overhead baseline) there is no layer either.
@@ -86,7 +107,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .route("/v1/tokenmeter/snapshot", get(snapshot));
+        .route("/v1/tokenmeter/snapshot", get(snapshot))
+        .route("/drift", get(drift));
     let routes = if state.inner.meter_on {
         routes.layer(
             HttpMetricsLayer::new(&state.inner.meter)
@@ -327,17 +349,30 @@ fn context_exceeded(ctx: usize, prompt: usize, max_tokens: u64) -> ApiError {
 async fn chat_completions(
     State(s): State<AppState>,
     arrival: Option<Extension<HttpArrival>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(s, Kind::Chat, arrival.map(|Extension(a)| a), body).await
+    let v = variant_asked(&headers);
+    generate(s, Kind::Chat, arrival.map(|Extension(a)| a), v, body).await
 }
 
 async fn completions(
     State(s): State<AppState>,
     arrival: Option<Extension<HttpArrival>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(s, Kind::Completion, arrival.map(|Extension(a)| a), body).await
+    let v = variant_asked(&headers);
+    generate(s, Kind::Completion, arrival.map(|Extension(a)| a), v, body).await
+}
+
+/// The variant a client asked for with [`VARIANT_HEADER`] (`Some(true)`: b).
+fn variant_asked(headers: &HeaderMap) -> Option<bool> {
+    match headers.get(VARIANT_HEADER)?.to_str().ok()? {
+        "a" => Some(false),
+        "b" => Some(true),
+        _ => None,
+    }
 }
 
 /// Starts a request's guard at its arrival: the HTTP layer's, when it is there (the meter is on),
@@ -361,7 +396,13 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn generate(s: AppState, kind: Kind, http: Option<HttpArrival>, body: Body) -> Response {
+async fn generate(
+    s: AppState,
+    kind: Kind,
+    http: Option<HttpArrival>,
+    asked_b: Option<bool>,
+    body: Body,
+) -> Response {
     let st = &s.inner;
     // Arrival: read by the HTTP layer before the body, so TTFT includes reading, parsing and
     // tokenizing (read here when there is no layer).
@@ -398,11 +439,22 @@ async fn generate(s: AppState, kind: Kind, http: Option<HttpArrival>, body: Body
         Ok(p) => p,
         Err(e) => return fail(e),
     };
+    // Variant B takes its share of the requests (or those that asked for it).
+    let (engine, variant) = match &st.variant_b {
+        Some((v, b)) if asked_b.unwrap_or_else(|| v.takes(n)) => (b, Some("b")),
+        Some(_) => (&st.engine, Some("a")),
+        None => (&st.engine, None),
+    };
     let guard: Option<RequestGuard> = st.meter_on.then(|| {
         start_guard(&st.meter, http.as_ref(), arrival, |r| {
-            r.prompt_tokens(parsed.prompt.len())
+            let r = r
+                .prompt_tokens(parsed.prompt.len())
                 .max_tokens(parsed.max_tokens as u64)
-                .request_id(id.clone())
+                .request_id(id.clone());
+            match variant {
+                Some(v) => r.label(super::VARIANT_LABEL, v),
+                None => r,
+            }
         })
     });
     let (tx, rx) = mpsc::unbounded_channel();
@@ -414,7 +466,7 @@ async fn generate(s: AppState, kind: Kind, http: Option<HttpArrival>, body: Body
         arrival,
         events: tx,
     };
-    if let Err(mut req) = st.engine.submit(req) {
+    if let Err(mut req) = engine.submit(req) {
         if let Some(g) = req.guard.as_mut() {
             g.fail(ErrorKind::Internal);
         }
@@ -615,6 +667,17 @@ async fn health(State(s): State<AppState>) -> Response {
 
 async fn snapshot(State(s): State<AppState>) -> Response {
     axum::Json(s.inner.meter.snapshot()).into_response()
+}
+
+/// The drift monitor's live window and, with a baseline, its comparison:
+/// `{"window": TrafficWindow, "drift": DriftResult | null}` (404 with the meter off).
+async fn drift(State(s): State<AppState>) -> Response {
+    let Some(d) = &s.inner.drift else {
+        let body = json!({"error": {"message": "this server runs without a meter", "type": "not_found_error", "param": null, "code": "no_drift_monitor"}});
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    };
+    let result = d.evaluate();
+    axum::Json(json!({"window": d.window(), "drift": result})).into_response()
 }
 
 /// The arrival instant type, re-exported for tests.
