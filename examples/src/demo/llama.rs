@@ -369,6 +369,31 @@ mod tests {
             .fold(0.0, f32::max)
     }
 
+    /// The perturbation is deterministic for a seed, changes the logits, and keeps each
+    /// matrix's quantization format.
+    #[test]
+    fn perturbed_weights_are_seeded_and_keep_their_format() {
+        let bytes = super::super::model::random_gguf(7).expect("gguf");
+        let load = |p: Option<Perturb>| {
+            let mut r = Cursor::new(bytes.clone());
+            let ct = gguf_file::Content::read(&mut r).expect("content");
+            Llama::from_gguf_perturbed(&ct, &mut r, p).expect("llama")
+        };
+        let logits = |m: &Llama| {
+            let mut c = m.cache();
+            m.prefill(&[1, 40, 41, 42], &mut c).expect("prefill")
+        };
+        let p = Perturb {
+            seed: 5,
+            steps: 1.0,
+        };
+        let (a, b1, b2) = (load(None), load(Some(p)), load(Some(p)));
+        assert_eq!(logits(&b1), logits(&b2));
+        assert!(max_diff(&logits(&a), &logits(&b1)) > 1e-3);
+        let other = load(Some(Perturb { seed: 6, ..p }));
+        assert_ne!(logits(&other), logits(&b1));
+    }
+
     /// Same logits as candle-transformers' `quantized_llama` (the reference implementation of
     /// this architecture) for prefill and decode, and batched decode equals one-by-one decode.
     #[test]

@@ -320,3 +320,26 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         task,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_b_parses_and_takes_its_share() {
+        let v = VariantB::parse("0.5").expect("share");
+        assert_eq!((v.share, v.perturb.steps), (0.5, VariantB::DEFAULT_STEPS));
+        assert_eq!(VariantB::parse("0.25:noise=2").expect("kind").perturb.steps, 2.0);
+        for bad in ["0", "1.5", "x", "0.5:int2", "0.5:noise=-1", "0.5:noise=nan"] {
+            assert!(VariantB::parse(bad).is_err(), "{bad}");
+        }
+        let b = |share| {
+            let v = VariantB::parse(share).expect("share");
+            (1..=100).filter(|&n| v.takes(n)).count()
+        };
+        assert_eq!((b("0.5"), b("0.25"), b("1"), b("0.1")), (50, 25, 100, 10));
+        // Spread evenly: a half takes every other request.
+        let half = VariantB::parse("0.5").expect("share");
+        assert_eq!((1..=4).map(|n| half.takes(n)).collect::<Vec<_>>(), [false, true, false, true]);
+    }
+}
