@@ -80,7 +80,7 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     drift_baseline: Option<PathBuf>,
     /// Serve a degraded variant B (the same model, its layer matrices perturbed by seeded
-    /// noise of up to one quantization step and requantized: a poor quantization) to SHARE of
+    /// noise of up to half a quantization step and requantized: a poor quantization) to SHARE of
     /// the requests, on an engine of its own; KIND: noise | noise=STEPS
     #[arg(long, value_name = "SHARE[:KIND]", value_parser = demo::VariantB::parse)]
     variant_b: Option<demo::VariantB>,

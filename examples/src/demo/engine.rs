@@ -45,7 +45,7 @@ pub struct ServerTiming {
     pub queue_s: f64,
     /// Arrival to the end of the request, seconds.
     pub e2e_s: f64,
-    /// The variant that served it (`a`, or `b` for the degraded one).
+    /// The variant that served it (`a`, or `b` for the degraded one; empty without variants).
     #[serde(default)]
     pub variant: String,
     /// Perplexity of its sampled tokens (`exp(-mean logprob)`; None without a meter or token).
@@ -111,7 +111,8 @@ pub struct EngineConfig {
     /// Report engine steps (batch, iteration tokens, KV, waiting) to the meter; off for the
     /// overhead baseline.
     pub report_steps: bool,
-    /// The variant this engine serves (`a`, or `b` for the degraded one).
+    /// The variant this engine serves (`a`, or `b` for the degraded one; empty when the
+    /// server has no variants).
     pub variant: &'static str,
 }
 
@@ -123,7 +124,7 @@ impl Default for EngineConfig {
             kv_budget: None,
             prefix_cache: true,
             report_steps: true,
-            variant: "a",
+            variant: "",
         }
     }
 }

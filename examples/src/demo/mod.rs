@@ -38,12 +38,12 @@ pub struct VariantB {
 
 impl VariantB {
     /// The default noise of `noise`, in quantization steps.
-    pub const DEFAULT_STEPS: f32 = 1.0;
+    pub const DEFAULT_STEPS: f32 = 0.5;
     /// The noise seed.
     pub const SEED: u64 = 0x5EED_B;
 
     /// Parses `SHARE[:KIND]`: SHARE in (0, 1]; KIND `noise` (the default: seeded noise of up
-    /// to one quantization step on every layer matrix, requantized) or `noise=STEPS`.
+    /// to half a quantization step on every layer matrix, requantized) or `noise=STEPS`.
     ///
     /// # Errors
     /// A message saying what is wrong.
@@ -265,6 +265,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         kv_budget: opts.kv_budget,
         prefix_cache: opts.prefix_cache,
         report_steps: opts.meter_on,
+        variant: if opts.variant_b.is_some() { "a" } else { "" },
         ..engine::EngineConfig::default()
     };
     // Variant B runs on an engine thread of its own, as a second replica would: each engine
