@@ -1,190 +1,103 @@
-//! Captures a drift baseline from a running server's live-window snapshot.
+//! Captures a drift baseline from running servers' live windows, merging replicas.
 //!
-//! A server that runs a `DriftMonitor` serves `drift.window_baseline()` as JSON on some route
-//! (`serde_json::to_vec(&drift.window_baseline())`). This CLI fetches that snapshot from one or
-//! more replicas (or reads saved snapshots), merges them, validates the result and writes it as
-//! the baseline file the `DriftMonitor` later loads with `Baseline::load`:
+//! A server that runs a `DriftMonitor` serves `drift.window_baseline()` as JSON on some route;
+//! the demo server serves it inside `GET /drift` (`{"window": {"traffic": ..}}`). This CLI
+//! fetches that window from one or more replicas (or reads saved ones), merges them, validates
+//! the result and writes it as the baseline file the `DriftMonitor` later loads with
+//! `Baseline::load`:
 //!
 //! ```text
-//! cargo run --example capture_baseline -- --from http://127.0.0.1:8080/quality/window \
-//!     [--from http://127.0.0.1:8081/quality/window | --from snapshot.json ...] --out baseline.json
-//! cargo run --example capture_baseline -- --from http://127.0.0.1:8080/quality/window \
+//! cargo run --example capture_baseline -- --from http://127.0.0.1:8000/drift \
+//!     [--from http://127.0.0.1:8001/drift | --from window.json ...] --out baseline.json
+//! cargo run --example capture_baseline -- --from http://127.0.0.1:8000/drift \
 //!     --compare baseline.json          # print PSI / JSD of the live window against a baseline
-//! cargo run --example capture_baseline   # demo: starts a simulated server on 127.0.0.1 first
+//! cargo run --example capture_baseline   # starts the demo server (random weights) and loads it
 //! ```
 //!
-//! Only loopback URLs are fetched (plain HTTP/1.1, no TLS).
+//! One server capturing its own window is `scripts/demo --capture-baseline FILE`; this is the
+//! fleet version (several replicas, any server that serves its window).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::Instant;
 
-use tokenmeter::Finish;
-use tokenmeter::quality::drift::{Baseline, BaselineRecorder, DriftMonitor};
-use tokenmeter::quality::{QualityConfig, QualityMonitor};
+use clap::Parser;
+use serde_json::Value;
+use tokenmeter::quality::drift::Baseline;
+use tokenmeter_examples::demo::loadgen::{self, PromptMix};
+use tokenmeter_examples::demo::{ServerOptions, start_server};
 
-type Error = Box<dyn std::error::Error>;
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// Captures a drift baseline from running servers' live windows.
+#[derive(Debug, Parser)]
 struct Args {
+    /// A live window: a URL (a server's window route, or the demo's /drift) or a saved file;
+    /// several are merged. None: start the demo server, load it, and use its /drift
+    #[arg(long, value_name = "URL|FILE")]
     from: Vec<String>,
-    out: PathBuf,
+    /// Where the baseline goes
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Instead of saving, print PSI / JSD of the live window against this baseline
+    #[arg(long, value_name = "BASELINE")]
     compare: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, Error> {
-    let mut args = Args {
-        from: Vec::new(),
-        out: PathBuf::from("baseline.json"),
-        compare: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--from" => args.from.push(value()?),
-            "--out" => args.out = PathBuf::from(value()?),
-            "--compare" => args.compare = Some(PathBuf::from(value()?)),
-            "-h" | "--help" => {
-                println!(
-                    "usage: capture_baseline [--from URL|FILE]... [--out FILE] [--compare BASELINE]"
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)").into()),
-        }
-    }
-    Ok(args)
+/// The library baseline in a window document: the demo's `/drift` wraps it in
+/// `window.traffic`; other servers serve it as is.
+fn parse(bytes: &[u8], source: &str) -> Result<Baseline, Error> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("{source}: {e}"))?;
+    let inner = v.pointer("/window/traffic").unwrap_or(&v);
+    Ok(Baseline::from_json_slice(
+        &serde_json::to_vec(inner)?,
+        source,
+    )?)
 }
 
-/// GET a loopback URL with std only: `http://127.0.0.1:PORT/path` (or `localhost`).
-fn http_get(url: &str) -> Result<Vec<u8>, Error> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-        return Err(format!("refusing to fetch {url}: only loopback addresses are allowed").into());
-    }
-    let mut stream = TcpStream::connect(authority)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
-    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-    let body = &response[split + 4..];
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("GET {url}: HTTP status {status}").into());
-    }
-    if head.contains("transfer-encoding: chunked") {
-        return dechunk(body);
-    }
-    Ok(body.to_vec())
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("malformed chunk")?;
-        let size_text = String::from_utf8_lossy(&body[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = body.get(..size).ok_or("truncated chunk")?;
-        out.extend_from_slice(chunk);
-        body = body.get(size + 2..).ok_or("truncated chunk")?;
-    }
-}
-
-fn fetch(source: &str) -> Result<Baseline, Error> {
-    let bytes = if source.starts_with("http://") {
-        http_get(source)?
+async fn fetch(client: &reqwest::Client, source: &str) -> Result<Baseline, Error> {
+    let bytes = if source.starts_with("http://") || source.starts_with("https://") {
+        let resp = client.get(source).send().await?.error_for_status()?;
+        resp.bytes().await?.to_vec()
     } else {
-        std::fs::read(source)?
+        std::fs::read(source).map_err(|e| format!("{source}: {e}"))?
     };
-    Ok(Baseline::from_json_slice(&bytes, source)?)
+    parse(&bytes, source)
 }
 
-/// The demo: a simulated server whose drift monitor's live window is served on 127.0.0.1.
-fn start_demo_server() -> Result<String, Error> {
-    let meter = tokenmeter::Meter::builder().model("demo").build();
-    // The server needs some baseline to run a DriftMonitor; a first deployment starts from an
-    // empty one and captures a real one from its live window, as this example does.
-    let drift = Arc::new(DriftMonitor::new(
-        &meter,
-        BaselineRecorder::new().baseline(),
-        400,
-    ));
-    let quality = QualityMonitor::new(&meter, QualityConfig::default().drift(Arc::clone(&drift)))?;
-    let mut x: u64 = 42;
-    let mut next = move |m: u64| {
-        x = x
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (x >> 33) % m
-    };
-    for _ in 0..400 {
-        let mut req = meter
-            .request()
-            .prompt_tokens(50 + next(400) as usize)
-            .start();
-        let mut q = quality.request();
-        for _ in 0..(10 + next(200)) {
-            req.token();
-            q.token(next(32_000) as u32);
-        }
-        q.finish(&req);
-        req.finish(Finish::Stop);
+/// Starts the demo server on the random-weight model, sends it the load generator's `mixed`
+/// prompts, and returns its `/drift` URL.
+async fn start_demo() -> Result<(tokenmeter_examples::demo::RunningServer, String), Error> {
+    let server = start_server(&ServerOptions::default()).await?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    for i in 0..40 {
+        let body = loadgen::chat_body(
+            &server.model_id,
+            &loadgen::prompt(PromptMix::Mixed, i),
+            16,
+            0.7,
+            i as u64,
+        );
+        loadgen::stream_chat(&client, &server.base_url(), &body, Instant::now()).await?;
     }
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let url = format!("http://{}/quality/window", listener.local_addr()?);
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf);
-            let body = serde_json::to_vec(&drift.window_baseline()).unwrap_or_default();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn
-                .write_all(head.as_bytes())
-                .and_then(|()| conn.write_all(&body));
-        }
-    });
-    Ok(url)
+    let url = format!("{}/drift", server.base_url());
+    Ok((server, url))
 }
 
-fn main() -> Result<(), Error> {
-    let mut args = parse_args()?;
+async fn run(mut args: Args) -> Result<(), Error> {
+    let mut _demo = None;
     if args.from.is_empty() {
-        let url = start_demo_server()?;
-        println!("demo: a simulated server serves its live window at {url}");
+        let (server, url) = start_demo().await?;
+        println!("demo: the demo server serves its live window at {url}");
         args.from.push(url);
-        if args.out == Path::new("baseline.json") {
-            args.out = std::env::temp_dir().join("tokenmeter-demo-baseline.json");
+        _demo = Some(server);
+        if args.out.is_none() {
+            args.out = Some(std::env::temp_dir().join("tokenmeter-demo-baseline.json"));
         }
     }
+    let client = reqwest::Client::builder().no_proxy().build()?;
     let mut merged: Option<Baseline> = None;
     for source in &args.from {
-        let b = fetch(source).map_err(|e| format!("{source}: {e}"))?;
+        let b = fetch(&client, source).await?;
         println!(
             "{source}: {} requests, {} output tokens",
             b.requests, b.tokens
@@ -194,7 +107,7 @@ fn main() -> Result<(), Error> {
             Some(m) => m.merge(&b).map_err(|e| format!("{source}: {e}"))?,
         }
     }
-    let live = merged.ok_or("no snapshot")?;
+    let live = merged.ok_or("no window")?;
     if let Some(path) = &args.compare {
         let r = Baseline::load(path)?.compare(&live)?;
         println!(
@@ -212,13 +125,14 @@ fn main() -> Result<(), Error> {
         return Ok(());
     }
     if live.requests == 0 {
-        return Err("the snapshot holds no request yet; capture later".into());
+        return Err("the window holds no request yet; capture later".into());
     }
-    live.save(&args.out)?;
-    let reloaded = Baseline::load(&args.out)?;
+    let out = args.out.unwrap_or_else(|| PathBuf::from("baseline.json"));
+    live.save(&out)?;
+    let reloaded = Baseline::load(&out)?;
     println!(
         "wrote {} ({} requests, {} length bins, {} token buckets)",
-        args.out.display(),
+        out.display(),
         reloaded.requests,
         reloaded.prompt_length.len(),
         reloaded.token_buckets.len()
@@ -228,4 +142,18 @@ fn main() -> Result<(), Error> {
 
 fn fmt(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.4}"))
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Error::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    if let Err(e) = result {
+        eprintln!("capture_baseline: {e}");
+        std::process::exit(1);
+    }
 }

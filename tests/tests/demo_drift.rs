@@ -59,8 +59,8 @@ fn psi(v: &Value) -> Vec<(String, f64)> {
         .iter()
         .map(|f| {
             (
-                f[0].as_str().expect("name").to_string(),
-                f[1]["psi"].as_f64().expect("psi"),
+                f["feature"].as_str().expect("name").to_string(),
+                f["psi"].as_f64().expect("psi"),
             )
         })
         .collect()

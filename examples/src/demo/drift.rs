@@ -38,6 +38,12 @@ pub const PERPLEXITY_BOUNDS: [f64; 12] = [
 /// The conventional PSI threshold of a significant shift (< 0.1 stable, 0.1-0.25 moderate).
 pub const PSI_SIGNIFICANT: f64 = 0.25;
 
+/// Observations per occupied bin each side needs before a feature gets a verdict. PSI over
+/// few observations is biased upwards (about (k − 1)(1/n_e + 1/n_a) for k bins by chance
+/// alone, as for a chi-square), so a sparse histogram would "drift" against itself: the usual
+/// rule of at least 5 expected counts per bin keeps that bias under ~0.4 · 1/5 per bin pair.
+pub const MIN_PER_BIN: u64 = 5;
+
 /// The window features this module adds to the library's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExtraCounts {
@@ -127,24 +133,63 @@ impl TrafficWindow {
     /// # Errors
     /// When the two have different bins.
     pub fn compare(&self, live: &TrafficWindow) -> Result<DriftResult, BoxError> {
-        let lib = self.traffic.compare(&live.traffic)?;
-        let div = |e: &[u64], a: &[u64]| Divergence {
-            psi: psi(e, a),
-            jsd: jsd(e, a),
-        };
-        let (b, l) = (&self.extra, &live.extra);
+        // The library's comparison checks that the bins agree; the divergences are the same
+        // `psi` / `jsd` it uses.
+        self.traffic.compare(&live.traffic)?;
+        let (bt, lt, b, l) = (&self.traffic, &live.traffic, &self.extra, &live.extra);
         Ok(DriftResult {
-            baseline_requests: self.traffic.requests,
-            window_requests: live.traffic.requests,
+            baseline_requests: bt.requests,
+            window_requests: lt.requests,
             features: vec![
-                ("prompt_length", lib.prompt_length),
-                ("prompt_tokens", div(&b.prompt_tokens, &l.prompt_tokens)),
-                ("output_length", lib.output_length),
-                ("output_tokens", lib.token_id),
-                ("perplexity", div(&b.perplexity, &l.perplexity)),
-                ("refusal", div(&b.refusal, &l.refusal)),
+                FeatureDrift::new("prompt_length", &bt.prompt_length, &lt.prompt_length),
+                FeatureDrift::new("prompt_tokens", &b.prompt_tokens, &l.prompt_tokens),
+                FeatureDrift::new("output_length", &bt.output_length, &lt.output_length),
+                FeatureDrift::new("output_tokens", &bt.token_buckets, &lt.token_buckets),
+                FeatureDrift::new("perplexity", &b.perplexity, &l.perplexity),
+                FeatureDrift::new("refusal", &b.refusal, &l.refusal),
             ],
         })
+    }
+}
+
+/// One feature of a live window compared with the baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FeatureDrift {
+    /// The feature.
+    pub feature: &'static str,
+    /// PSI and JSD (`None` when a side has no observation).
+    #[serde(flatten)]
+    pub divergence: Divergence,
+    /// Observations (requests, or tokens for the token features) in the baseline and the window.
+    pub observations: [u64; 2],
+    /// Observations each side needs for a verdict: [`MIN_PER_BIN`] per bin occupied on
+    /// either side.
+    pub min_observations: u64,
+}
+
+impl FeatureDrift {
+    fn new(feature: &'static str, e: &[u64], a: &[u64]) -> Self {
+        let sum = |v: &[u64]| v.iter().fold(0u64, |t, &x| t.saturating_add(x));
+        let occupied = e.iter().zip(a).filter(|(x, y)| **x > 0 || **y > 0).count() as u64;
+        FeatureDrift {
+            feature,
+            divergence: Divergence {
+                psi: psi(e, a),
+                jsd: jsd(e, a),
+            },
+            observations: [sum(e), sum(a)],
+            min_observations: MIN_PER_BIN * occupied,
+        }
+    }
+
+    /// Both sides have enough observations for a verdict.
+    pub fn enough(&self) -> bool {
+        self.observations.iter().all(|&n| n > 0 && n >= self.min_observations)
+    }
+
+    /// Enough observations and a PSI past [`PSI_SIGNIFICANT`].
+    pub fn drifted(&self) -> bool {
+        self.enough() && self.divergence.psi.is_some_and(|p| p > PSI_SIGNIFICANT)
     }
 }
 
@@ -155,18 +200,23 @@ pub struct DriftResult {
     pub baseline_requests: u64,
     /// Requests in the live window.
     pub window_requests: u64,
-    /// (feature, PSI and JSD), in a fixed order.
-    pub features: Vec<(&'static str, Divergence)>,
+    /// The features, in a fixed order.
+    pub features: Vec<FeatureDrift>,
 }
 
 impl DriftResult {
-    /// The features whose PSI is past [`PSI_SIGNIFICANT`].
+    /// The features that drifted ([`FeatureDrift::drifted`]).
     pub fn drifted(&self) -> Vec<&'static str> {
         self.features
             .iter()
-            .filter(|(_, d)| d.psi.is_some_and(|p| p > PSI_SIGNIFICANT))
-            .map(|(f, _)| *f)
+            .filter(|f| f.drifted())
+            .map(|f| f.feature)
             .collect()
+    }
+
+    /// The feature named `name`.
+    pub fn feature(&self, name: &str) -> Option<&FeatureDrift> {
+        self.features.iter().find(|f| f.feature == name)
     }
 }
 
@@ -175,20 +225,25 @@ impl std::fmt::Display for DriftResult {
         let v = |x: Option<f64>| x.map_or_else(|| "n/a".to_string(), |x| format!("{x:.4}"));
         writeln!(
             f,
-            "drift: live window of {} requests vs a baseline of {} (PSI > {PSI_SIGNIFICANT} = significant shift)",
+            "drift: live window of {} requests vs a baseline of {} (PSI > {PSI_SIGNIFICANT} = significant shift,\n  given {MIN_PER_BIN} observations per occupied bin on each side)",
             self.window_requests, self.baseline_requests
         )?;
-        for (name, d) in &self.features {
-            let mark = if d.psi.is_some_and(|p| p > PSI_SIGNIFICANT) {
-                "  DRIFT"
+        for x in &self.features {
+            let mark = if x.drifted() {
+                "DRIFT".to_string()
+            } else if !x.enough() {
+                format!("too few to tell (< {})", x.min_observations)
             } else {
-                ""
+                String::new()
             };
             writeln!(
                 f,
-                "  {name:<14} PSI {:>8}  JSD {:>7}{mark}",
-                v(d.psi),
-                v(d.jsd)
+                "  {:<14} PSI {:>8}  JSD {:>7}  n {:>6} / {:<6} {mark}",
+                x.feature,
+                v(x.divergence.psi),
+                v(x.divergence.jsd),
+                x.observations[0],
+                x.observations[1],
             )?;
         }
         let drifted = self.drifted();
@@ -335,7 +390,11 @@ mod tests {
         let back = TrafficWindow::load(&path).expect("load");
         assert_eq!(back, w);
         let r = back.compare(&w).expect("same bins");
-        assert_eq!(r.features[1].1.psi, Some(0.0));
+        let p = r.feature("prompt_tokens").expect("feature");
+        assert_eq!(p.divergence.psi, Some(0.0));
+        // 24 prompt tokens in 9 buckets: under 5 per bucket, no verdict.
+        assert_eq!((p.observations, p.min_observations), ([24, 24], 45));
+        assert!(!p.enough());
         assert!(r.drifted().is_empty());
         std::fs::write(&path, b"{}").expect("write");
         let e = TrafficWindow::load(&path).expect_err("not a baseline");

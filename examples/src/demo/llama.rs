@@ -28,7 +28,8 @@ struct Layer {
 
 /// Seeded noise on the layer matrices, to mimic a poor quantization (the demo's variant B):
 /// each weight moves by up to `steps` quantization steps (uniform), the step being its block's
-/// range / 15 (one step of a 4-bit format such as the model's Q4_1), and the matrix is
+/// range / 15 over blocks of 32 (exactly a step of the model's Q4_1, and the step a 4-bit
+/// format would have for a matrix stored in another), and the matrix is
 /// quantized again in its own format, so the degraded model runs exactly as fast as the
 /// original. The embedding and output matrices are left alone. Deterministic for a seed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,12 +44,12 @@ impl Perturb {
     /// `w` with the noise added (`salt` makes each tensor's noise its own).
     fn apply(&self, w: QTensor, salt: u64) -> Result<QTensor, BoxError> {
         let dtype = w.dtype();
-        let block = dtype.block_size().max(1);
+        const BLOCK: usize = 32;
         let t = w.dequantize(&Device::Cpu)?;
         let shape = t.shape().clone();
         let mut v = t.flatten_all()?.to_vec1::<f32>()?;
         let mut rng = StdRng::seed_from_u64(self.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        for chunk in v.chunks_mut(block) {
+        for chunk in v.chunks_mut(BLOCK) {
             let (lo, hi) = chunk
                 .iter()
                 .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
