@@ -89,7 +89,14 @@ async fn a_long_prompt_mix_drifts_from_a_short_baseline_and_the_same_mix_does_no
     let names: Vec<&str> = same.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["prompt_length", "prompt_tokens", "output_length", "output_tokens", "perplexity", "refusal"]
+        [
+            "prompt_length",
+            "prompt_tokens",
+            "output_length",
+            "output_tokens",
+            "perplexity",
+            "refusal"
+        ]
     );
     assert!(same.iter().all(|(_, p)| *p == 0.0), "{same:?}");
 

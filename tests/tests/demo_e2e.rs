@@ -106,7 +106,7 @@ async fn demo_streams_agree_with_server_timings_and_counters() {
         let usage = r.usage_completion.expect("usage block");
         assert_eq!(r.tokens, usage, "token chunks vs usage.completion_tokens");
         assert!(r.tokens >= 1);
-        let server = r.server.expect("server timings in the usage chunk");
+        let server = r.server.clone().expect("server timings in the usage chunk");
         let (client_ttft, server_ttft) = (
             r.ttft.expect("client ttft"),
             server.ttft_s.expect("server ttft"),

@@ -96,10 +96,12 @@ impl TrafficWindow {
             .map_err(|e| format!("cannot read drift baseline {}: {e}", path.display()))?;
         let w: TrafficWindow = serde_json::from_slice(&bytes)
             .map_err(|e| format!("drift baseline {} is not valid: {e}", path.display()))?;
-        w.traffic.validate().map_err(|reason| BaselineError::Invalid {
-            path: path.to_owned(),
-            reason,
-        })?;
+        w.traffic
+            .validate()
+            .map_err(|reason| BaselineError::Invalid {
+                path: path.to_owned(),
+                reason,
+            })?;
         let e = &w.extra;
         if e.prompt_tokens.len() != DEFAULT_TOKEN_BUCKETS
             || e.perplexity.len() != PERPLEXITY_BOUNDS.len() + 1
@@ -184,7 +186,9 @@ impl FeatureDrift {
 
     /// Both sides have enough observations for a verdict.
     pub fn enough(&self) -> bool {
-        self.observations.iter().all(|&n| n > 0 && n >= self.min_observations)
+        self.observations
+            .iter()
+            .all(|&n| n > 0 && n >= self.min_observations)
     }
 
     /// Enough observations and a PSI past [`PSI_SIGNIFICANT`].

@@ -49,8 +49,8 @@ pub fn load(path: &Path) -> Result<Vec<GoldenItem>, BoxError> {
         if line.trim().is_empty() {
             continue;
         }
-        let item: GoldenItem = serde_json::from_str(line)
-            .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        let item: GoldenItem =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
         if item.scoring != "contains" || item.references.is_empty() {
             return Err(format!(
                 "{}:{}: needs scoring \"contains\" and at least one reference",

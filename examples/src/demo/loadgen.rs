@@ -178,7 +178,9 @@ pub async fn stream_chat_as(
         token_times: Vec::new(),
         text: String::new(),
     };
-    let mut req = client.post(format!("{base}/v1/chat/completions")).json(body);
+    let mut req = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(body);
     if let Some(v) = variant {
         req = req.header(super::server::VARIANT_HEADER, v);
     }

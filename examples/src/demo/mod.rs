@@ -40,7 +40,7 @@ impl VariantB {
     /// The default noise of `noise`, in quantization steps.
     pub const DEFAULT_STEPS: f32 = 0.5;
     /// The noise seed.
-    pub const SEED: u64 = 0x5EED_B;
+    pub const SEED: u64 = 0xB;
 
     /// Parses `SHARE[:KIND]`: SHARE in (0, 1]; KIND `noise` (the default: seeded noise of up
     /// to half a quantization step on every layer matrix, requantized) or `noise=STEPS`.
@@ -49,9 +49,7 @@ impl VariantB {
     /// A message saying what is wrong.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (share, kind) = s.split_once(':').unwrap_or((s, "noise"));
-        let share: f64 = share
-            .parse()
-            .map_err(|e| format!("share {share:?}: {e}"))?;
+        let share: f64 = share.parse().map_err(|e| format!("share {share:?}: {e}"))?;
         if !(share > 0.0 && share <= 1.0) {
             return Err(format!("share {share} is not in (0, 1]"));
         }
@@ -252,10 +250,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
             None => None,
         };
         let d = drift::TrafficDrift::new(&meter, baseline, opts.drift_window);
-        Some(monitor::ServerQuality::new(
-            &meter,
-            std::sync::Arc::new(d),
-        )?)
+        Some(monitor::ServerQuality::new(&meter, std::sync::Arc::new(d))?)
     } else {
         None
     };
@@ -281,10 +276,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
                 variant: "b",
                 ..engine_cfg
             };
-            Some((
-                v,
-                engine::spawn(b, meter.clone(), quality.clone(), cfg),
-            ))
+            Some((v, engine::spawn(b, meter.clone(), quality.clone(), cfg)))
         }
         None => None,
     };
@@ -330,7 +322,10 @@ mod tests {
     fn variant_b_parses_and_takes_its_share() {
         let v = VariantB::parse("0.5").expect("share");
         assert_eq!((v.share, v.perturb.steps), (0.5, VariantB::DEFAULT_STEPS));
-        assert_eq!(VariantB::parse("0.25:noise=2").expect("kind").perturb.steps, 2.0);
+        assert_eq!(
+            VariantB::parse("0.25:noise=2").expect("kind").perturb.steps,
+            2.0
+        );
         for bad in ["0", "1.5", "x", "0.5:int2", "0.5:noise=-1", "0.5:noise=nan"] {
             assert!(VariantB::parse(bad).is_err(), "{bad}");
         }
@@ -341,6 +336,9 @@ mod tests {
         assert_eq!((b("0.5"), b("0.25"), b("1"), b("0.1")), (50, 25, 100, 10));
         // Spread evenly: a half takes every other request.
         let half = VariantB::parse("0.5").expect("share");
-        assert_eq!((1..=4).map(|n| half.takes(n)).collect::<Vec<_>>(), [false, true, false, true]);
+        assert_eq!(
+            (1..=4).map(|n| half.takes(n)).collect::<Vec<_>>(),
+            [false, true, false, true]
+        );
     }
 }

@@ -16,8 +16,9 @@ use super::drift::TrafficDrift;
 
 /// Called once per request when it ended: its variant, how it ended, its summary and quality
 /// report (the A/B readout's input).
-pub type EndSink =
-    Arc<dyn Fn(&str, Result<Finish, ErrorKind>, &RequestSummary, Option<&QualityReport>) + Send + Sync>;
+pub type EndSink = Arc<
+    dyn Fn(&str, Result<Finish, ErrorKind>, &RequestSummary, Option<&QualityReport>) + Send + Sync,
+>;
 
 /// The server's quality monitoring: tokenmeter's quality monitor (default refusal phrases,
 /// seq-rep-4) feeding the drift monitor, the drift of the live traffic, and where ended

@@ -166,7 +166,14 @@ pub fn variants(r: &LoadResult) -> Option<String> {
     let _ = writeln!(
         out,
         "{:<8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>11} {:>16}",
-        "variant", "requests", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "perplexity", "golden score"
+        "variant",
+        "requests",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "TPOT p99",
+        "perplexity",
+        "golden score"
     );
     for name in names {
         let recs: Vec<_> = r

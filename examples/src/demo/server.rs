@@ -30,8 +30,8 @@ use tokenmeter_core::clock::Instant;
 use tokenmeter_core::{ErrorKind, Meter, RequestBuilder, RequestGuard};
 use tokio::sync::mpsc;
 
-use super::chat::Message;
 use super::VariantB;
+use super::chat::Message;
 use super::drift::TrafficDrift;
 use super::engine::{EngineHandle, Event, GenRequest, Sampling, ServerTiming};
 use super::model::Model;
