@@ -122,7 +122,7 @@ pub struct GoldenProbe {
     pub variants: Vec<String>,
 }
 
-/// Runs passes until `deadline`, one request at a time (greedy, streamed like any client);
+/// Runs passes until `deadline` (a pass in progress stops there), one request at a time (greedy, streamed like any client);
 /// every request also goes to `records`, so the run's counters reconcile with the server's.
 pub async fn run(
     probe: GoldenProbe,
@@ -140,25 +140,32 @@ pub async fn run(
         probe.variants.iter().cloned().map(Some).collect()
     };
     while Instant::now() < deadline {
-        for v in &variants {
-            let mut pass = GoldenPass {
+        // Each item on every variant before the next item: the variants see the same load
+        // over time, so their latencies compare.
+        let started = origin.elapsed().as_secs_f64();
+        let mut round: Vec<GoldenPass> = variants
+            .iter()
+            .map(|v| GoldenPass {
                 variant: v.clone().unwrap_or_default(),
-                started: origin.elapsed().as_secs_f64(),
+                started,
                 scores: Vec::new(),
                 failures: 0,
-            };
-            for item in probe.items.iter() {
+            })
+            .collect();
+        'items: for item in probe.items.iter() {
+            for (v, pass) in variants.iter().zip(round.iter_mut()) {
+                if Instant::now() >= deadline {
+                    break 'items; // the load is over: a partial pass, scored on what it answered
+                }
                 let body = chat_body(&model, &item.prompt, MAX_TOKENS, 0.0, 0);
                 match stream_chat_as(&client, &base, &body, origin, v.as_deref()).await {
-                    Ok(rec) if rec.error.is_none() => {
-                        pass.scores
-                            .push((item.id.clone(), contains(&rec.text, &item.references)));
-                        if let Ok(mut r) = records.lock() {
-                            r.push(rec);
-                        }
-                    }
                     Ok(rec) => {
-                        pass.failures += 1;
+                        if rec.error.is_none() {
+                            pass.scores
+                                .push((item.id.clone(), contains(&rec.text, &item.references)));
+                        } else {
+                            pass.failures += 1;
+                        }
                         if let Ok(mut r) = records.lock() {
                             r.push(rec);
                         }
@@ -166,9 +173,10 @@ pub async fn run(
                     Err(_) => pass.failures += 1,
                 }
             }
-            passes.push(pass);
         }
-        tokio::time::sleep(probe.every).await;
+        passes.extend(round);
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(probe.every.min(left)).await;
     }
     passes
 }
