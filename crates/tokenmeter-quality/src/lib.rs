@@ -48,6 +48,7 @@ mod logprobs;
 mod monitor;
 pub mod nonfinite;
 mod repetition;
+pub mod review;
 mod scorer;
 pub mod text;
 
@@ -59,5 +60,6 @@ pub use monitor::{
 };
 pub use nonfinite::{Logit, LogitsKind, count_faults, count_non_finite};
 pub use repetition::Repetition;
+pub use review::{ReviewConfig, ReviewSink};
 pub use scorer::{LexiconSentiment, Scorer};
 pub use tokenmeter_core::NonFinite;

@@ -56,6 +56,26 @@ fn quality_metric_names_are_the_documented_ones() {
             "quality_drift_window",
             "tokenmeter_quality_drift_window_requests",
         ),
+        (
+            "quality_review_sampled",
+            "tokenmeter_quality_review_sampled_total",
+        ),
+        (
+            "quality_review_dropped",
+            "tokenmeter_quality_review_dropped_total",
+        ),
+        (
+            "quality_review_write_errors",
+            "tokenmeter_quality_review_write_errors_total",
+        ),
+        (
+            "quality_review_bytes",
+            "tokenmeter_quality_review_written_bytes_total",
+        ),
+        (
+            "quality_review_feedback",
+            "tokenmeter_quality_review_feedback_total",
+        ),
     ];
     assert_eq!(names, want);
     for d in catalog::quality::DEFS {

@@ -122,6 +122,26 @@ pub static DEFS: &[MetricDef] = &[
         buckets: None,
         "Requests in the drift monitor's live window (drift values over a small window are noise).",
         recorded: "Each time the drift monitor evaluates."),
+    def!("quality_review_sampled", "quality.review.sampled", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Requests sampled for human review and queued to the review sink (uniform share times the weights that applied, capped at 1).",
+        recorded: "When a sampled request is queued to the review sink."),
+    def!("quality_review_dropped", "quality.review.dropped", Counter, "{record}", labels: &["reason"],
+        buckets: None,
+        "Review records and feedback dropped instead of written: full (the bounded queue was full), oversize (one line over the file cap), redactor_panic.",
+        recorded: "When a record is dropped; never blocks the caller."),
+    def!("quality_review_write_errors", "quality.review.write_errors", Counter, "{error}", labels: &[],
+        buckets: None,
+        "I/O errors of the review sink's file writer (creating, writing or deleting a file); the record in hand is lost.",
+        recorded: "On the writer thread, per failed operation."),
+    def!("quality_review_bytes", "quality.review.written", Counter, "By", labels: &[],
+        buckets: None,
+        "Bytes of JSON lines the review sink's file writer wrote (records and feedback).",
+        recorded: "On the writer thread, per line written."),
+    def!("quality_review_feedback", "quality.review.feedback", Counter, "{feedback}", labels: &[],
+        buckets: None,
+        "Feedback entries queued to the review sink, joined to review records by request id later.",
+        recorded: "When the server records feedback through the review sink."),
 ];
 
 // Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
@@ -164,3 +184,13 @@ pub static DRIFT_PSI: &MetricDef = &DEFS[16];
 pub static DRIFT_JSD: &MetricDef = &DEFS[17];
 /// The `quality_drift_window` metric.
 pub static DRIFT_WINDOW: &MetricDef = &DEFS[18];
+/// The `quality_review_sampled` metric.
+pub static REVIEW_SAMPLED: &MetricDef = &DEFS[19];
+/// The `quality_review_dropped` metric.
+pub static REVIEW_DROPPED: &MetricDef = &DEFS[20];
+/// The `quality_review_write_errors` metric.
+pub static REVIEW_WRITE_ERRORS: &MetricDef = &DEFS[21];
+/// The `quality_review_bytes` metric.
+pub static REVIEW_BYTES: &MetricDef = &DEFS[22];
+/// The `quality_review_feedback` metric.
+pub static REVIEW_FEEDBACK: &MetricDef = &DEFS[23];
