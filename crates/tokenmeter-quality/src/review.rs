@@ -53,7 +53,7 @@
 //! let joined = tokenmeter_quality::review::join_entries(entries);
 //! assert_eq!(joined.rows[0].record.prompt.as_deref(), Some("Mail [email] a threat"));
 //! assert_eq!(joined.rows[0].record.variant.as_deref(), Some("b"));
-//! assert_eq!(joined.rows[0].feedback[0].score, Some(1.0));
+//! assert_eq!(joined.rows[0].feedback[0].value.score, Some(1.0));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -474,8 +474,8 @@ pub struct Feedback {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ReviewEntry {
-    /// A sampled request.
-    Review(ReviewRecord),
+    /// A sampled request (boxed: a record is several times the size of feedback).
+    Review(Box<ReviewRecord>),
     /// Feedback on a request.
     Feedback(Feedback),
 }
@@ -829,7 +829,7 @@ impl ReviewSink {
             output_truncated,
             sampled: sampled.clone(),
         };
-        match self.send(ReviewEntry::Review(record), &h) {
+        match self.send(ReviewEntry::Review(Box::new(record)), &h) {
             Ok(()) => {
                 s.counts.sampled.fetch_add(1, Relaxed);
                 h.sampled.increment(1);
@@ -1138,7 +1138,7 @@ pub fn join_entries(entries: impl IntoIterator<Item = ReviewEntry>) -> Join {
     let mut feedback: Vec<Feedback> = Vec::new();
     for e in entries {
         match e {
-            ReviewEntry::Review(r) => rows.push(r),
+            ReviewEntry::Review(r) => rows.push(*r),
             ReviewEntry::Feedback(f) => feedback.push(f),
         }
     }
