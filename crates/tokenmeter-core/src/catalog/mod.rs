@@ -472,6 +472,11 @@ mod tests {
             (quality::DRIFT_PSI, "quality_drift_psi"),
             (quality::DRIFT_JSD, "quality_drift_jsd"),
             (quality::DRIFT_WINDOW, "quality_drift_window"),
+            (quality::REVIEW_SAMPLED, "quality_review_sampled"),
+            (quality::REVIEW_DROPPED, "quality_review_dropped"),
+            (quality::REVIEW_WRITE_ERRORS, "quality_review_write_errors"),
+            (quality::REVIEW_BYTES, "quality_review_bytes"),
+            (quality::REVIEW_FEEDBACK, "quality_review_feedback"),
         ];
         assert_eq!(quality.len(), quality::DEFS.len());
         let http = [
