@@ -239,6 +239,14 @@ impl ReviewConfig {
                 return Err(bad(what, w));
             }
         }
+        for (what, t) in [
+            ("low-confidence threshold", self.low_confidence.map(|x| x.0)),
+            ("low-score threshold", self.low_score.map(|x| x.0)),
+        ] {
+            if let Some(t) = t.filter(|t| !t.is_finite()) {
+                return Err(ReviewError::Config(format!("{what} {t} is not finite")));
+            }
+        }
         if self.capacity == 0 {
             return Err(ReviewError::Config("capacity must be at least 1".into()));
         }
@@ -725,8 +733,8 @@ impl ReviewSink {
     ///
     /// # Errors
     ///
-    /// [`ReviewError::Config`] for a share outside [0, 1], a negative or non-finite weight, or
-    /// a capacity of 0.
+    /// [`ReviewError::Config`] for a share outside [0, 1], a negative or non-finite weight, a
+    /// non-finite threshold, or a capacity of 0.
     pub fn channel(
         meter: &Meter,
         config: ReviewConfig,

@@ -640,6 +640,10 @@ fn bad_configuration_is_a_clear_error() {
     assert!(err(ReviewConfig::new(0.1, Verbatim).weight_refused(-1.0)).is_some());
     assert!(err(ReviewConfig::new(0.1, Verbatim).weight_low_score(0.5, f64::INFINITY)).is_some());
     assert!(err(ReviewConfig::new(0.1, Verbatim).capacity(0)).is_some());
+    assert_eq!(
+        err(ReviewConfig::new(0.1, Verbatim).weight_low_confidence(f64::NAN, 2.0)).as_deref(),
+        Some("review sink configuration: low-confidence threshold NaN is not finite")
+    );
     assert!(err(ReviewConfig::new(0.1, Verbatim)).is_none());
     let dir = temp_dir("config");
     let files = JsonlFiles::new(&dir).max_files(0);
