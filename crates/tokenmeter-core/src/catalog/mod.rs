@@ -472,6 +472,13 @@ mod tests {
             (quality::DRIFT_PSI, "quality_drift_psi"),
             (quality::DRIFT_JSD, "quality_drift_jsd"),
             (quality::DRIFT_WINDOW, "quality_drift_window"),
+            (quality::GOLDEN_SCORE, "quality_golden_score"),
+            (quality::GOLDEN_BASELINE, "quality_golden_baseline"),
+            (quality::GOLDEN_PROMPTS, "quality_golden_prompts"),
+            (quality::GOLDEN_PASSES, "quality_golden_passes"),
+            (quality::GOLDEN_TTFT, "quality_golden_ttft"),
+            (quality::GOLDEN_TPOT, "quality_golden_tpot"),
+            (quality::GOLDEN_E2E, "quality_golden_e2e"),
         ];
         assert_eq!(quality.len(), quality::DEFS.len());
         let http = [
