@@ -87,8 +87,10 @@ pub struct ProbeConfig {
     pub prompts_per_hour: u32,
     /// Wall-clock limit per prompt (default 60 s). A call past it counts as `timeout` and the
     /// pass moves on; the call's thread cannot be killed, so it is left to finish on its own
-    /// and its late answer is dropped. Until it finishes, later prompts are skipped as `hung`,
-    /// so at most one abandoned thread exists and probes never run two at a time.
+    /// and its late answer is dropped. Until it finishes, later prompts are skipped as `hung`
+    /// (the next pass first gives it one more timeout), so at most one abandoned thread
+    /// exists and probes never run two at a time. Wall-clock rather than the meter's clock: a
+    /// hung call has to be abandoned in real time.
     pub timeout: Duration,
     /// The capacity-share guard: a prompt is skipped as `busy` when the meter's running plus
     /// waiting requests exceed this. `None` (default): no limit.
@@ -320,6 +322,10 @@ impl Probe {
         let start = self.meter.now();
         st.passes += 1;
         let budget_ok = st.schedule.take_budget(start, self.set.len());
+        if budget_ok {
+            // A call abandoned in an earlier pass gets one more timeout to return.
+            wait_hung(&mut st.hung, self.config.timeout);
+        }
         let mut items = Vec::with_capacity(self.set.len());
         for item in self.set.items() {
             let result = if !budget_ok {
@@ -588,6 +594,15 @@ fn skipped(item: &GoldenItem, outcome: Outcome) -> ItemResult {
         tpot_seconds: None,
         e2e_seconds: None,
         error: None,
+    }
+}
+
+/// Waits at most `timeout` for an abandoned call to return (and drops its late answer).
+fn wait_hung(hung: &mut Option<Receiver<CallResult>>, timeout: Duration) {
+    if let Some(rx) = hung.as_ref()
+        && !matches!(rx.recv_timeout(timeout), Err(RecvTimeoutError::Timeout))
+    {
+        *hung = None;
     }
 }
 
