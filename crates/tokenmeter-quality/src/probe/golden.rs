@@ -119,6 +119,27 @@ impl GoldenSet {
         origin: impl AsRef<Path>,
     ) -> Result<GoldenSet, GoldenError> {
         let path = origin.as_ref();
+        let mut items = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let item = serde_json::from_str(raw).map_err(|e| GoldenError::Line {
+                path: path.to_owned(),
+                line: i + 1,
+                reason: e.to_string(),
+            })?;
+            items.push((i + 1, item));
+        }
+        GoldenSet::build(name, items, path)
+    }
+
+    /// Validates numbered items (ids unique, fields non-empty) into a set.
+    fn build(
+        name: &str,
+        items: Vec<(usize, GoldenItem)>,
+        path: &Path,
+    ) -> Result<GoldenSet, GoldenError> {
         let line_err = |line: usize, reason: String| GoldenError::Line {
             path: path.to_owned(),
             line,
@@ -129,32 +150,24 @@ impl GoldenSet {
                 path: path.to_owned(),
             });
         }
-        let mut items: Vec<GoldenItem> = Vec::new();
-        let mut ids = std::collections::HashMap::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
-            if raw.trim().is_empty() {
-                continue;
-            }
-            let item: GoldenItem =
-                serde_json::from_str(raw).map_err(|e| line_err(line, e.to_string()))?;
-            item.validate().map_err(|r| line_err(line, r))?;
-            if let Some(first) = ids.insert(item.id.clone(), line) {
-                return Err(line_err(
-                    line,
-                    format!("duplicate id {:?} (first on line {first})", item.id),
-                ));
-            }
-            items.push(item);
-        }
         if items.is_empty() {
             return Err(GoldenError::Empty {
                 path: path.to_owned(),
             });
         }
+        let mut ids = std::collections::HashMap::new();
+        for (line, item) in &items {
+            item.validate().map_err(|r| line_err(*line, r))?;
+            if let Some(first) = ids.insert(item.id.as_str(), *line) {
+                return Err(line_err(
+                    *line,
+                    format!("duplicate id {:?} (first on line {first})", item.id),
+                ));
+            }
+        }
         Ok(GoldenSet {
             name: name.to_owned(),
-            items,
+            items: items.into_iter().map(|(_, item)| item).collect(),
         })
     }
 
@@ -165,12 +178,8 @@ impl GoldenSet {
     /// As [`parse`](Self::parse), with `line` the 1-based index of the offending item and
     /// `<memory>` as the file.
     pub fn from_items(name: &str, items: Vec<GoldenItem>) -> Result<GoldenSet, GoldenError> {
-        let text = items
-            .iter()
-            .map(|i| serde_json::to_string(i).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n");
-        GoldenSet::parse(name, &text, "<memory>")
+        let numbered = items.into_iter().enumerate().map(|(i, item)| (i + 1, item));
+        GoldenSet::build(name, numbered.collect(), Path::new("<memory>"))
     }
 
     /// The set's name (the `golden_set` label).

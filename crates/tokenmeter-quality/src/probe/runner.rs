@@ -193,7 +193,8 @@ impl Probe {
     /// Registers the prompt counters at zero, so `rate()` sees them before the first pass.
     ///
     /// The callback runs on a thread of its own per prompt; an `Err` counts as `error` with
-    /// its `Display` text in the report, a panic as `panic`.
+    /// its `Display` text in the report, a panic as `panic` (caught; the panic hook still
+    /// prints it, as for any panic).
     ///
     /// # Errors
     ///
@@ -360,8 +361,9 @@ impl Probe {
 
     /// Starts the probe's thread: it runs each pass when due ([`tick`](Self::tick) on the
     /// meter's clock) and sleeps until the next. Stop it by dropping or
-    /// [`stop`](ProbeRunner::stop)ping the runner, which waits for the pass in progress (at
-    /// most one timeout per remaining prompt of it).
+    /// [`stop`](ProbeRunner::stop)ping the runner, which waits for the pass in progress: at
+    /// most two timeouts longer than its answered prompts take, since once a call hangs the
+    /// pass skips the rest.
     ///
     /// # Errors
     ///
@@ -389,7 +391,8 @@ impl Probe {
         })
     }
 
-    /// Whether the server is too busy for a probe prompt now.
+    /// Whether the server is too busy for a probe prompt now. The in-flight count comes from
+    /// the meter's snapshot (a short lock, once per probe prompt: far off any hot path).
     fn busy(&self) -> bool {
         if let Some(max) = self.config.max_in_flight {
             let s = self.meter.snapshot();
