@@ -119,25 +119,27 @@ impl GoldenSet {
         origin: impl AsRef<Path>,
     ) -> Result<GoldenSet, GoldenError> {
         let path = origin.as_ref();
-        let mut items = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            if raw.trim().is_empty() {
-                continue;
-            }
-            let item = serde_json::from_str(raw).map_err(|e| GoldenError::Line {
-                path: path.to_owned(),
-                line: i + 1,
-                reason: e.to_string(),
-            })?;
-            items.push((i + 1, item));
-        }
+        let items = text
+            .lines()
+            .enumerate()
+            .filter(|(_, raw)| !raw.trim().is_empty())
+            .map(|(i, raw)| {
+                serde_json::from_str(raw)
+                    .map(|item| (i + 1, item))
+                    .map_err(|e| GoldenError::Line {
+                        path: path.to_owned(),
+                        line: i + 1,
+                        reason: e.to_string(),
+                    })
+            });
         GoldenSet::build(name, items, path)
     }
 
-    /// Validates numbered items (ids unique, fields non-empty) into a set.
+    /// Validates numbered items (ids unique, fields non-empty) into a set; the first bad line
+    /// is the error.
     fn build(
         name: &str,
-        items: Vec<(usize, GoldenItem)>,
+        items: impl IntoIterator<Item = Result<(usize, GoldenItem), GoldenError>>,
         path: &Path,
     ) -> Result<GoldenSet, GoldenError> {
         let line_err = |line: usize, reason: String| GoldenError::Line {
@@ -150,24 +152,27 @@ impl GoldenSet {
                 path: path.to_owned(),
             });
         }
-        if items.is_empty() {
+        let mut out: Vec<GoldenItem> = Vec::new();
+        let mut ids = std::collections::HashMap::new();
+        for r in items {
+            let (line, item) = r?;
+            item.validate().map_err(|r| line_err(line, r))?;
+            if let Some(first) = ids.insert(item.id.clone(), line) {
+                return Err(line_err(
+                    line,
+                    format!("duplicate id {:?} (first on line {first})", item.id),
+                ));
+            }
+            out.push(item);
+        }
+        if out.is_empty() {
             return Err(GoldenError::Empty {
                 path: path.to_owned(),
             });
         }
-        let mut ids = std::collections::HashMap::new();
-        for (line, item) in &items {
-            item.validate().map_err(|r| line_err(*line, r))?;
-            if let Some(first) = ids.insert(item.id.as_str(), *line) {
-                return Err(line_err(
-                    *line,
-                    format!("duplicate id {:?} (first on line {first})", item.id),
-                ));
-            }
-        }
         Ok(GoldenSet {
             name: name.to_owned(),
-            items: items.into_iter().map(|(_, item)| item).collect(),
+            items: out,
         })
     }
 
@@ -178,8 +183,11 @@ impl GoldenSet {
     /// As [`parse`](Self::parse), with `line` the 1-based index of the offending item and
     /// `<memory>` as the file.
     pub fn from_items(name: &str, items: Vec<GoldenItem>) -> Result<GoldenSet, GoldenError> {
-        let numbered = items.into_iter().enumerate().map(|(i, item)| (i + 1, item));
-        GoldenSet::build(name, numbered.collect(), Path::new("<memory>"))
+        let numbered = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| Ok((i + 1, item)));
+        GoldenSet::build(name, numbered, Path::new("<memory>"))
     }
 
     /// The set's name (the `golden_set` label).
@@ -288,6 +296,33 @@ mod tests {
         assert_eq!(
             err(&dup),
             "golden set set.jsonl line 4: duplicate id \"a\" (first on line 1)"
+        );
+    }
+
+    #[test]
+    fn the_first_bad_line_is_the_error() {
+        let text = "{\"id\": \"c\", \"prompt\": \"x\", \"references\": [], \"scoring\": \"f1\"}\n{";
+        assert_eq!(
+            err(text),
+            "golden set set.jsonl line 1: item \"c\": `references` is empty"
+        );
+        let item = |id: &str| GoldenItem {
+            id: id.into(),
+            prompt: "p".into(),
+            references: vec!["r".into()],
+            scoring: Scoring::Exact,
+            max_tokens: None,
+        };
+        let dup = GoldenSet::from_items("s", vec![item("a"), item("b"), item("a")]);
+        assert_eq!(
+            dup.expect_err("duplicate").to_string(),
+            "golden set <memory> line 3: duplicate id \"a\" (first on line 1)"
+        );
+        assert_eq!(
+            GoldenSet::from_items("s", vec![item("a")])
+                .map(|s| s.len())
+                .ok(),
+            Some(1)
         );
     }
 
