@@ -13,6 +13,9 @@
 //!   counters, pluggable [`Scorer`]s, safety-filter triggers and user feedback.
 //! - **Drift** ([`drift`]): a [`Baseline`] captured from reference traffic and a
 //!   [`DriftMonitor`] exporting PSI and Jensen-Shannon divergence per feature.
+//! - **Golden-set probes** ([`probe`]): a curated set of prompts with known answers run
+//!   through the server's own path on a schedule, scored (exact, contains, F1, ROUGE-L,
+//!   BLEU) and compared with a saved baseline.
 //!
 //! Nothing here allocates per token; every metric handle is resolved once per monitor, and
 //! per-request values are recorded once, at the request's end. `docs/quality.md` explains what
@@ -47,6 +50,7 @@ mod labels;
 mod logprobs;
 mod monitor;
 pub mod nonfinite;
+pub mod probe;
 mod repetition;
 pub mod review;
 mod scorer;

@@ -76,6 +76,34 @@ fn quality_metric_names_are_the_documented_ones() {
             "quality_review_feedback",
             "tokenmeter_quality_review_feedback_total",
         ),
+        (
+            "quality_golden_score",
+            "tokenmeter_quality_golden_score_ratio",
+        ),
+        (
+            "quality_golden_baseline",
+            "tokenmeter_quality_golden_baseline_score_ratio",
+        ),
+        (
+            "quality_golden_prompts",
+            "tokenmeter_quality_golden_prompts_total",
+        ),
+        (
+            "quality_golden_passes",
+            "tokenmeter_quality_golden_passes_total",
+        ),
+        (
+            "quality_golden_ttft",
+            "tokenmeter_quality_golden_time_to_first_token_seconds",
+        ),
+        (
+            "quality_golden_tpot",
+            "tokenmeter_quality_golden_time_per_output_token_seconds",
+        ),
+        (
+            "quality_golden_e2e",
+            "tokenmeter_quality_golden_duration_seconds",
+        ),
     ];
     assert_eq!(names, want);
     for d in catalog::quality::DEFS {

@@ -477,6 +477,13 @@ mod tests {
             (quality::REVIEW_WRITE_ERRORS, "quality_review_write_errors"),
             (quality::REVIEW_BYTES, "quality_review_bytes"),
             (quality::REVIEW_FEEDBACK, "quality_review_feedback"),
+            (quality::GOLDEN_SCORE, "quality_golden_score"),
+            (quality::GOLDEN_BASELINE, "quality_golden_baseline"),
+            (quality::GOLDEN_PROMPTS, "quality_golden_prompts"),
+            (quality::GOLDEN_PASSES, "quality_golden_passes"),
+            (quality::GOLDEN_TTFT, "quality_golden_ttft"),
+            (quality::GOLDEN_TPOT, "quality_golden_tpot"),
+            (quality::GOLDEN_E2E, "quality_golden_e2e"),
         ];
         assert_eq!(quality.len(), quality::DEFS.len());
         let http = [

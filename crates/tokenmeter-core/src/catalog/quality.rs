@@ -1,6 +1,6 @@
 //! Quality-proxy metrics, recorded by `tokenmeter-quality`: logprob statistics, streaming text
 //! monitors (refusals, repetition, output length, unusual output, keywords), pluggable scorers,
-//! safety-filter triggers, user feedback and drift against a captured baseline.
+//! safety-filter triggers, user feedback, drift against a captured baseline and golden-set probes.
 //!
 //! Per-request values are recorded once, when the request's quality monitor finishes, never per
 //! token. NaN/Inf counts of logits live in the core catalog (`nonfinite_values`,
@@ -142,6 +142,34 @@ pub static DEFS: &[MetricDef] = &[
         buckets: None,
         "Feedback entries queued to the review sink, joined to review records by request id later.",
         recorded: "When the server records feedback through the review sink."),
+    def!("quality_golden_score", "quality.golden.score", Gauge, "1", labels: &["golden.set", "model.version", "scorer"],
+        buckets: None,
+        "Mean score in [0, 1] of the latest golden-set probe pass, per set, model version and scoring method (exact, contains, f1, rouge_l, bleu).",
+        recorded: "At the end of each probe pass that scored at least one prompt of that method."),
+    def!("quality_golden_baseline", "quality.golden.baseline_score", Gauge, "1", labels: &["golden.set", "model.version", "scorer"],
+        buckets: None,
+        "The golden-set score captured after a good deployment (the baseline file), per set, the baseline's model version and scoring method.",
+        recorded: "When the server hands the probe a baseline (and again at each pass, so a new recorder sees it)."),
+    def!("quality_golden_prompts", "quality.golden.prompts", Counter, "{prompt}", labels: &["golden.set", "model.version", "outcome"],
+        buckets: None,
+        "Golden-set probe prompts by outcome: ok, error (the callback returned an error), panic, timeout, or skipped as busy, budget or hung.",
+        recorded: "At the end of each probe pass, and for each skipped pass."),
+    def!("quality_golden_passes", "quality.golden.passes", Counter, "{pass}", labels: &["golden.set", "model.version"],
+        buckets: None,
+        "Golden-set probe passes that ran at least one prompt.",
+        recorded: "At the end of each probe pass."),
+    def!("quality_golden_ttft", "quality.golden.time_to_first_token", Histogram, "s", labels: &["golden.set", "model.version"],
+        buckets: Some(super::core::TTFT_BUCKETS),
+        "Time to first token of golden-set probe prompts, as the probe callback measured it.",
+        recorded: "At the end of each probe pass, once per answered prompt whose callback reported it."),
+    def!("quality_golden_tpot", "quality.golden.time_per_output_token", Histogram, "s", labels: &["golden.set", "model.version"],
+        buckets: Some(super::core::TPOT_BUCKETS),
+        "Time per output token of golden-set probe prompts, as the probe callback measured it.",
+        recorded: "At the end of each probe pass, once per answered prompt whose callback reported it."),
+    def!("quality_golden_e2e", "quality.golden.duration", Histogram, "s", labels: &["golden.set", "model.version"],
+        buckets: Some(super::core::E2E_BUCKETS),
+        "End-to-end duration of golden-set probe prompts: the callback's own measure, or the probe's timing of the call.",
+        recorded: "At the end of each probe pass, once per answered prompt."),
 ];
 
 // Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
@@ -194,3 +222,17 @@ pub static REVIEW_WRITE_ERRORS: &MetricDef = &DEFS[21];
 pub static REVIEW_BYTES: &MetricDef = &DEFS[22];
 /// The `quality_review_feedback` metric.
 pub static REVIEW_FEEDBACK: &MetricDef = &DEFS[23];
+/// The `quality_golden_score` metric.
+pub static GOLDEN_SCORE: &MetricDef = &DEFS[24];
+/// The `quality_golden_baseline` metric.
+pub static GOLDEN_BASELINE: &MetricDef = &DEFS[25];
+/// The `quality_golden_prompts` metric.
+pub static GOLDEN_PROMPTS: &MetricDef = &DEFS[26];
+/// The `quality_golden_passes` metric.
+pub static GOLDEN_PASSES: &MetricDef = &DEFS[27];
+/// The `quality_golden_ttft` metric.
+pub static GOLDEN_TTFT: &MetricDef = &DEFS[28];
+/// The `quality_golden_tpot` metric.
+pub static GOLDEN_TPOT: &MetricDef = &DEFS[29];
+/// The `quality_golden_e2e` metric.
+pub static GOLDEN_E2E: &MetricDef = &DEFS[30];
