@@ -472,6 +472,10 @@ mod tests {
             (quality::DRIFT_PSI, "quality_drift_psi"),
             (quality::DRIFT_JSD, "quality_drift_jsd"),
             (quality::DRIFT_WINDOW, "quality_drift_window"),
+            (quality::AB_REQUESTS, "quality_ab_requests"),
+            (quality::AB_REFUSALS, "quality_ab_refusals"),
+            (quality::AB_PERPLEXITY, "quality_ab_perplexity"),
+            (quality::AB_GOLDEN_SCORE, "quality_ab_golden_score"),
         ];
         assert_eq!(quality.len(), quality::DEFS.len());
         let http = [

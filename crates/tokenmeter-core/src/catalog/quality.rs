@@ -122,6 +122,22 @@ pub static DEFS: &[MetricDef] = &[
         buckets: None,
         "Requests in the drift monitor's live window (drift values over a small window are noise).",
         recorded: "Each time the drift monitor evaluates."),
+    def!("quality_ab_requests", "quality.ab.requests", Counter, "{request}", labels: &["variant"],
+        buckets: None,
+        "Requests of an A/B variant recorded with a quality report: the denominator of the variant's refusal rate.",
+        recorded: "Once per request the server records on its A/B monitor with a quality report."),
+    def!("quality_ab_refusals", "quality.ab.refusals", Counter, "{request}", labels: &["variant"],
+        buckets: None,
+        "Of those, requests whose output matched a refusal phrase.",
+        recorded: "Once per request the server records on its A/B monitor with a quality report."),
+    def!("quality_ab_perplexity", "quality.ab.perplexity", Histogram, "1", labels: &["variant"],
+        buckets: Some(PERPLEXITY_BUCKETS),
+        "Per-request perplexity by A/B variant (sum / count is the variant's mean perplexity).",
+        recorded: "Once per request recorded on the A/B monitor whose quality report has a perplexity."),
+    def!("quality_ab_golden_score", "quality.ab.golden_score", Histogram, "1", labels: &["variant"],
+        buckets: Some(SHARE_BUCKETS),
+        "Golden-set scores by A/B variant (one per scored prompt; sum / count is the mean score).",
+        recorded: "When the server records a golden score on the A/B monitor."),
 ];
 
 // Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
@@ -164,3 +180,11 @@ pub static DRIFT_PSI: &MetricDef = &DEFS[16];
 pub static DRIFT_JSD: &MetricDef = &DEFS[17];
 /// The `quality_drift_window` metric.
 pub static DRIFT_WINDOW: &MetricDef = &DEFS[18];
+/// The `quality_ab_requests` metric.
+pub static AB_REQUESTS: &MetricDef = &DEFS[19];
+/// The `quality_ab_refusals` metric.
+pub static AB_REFUSALS: &MetricDef = &DEFS[20];
+/// The `quality_ab_perplexity` metric.
+pub static AB_PERPLEXITY: &MetricDef = &DEFS[21];
+/// The `quality_ab_golden_score` metric.
+pub static AB_GOLDEN_SCORE: &MetricDef = &DEFS[22];

@@ -57,9 +57,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use metrics::{Counter, Histogram, Label};
 use tokenmeter_core::cardinality::{Admission, CardinalityLimit, OTHER};
+use tokenmeter_core::catalog::{self, prometheus_label};
 use tokenmeter_core::clock::Instant;
-use tokenmeter_core::emit::lock;
+use tokenmeter_core::emit::{RecorderScoped, lock};
 use tokenmeter_core::{ErrorKind, Finish, Meter, RequestSummary};
 
 use crate::monitor::QualityReport;
@@ -302,6 +304,48 @@ impl<T> Ring<T> {
 struct Variant {
     requests: Ring<Obs>,
     golden: Ring<f64>,
+    /// The variant's series, for the current `metrics` recorder.
+    handles: RecorderScoped<VariantHandles>,
+}
+
+/// The series [`AbMonitor`] exports per variant, beside core's request series (which carry the
+/// variant as a request label): what core does not measure per request label.
+#[derive(Debug)]
+struct VariantHandles {
+    requests: Counter,
+    refusals: Counter,
+    perplexity: Histogram,
+    golden: Histogram,
+}
+
+impl VariantHandles {
+    /// Resolved like core's request series: the constant labels, then the variant label.
+    fn resolve(meter: &Meter, variant: &str) -> Self {
+        let names = meter.metric_names();
+        let mut labels = names.constant_labels().to_vec();
+        labels.push(Label::new(
+            prometheus_label(VARIANT_LABEL),
+            variant.to_owned(),
+        ));
+        VariantHandles {
+            requests: metrics::counter!(
+                names.name(catalog::quality::AB_REQUESTS).to_owned(),
+                labels.clone()
+            ),
+            refusals: metrics::counter!(
+                names.name(catalog::quality::AB_REFUSALS).to_owned(),
+                labels.clone()
+            ),
+            perplexity: metrics::histogram!(
+                names.name(catalog::quality::AB_PERPLEXITY).to_owned(),
+                labels.clone()
+            ),
+            golden: metrics::histogram!(
+                names.name(catalog::quality::AB_GOLDEN_SCORE).to_owned(),
+                labels
+            ),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -424,7 +468,16 @@ impl AbMonitor {
             refusal: quality.map(|q| q.refusal),
         };
         let capacity = self.config.capacity;
-        self.with_variant(variant, obs.at, |v| v.requests.push(obs.at, obs, capacity));
+        self.with_variant(variant, obs.at, |requests, _, h| {
+            requests.push(obs.at, obs, capacity);
+            if let Some(refusal) = obs.refusal {
+                h.requests.increment(1);
+                h.refusals.increment(u64::from(refusal));
+            }
+            if obs.perplexity.is_finite() {
+                h.perplexity.record(obs.perplexity);
+            }
+        });
     }
 
     /// Records a golden-set score of `variant` (e.g. one prompt's score from a golden-set
@@ -437,22 +490,29 @@ impl AbMonitor {
         }
         let now = self.meter.now();
         let capacity = self.config.capacity;
-        self.with_variant(variant, now, |v| v.golden.push(now, score, capacity));
+        self.with_variant(variant, now, |_, golden, h| {
+            golden.push(now, score, capacity);
+            h.golden.record(score);
+        });
     }
 
     fn misuse(&self, kind: &str) {
         let names = self.meter.metric_names();
         metrics::counter!(
-            names
-                .name(tokenmeter_core::catalog::core::MISUSE)
-                .to_owned(),
+            names.name(catalog::core::MISUSE).to_owned(),
             names.labels(&[("kind", kind)])
         )
         .increment(1);
     }
 
-    /// Runs `f` on the window of `variant` (or `other`, past the variant cap), creating it.
-    fn with_variant(&self, variant: &str, now: Instant, f: impl FnOnce(&mut Variant)) {
+    /// Runs `f` on the window and series of `variant` (or `other`, past the variant cap),
+    /// creating them.
+    fn with_variant(
+        &self,
+        variant: &str,
+        now: Instant,
+        f: impl FnOnce(&mut Ring<Obs>, &mut Ring<f64>, &VariantHandles),
+    ) {
         let mut s = lock(&self.state);
         let admission = s.limit.admit(variant, now);
         if let Admission::Own {
@@ -464,10 +524,8 @@ impl AbMonitor {
         if admission == Admission::Overflow {
             let names = self.meter.metric_names();
             metrics::counter!(
-                names
-                    .name(tokenmeter_core::catalog::core::LABEL_OVERFLOW)
-                    .to_owned(),
-                names.labels(&[("label", &names.label_key(VARIANT_LABEL))])
+                names.name(catalog::core::LABEL_OVERFLOW).to_owned(),
+                names.labels(&[("label", &prometheus_label(VARIANT_LABEL))])
             )
             .increment(1);
         }
@@ -475,10 +533,17 @@ impl AbMonitor {
         let v = s.variants.entry(key.to_owned()).or_insert_with(|| Variant {
             requests: Ring::new(),
             golden: Ring::new(),
+            handles: RecorderScoped::new(),
         });
         v.requests.expire(now, self.config.window);
         v.golden.expire(now, self.config.window);
-        f(v);
+        let Variant {
+            requests,
+            golden,
+            handles,
+        } = v;
+        let handles = handles.get_or_make(|| VariantHandles::resolve(&self.meter, key));
+        f(requests, golden, handles);
     }
 
     /// The variants holding a window now (`other` among them once the cap overflowed).

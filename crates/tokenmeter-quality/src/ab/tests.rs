@@ -251,3 +251,77 @@ fn empty_windows_give_insufficient_data_everywhere() {
         assert_eq!((row.a, row.b, row.interval), (None, None, None));
     }
 }
+
+#[test]
+fn variant_series_are_exported_under_the_variant_label() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let (clock, _mock) = quanta::Clock::mock();
+        let meter = Meter::builder()
+            .clock(clock)
+            .model("m")
+            .request_labels([VARIANT_LABEL], 4)
+            .build();
+        let ab = AbMonitor::new(&meter, AbConfig::default().max_variants(1)).expect("valid");
+        let s = RequestSummary::default();
+        ab.record("b", Ok(Finish::Stop), &s, Some(&report(true, 2.0)));
+        ab.record("b", Ok(Finish::Stop), &s, Some(&report(false, 4.0)));
+        ab.record("b", Err(ErrorKind::Timeout), &s, None);
+        ab.record_golden("b", 0.5);
+        ab.record_golden("c", 1.0); // past the cap of 1: under `other`
+        ab.record_golden("c", f64::INFINITY); // ignored before the cap: no second overflow
+        let names = meter.metric_names();
+        let mut got = std::collections::BTreeMap::new();
+        for (k, _, _, v) in snap.snapshot().into_vec() {
+            let key = k.key();
+            let labels: Vec<String> = key
+                .labels()
+                .filter(|l| l.key() == "variant" || l.key() == "label" || l.key() == "kind")
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let value = match v {
+                DebugValue::Counter(c) => vec![c as f64],
+                DebugValue::Histogram(h) => h.into_iter().map(|x| x.into_inner()).collect(),
+                DebugValue::Gauge(g) => vec![g.into_inner()],
+            };
+            got.insert(format!("{}{{{}}}", key.name(), labels.join(",")), value);
+        }
+        let name = |def| names.name(def).to_owned();
+        use tokenmeter_core::catalog::{core, quality};
+        let expect = [
+            (
+                format!("{}{{variant=b}}", name(quality::AB_REQUESTS)),
+                vec![2.0],
+            ),
+            (
+                format!("{}{{variant=b}}", name(quality::AB_REFUSALS)),
+                vec![1.0],
+            ),
+            (
+                format!("{}{{variant=b}}", name(quality::AB_PERPLEXITY)),
+                vec![2.0, 4.0],
+            ),
+            (
+                format!("{}{{variant=b}}", name(quality::AB_GOLDEN_SCORE)),
+                vec![0.5],
+            ),
+            (
+                format!("{}{{variant=other}}", name(quality::AB_GOLDEN_SCORE)),
+                vec![1.0],
+            ),
+            (
+                format!("{}{{label=variant}}", name(core::LABEL_OVERFLOW)),
+                vec![1.0],
+            ),
+            (
+                format!("{}{{kind=ab_score_not_finite}}", name(core::MISUSE)),
+                vec![1.0],
+            ),
+        ];
+        for (k, v) in expect {
+            assert_eq!(got.get(&k), Some(&v), "{k} in {got:?}");
+        }
+    });
+}
