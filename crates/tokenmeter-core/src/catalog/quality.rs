@@ -122,21 +122,24 @@ pub static DEFS: &[MetricDef] = &[
         buckets: None,
         "Requests in the drift monitor's live window (drift values over a small window are noise).",
         recorded: "Each time the drift monitor evaluates."),
-    def!("quality_ab_requests", "quality.ab.requests", Counter, "{request}", labels: &["variant"],
+    // The A/B series carry `variant` the way request series carry a request label (the same
+    // key, which a meter may declare as one), so it is not listed as a catalog label: those are
+    // reserved against request labels.
+    def!("quality_ab_requests", "quality.ab.requests", Counter, "{request}", labels: &[],
         buckets: None,
-        "Requests of an A/B variant recorded with a quality report: the denominator of the variant's refusal rate.",
+        "Requests of an A/B variant (label `variant`, added by the A/B monitor) recorded with a quality report: the denominator of the variant's refusal rate.",
         recorded: "Once per request the server records on its A/B monitor with a quality report."),
-    def!("quality_ab_refusals", "quality.ab.refusals", Counter, "{request}", labels: &["variant"],
+    def!("quality_ab_refusals", "quality.ab.refusals", Counter, "{request}", labels: &[],
         buckets: None,
-        "Of those, requests whose output matched a refusal phrase.",
+        "Of those, requests whose output matched a refusal phrase (label `variant`).",
         recorded: "Once per request the server records on its A/B monitor with a quality report."),
-    def!("quality_ab_perplexity", "quality.ab.perplexity", Histogram, "1", labels: &["variant"],
+    def!("quality_ab_perplexity", "quality.ab.perplexity", Histogram, "1", labels: &[],
         buckets: Some(PERPLEXITY_BUCKETS),
-        "Per-request perplexity by A/B variant (sum / count is the variant's mean perplexity).",
+        "Per-request perplexity by A/B variant (label `variant`; sum / count is the variant's mean perplexity).",
         recorded: "Once per request recorded on the A/B monitor whose quality report has a perplexity."),
-    def!("quality_ab_golden_score", "quality.ab.golden_score", Histogram, "1", labels: &["variant"],
+    def!("quality_ab_golden_score", "quality.ab.golden_score", Histogram, "1", labels: &[],
         buckets: Some(SHARE_BUCKETS),
-        "Golden-set scores by A/B variant (one per scored prompt; sum / count is the mean score).",
+        "Golden-set scores by A/B variant (label `variant`; one per scored prompt; sum / count is the mean score).",
         recorded: "When the server records a golden score on the A/B monitor."),
 ];
 

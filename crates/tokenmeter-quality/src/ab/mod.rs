@@ -18,18 +18,24 @@
 //! | mean perplexity, golden score | Welch's t | 30 per variant |
 //!
 //! Memory: each variant keeps the latest [`AbConfig::capacity`] requests (default 10 000,
-//! about 48 bytes each) and golden scores (16 bytes each) of the last [`AbConfig::window`];
+//! 40 bytes each) and golden scores (16 bytes each) of the last [`AbConfig::window`];
 //! older ones leave the window, and when the capacity is reached the oldest go first (the
 //! window then covers less time, and [`VariantWindow::truncated`] counts them). At most
 //! [`AbConfig::max_variants`] variants are kept (core's cardinality limit: the rest are
 //! merged under `other` and counted in `labels.overflow{label="variant"}`).
+//!
+//! Metrics: core's latency and request series carry the variant as a request label; the monitor
+//! exports what core does not have per label, under the same `variant` label:
+//! `quality.ab.requests`, `quality.ab.refusals`, `quality.ab.perplexity` and
+//! `quality.ab.golden_score`. `docs/deploy/prometheus/ab-recording-rules.yml` computes the same
+//! comparison from them in Prometheus (without the bootstrap and Welch intervals, which need
+//! raw values).
 //!
 //! Cost: `record` runs once per request after it ended, never per token: one short lock and an
 //! O(1) push. A readout copies the two windows under the lock and computes outside it (the
 //! bootstrap costs `resamples` × (n_a + n_b) work), so it never holds up `record`.
 //!
 //! ```
-//! use std::time::Duration;
 //! use tokenmeter_core::{Finish, Meter};
 //! use tokenmeter_quality::ab::{AbConfig, AbMonitor, VARIANT_LABEL, Verdict};
 //!
@@ -73,6 +79,9 @@ pub use readout::{AbMetric, AbTest, Readout, Row, Verdict, compare};
 /// with [`RequestBuilder::label`](tokenmeter_core::RequestBuilder::label)); the recording rules
 /// in `docs/deploy/prometheus/ab-recording-rules.yml` group by it.
 pub const VARIANT_LABEL: &str = "variant";
+
+/// The variant that variants past [`AbConfig::max_variants`] are merged under.
+pub const OTHER_VARIANT: &str = OTHER;
 
 /// A bad [`AbConfig`] or [`AbTests`] value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -252,10 +261,10 @@ enum Ended {
     Cancelled,
 }
 
-/// One ended request, as the readout needs it. Latencies in seconds, NaN when absent.
+/// One ended request, as the readout needs it (its instant is kept beside it, in the ring).
+/// Latencies in seconds, NaN when absent.
 #[derive(Clone, Copy, Debug)]
 struct Obs {
-    at: Instant,
     ttft: f64,
     tpot: f64,
     perplexity: f64,
@@ -322,11 +331,12 @@ impl VariantHandles {
     /// Resolved like core's request series: the constant labels, then the variant label.
     fn resolve(meter: &Meter, variant: &str) -> Self {
         let names = meter.metric_names();
+        let key = prometheus_label(VARIANT_LABEL);
         let mut labels = names.constant_labels().to_vec();
-        labels.push(Label::new(
-            prometheus_label(VARIANT_LABEL),
-            variant.to_owned(),
-        ));
+        // A meter per variant may carry it as a constant label already: one `variant` label,
+        // the monitor's.
+        labels.retain(|l| l.key() != key);
+        labels.push(Label::new(key, variant.to_owned()));
         VariantHandles {
             requests: metrics::counter!(
                 names.name(catalog::quality::AB_REQUESTS).to_owned(),
@@ -455,8 +465,8 @@ impl AbMonitor {
             Ok(_) => Ended::Succeeded,
             Err(_) => Ended::Failed,
         };
+        let now = self.meter.now();
         let obs = Obs {
-            at: self.meter.now(),
             ttft: secs(summary.ttft),
             tpot: secs(summary.tpot),
             perplexity: quality
@@ -468,8 +478,8 @@ impl AbMonitor {
             refusal: quality.map(|q| q.refusal),
         };
         let capacity = self.config.capacity;
-        self.with_variant(variant, obs.at, |requests, _, h| {
-            requests.push(obs.at, obs, capacity);
+        self.with_variant(variant, now, |requests, _, h| {
+            requests.push(now, obs, capacity);
             if let Some(refusal) = obs.refusal {
                 h.requests.increment(1);
                 h.refusals.increment(u64::from(refusal));
@@ -604,9 +614,6 @@ impl AbMonitor {
         r
     }
 }
-
-/// The label value a variant past the cap is merged under.
-pub const OTHER_VARIANT: &str = OTHER;
 
 #[cfg(test)]
 mod tests;

@@ -223,7 +223,7 @@ pub fn compare(a: &VariantWindow, b: &VariantWindow, tests: &AbTests) -> Readout
             );
             let row = Row {
                 metric,
-                test: super::readout::AbTest::Bootstrap,
+                test: AbTest::Bootstrap,
                 a: va,
                 b: vb,
                 difference: va.zip(vb).map(|(x, y)| y - x),

@@ -265,7 +265,10 @@ fn variant_series_are_exported_under_the_variant_label() {
             .request_labels([VARIANT_LABEL], 4)
             .build();
         let ab = AbMonitor::new(&meter, AbConfig::default().max_variants(1)).expect("valid");
-        let s = RequestSummary::default();
+        // The meter takes `variant` as a request label (the A/B series do not reserve it).
+        let mut req = meter.request().label(VARIANT_LABEL, "b").start();
+        req.token();
+        let s = req.finish(Finish::Stop);
         ab.record("b", Ok(Finish::Stop), &s, Some(&report(true, 2.0)));
         ab.record("b", Ok(Finish::Stop), &s, Some(&report(false, 4.0)));
         ab.record("b", Err(ErrorKind::Timeout), &s, None);
@@ -319,9 +322,22 @@ fn variant_series_are_exported_under_the_variant_label() {
                 format!("{}{{kind=ab_score_not_finite}}", name(core::MISUSE)),
                 vec![1.0],
             ),
+            (
+                format!("{}{{variant=b}}", name(core::OUTPUT_TOKENS)),
+                vec![1.0],
+            ),
         ];
         for (k, v) in expect {
             assert_eq!(got.get(&k), Some(&v), "{k} in {got:?}");
         }
+        let unknown = format!("{}{{kind=unknown_label}}", name(core::MISUSE));
+        assert_eq!(got.get(&unknown), None, "{got:?}");
     });
+}
+
+#[test]
+fn the_window_costs_what_the_docs_say() {
+    // Module docs and docs/quality.md: 40 bytes per request, 16 per golden score.
+    assert_eq!(std::mem::size_of::<(Instant, Obs)>(), 40);
+    assert_eq!(std::mem::size_of::<(Instant, f64)>(), 16);
 }
