@@ -371,9 +371,16 @@ impl fmt::Display for Readout {
                     fmt_value(r.metric, Some(hi))
                 )
             });
-            let p = r.p_value.map_or("-".to_owned(), |p| format!("{p:.4}"));
+            let p = r.p_value.map_or("-".to_owned(), |p| {
+                if p < 1e-4 {
+                    format!("{p:.1e}")
+                } else {
+                    format!("{p:.4}")
+                }
+            });
             let verdict = match (r.verdict, r.min_samples) {
                 (Verdict::InsufficientData, Some(m)) => format!("insufficient data (< {m})"),
+                (Verdict::InsufficientData, None) => "insufficient data (no events yet)".to_owned(),
                 (v, _) => v.as_str().to_owned(),
             };
             writeln!(

@@ -236,6 +236,10 @@ fn a_degraded_variant_is_significant_on_quality_and_not_on_latency() {
     let table = r.to_string();
     assert_eq!(table.lines().count(), 2 + AbMetric::ALL.len());
     assert!(table.contains("insufficient data (< 1000)"), "{table}");
+    assert!(
+        table.contains("insufficient data (no events yet)"),
+        "{table}"
+    );
 }
 
 #[test]
