@@ -44,6 +44,7 @@
 //! # Ok::<(), tokenmeter_quality::QualityError>(())
 //! ```
 
+pub mod ab;
 pub mod drift;
 mod guard_ext;
 mod labels;
@@ -56,6 +57,7 @@ pub mod review;
 mod scorer;
 pub mod text;
 
+pub use ab::{AbConfig, AbMonitor, Readout, VariantWindow};
 pub use drift::{Baseline, BaselineError, BaselineRecorder, DriftMonitor, DriftReport};
 pub use guard_ext::LogitsExt;
 pub use logprobs::{LogprobStats, LogprobSummary, MIN_LOGPROB, entropy_from_logits, entropy_top_k};

@@ -104,6 +104,19 @@ fn quality_metric_names_are_the_documented_ones() {
             "quality_golden_e2e",
             "tokenmeter_quality_golden_duration_seconds",
         ),
+        (
+            "quality_ab_requests",
+            "tokenmeter_quality_ab_requests_total",
+        ),
+        (
+            "quality_ab_refusals",
+            "tokenmeter_quality_ab_refusals_total",
+        ),
+        ("quality_ab_perplexity", "tokenmeter_quality_ab_perplexity"),
+        (
+            "quality_ab_golden_score",
+            "tokenmeter_quality_ab_golden_score",
+        ),
     ];
     assert_eq!(names, want);
     for d in catalog::quality::DEFS {

@@ -484,6 +484,10 @@ mod tests {
             (quality::GOLDEN_TTFT, "quality_golden_ttft"),
             (quality::GOLDEN_TPOT, "quality_golden_tpot"),
             (quality::GOLDEN_E2E, "quality_golden_e2e"),
+            (quality::AB_REQUESTS, "quality_ab_requests"),
+            (quality::AB_REFUSALS, "quality_ab_refusals"),
+            (quality::AB_PERPLEXITY, "quality_ab_perplexity"),
+            (quality::AB_GOLDEN_SCORE, "quality_ab_golden_score"),
         ];
         assert_eq!(quality.len(), quality::DEFS.len());
         let http = [

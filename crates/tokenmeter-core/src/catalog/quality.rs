@@ -170,6 +170,25 @@ pub static DEFS: &[MetricDef] = &[
         buckets: Some(super::core::E2E_BUCKETS),
         "End-to-end duration of golden-set probe prompts: the callback's own measure, or the probe's timing of the call.",
         recorded: "At the end of each probe pass, once per answered prompt."),
+    // The A/B series carry `variant` the way request series carry a request label (the same
+    // key, which a meter may declare as one), so it is not listed as a catalog label: those are
+    // reserved against request labels.
+    def!("quality_ab_requests", "quality.ab.requests", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Requests of an A/B variant (label `variant`, added by the A/B monitor) recorded with a quality report: the denominator of the variant's refusal rate.",
+        recorded: "Once per request the server records on its A/B monitor with a quality report."),
+    def!("quality_ab_refusals", "quality.ab.refusals", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Of those, requests whose output matched a refusal phrase (label `variant`).",
+        recorded: "Once per request the server records on its A/B monitor with a quality report."),
+    def!("quality_ab_perplexity", "quality.ab.perplexity", Histogram, "1", labels: &[],
+        buckets: Some(PERPLEXITY_BUCKETS),
+        "Per-request perplexity by A/B variant (label `variant`; sum / count is the variant's mean perplexity).",
+        recorded: "Once per request recorded on the A/B monitor whose quality report has a perplexity."),
+    def!("quality_ab_golden_score", "quality.ab.golden_score", Histogram, "1", labels: &[],
+        buckets: Some(SHARE_BUCKETS),
+        "Golden-set scores by A/B variant (label `variant`; one per scored prompt; sum / count is the mean score).",
+        recorded: "When the server records a golden score on the A/B monitor."),
 ];
 
 // Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
@@ -236,3 +255,11 @@ pub static GOLDEN_TTFT: &MetricDef = &DEFS[28];
 pub static GOLDEN_TPOT: &MetricDef = &DEFS[29];
 /// The `quality_golden_e2e` metric.
 pub static GOLDEN_E2E: &MetricDef = &DEFS[30];
+/// The `quality_ab_requests` metric.
+pub static AB_REQUESTS: &MetricDef = &DEFS[31];
+/// The `quality_ab_refusals` metric.
+pub static AB_REFUSALS: &MetricDef = &DEFS[32];
+/// The `quality_ab_perplexity` metric.
+pub static AB_PERPLEXITY: &MetricDef = &DEFS[33];
+/// The `quality_ab_golden_score` metric.
+pub static AB_GOLDEN_SCORE: &MetricDef = &DEFS[34];
