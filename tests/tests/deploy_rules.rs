@@ -266,3 +266,150 @@ fn mock_token(mock: &quanta::Mock, req: &mut tokenmeter_core::RequestGuard) {
     mock.increment(Duration::from_millis(100));
     req.token();
 }
+
+/// Issue 17: the golden-set rules pass promtool's check and unit tests, and the alert fires on
+/// the series a live probe exports: the exposition of a probe whose score fell below its
+/// baseline, fed to promtool as the input series, raises `TokenmeterGoldenScoreBelowBaseline`
+/// with exactly the exported labels.
+#[test]
+fn golden_rules_pass_promtool_and_fire_on_a_live_probes_series() {
+    use tokenmeter::quality::probe::{
+        GOLDEN_FORMAT_VERSION, GoldenBaseline, GoldenSet, Probe, ProbeAnswer, ProbeConfig, Scoring,
+    };
+    let Some(promtool) = bins::require("promtool") else {
+        return;
+    };
+    let promtool_in = |dir: &Path, args: &[&str]| {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = promtool_in(&deploy(), &["check", "rules", "golden-rules.yml"]);
+    assert!(ok, "{text}");
+    let (ok, text) = promtool_in(&deploy(), &["test", "rules", "golden-rules-test.yml"]);
+    assert!(ok, "{text}");
+
+    // A live probe: v2 answers half the set right; the v1 baseline was 0.95.
+    let mut exporter = Prometheus::new()
+        .without_listener()
+        .build()
+        .expect("exporter");
+    let recorder = exporter.take_recorder().expect("recorder");
+    let render = exporter.renderer();
+    metrics::with_local_recorder(&recorder, || {
+        let (meter, _mock) = meter("golden");
+        let set = GoldenSet::parse(
+            "facts",
+            "{\"id\": \"fr\", \"prompt\": \"Capital of France?\", \"references\": [\"Paris\"], \"scoring\": \"contains\"}\n\
+             {\"id\": \"de\", \"prompt\": \"Capital of Germany?\", \"references\": [\"Berlin\"], \"scoring\": \"contains\"}",
+            "facts.jsonl",
+        )
+        .expect("set");
+        let config = ProbeConfig {
+            model_version: "v2".into(),
+            ..ProbeConfig::default()
+        };
+        let probe = Probe::new(&meter, set, config, |_| {
+            Ok::<_, String>(ProbeAnswer::new("Paris"))
+        })
+        .expect("probe");
+        probe
+            .set_baseline(GoldenBaseline {
+                version: GOLDEN_FORMAT_VERSION,
+                golden_set: "facts".into(),
+                model_version: "v1".into(),
+                prompts: 2,
+                scores: [(Scoring::Contains, 0.95)].into(),
+            })
+            .expect("baseline");
+        assert_eq!(probe.run_pass().score_of(Scoring::Contains), Some(0.5));
+    });
+    let text = render.render();
+    // The exposition parses (promtool exits non-zero on lint findings about inherited OTel
+    // names too; parse errors are what matter, as in export_prometheus.rs).
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("write");
+    }
+    let out = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !report.contains("error while linting") && !report.contains("text format parsing error"),
+        "{report}"
+    );
+    let line = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .to_owned()
+    };
+    let score = line("tokenmeter_quality_golden_score_ratio");
+    let baseline = line("tokenmeter_quality_golden_baseline_score_ratio");
+    assert!(line("tokenmeter_quality_golden_prompts_total").contains("outcome="));
+    let series = |l: &str| l.rsplit_once(' ').expect("value").0.to_owned();
+    let labels = score
+        .split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .expect("labels")
+        .0;
+    assert!(labels.contains("golden_set=\"facts\"") && labels.contains("model_version=\"v2\""));
+    let exp_labels: Vec<String> = labels
+        .split("\",")
+        .map(|kv| {
+            let (k, v) = kv.split_once("=\"").expect("k=\"v\"");
+            format!("{k}: \"{}\"", v.trim_end_matches('"'))
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("tokenmeter-golden-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(
+        deploy().join("golden-rules.yml"),
+        dir.join("golden-rules.yml"),
+    )
+    .expect("copy");
+    let test = format!(
+        "rule_files: [golden-rules.yml]\n\
+         evaluation_interval: 30s\n\
+         tests:\n\
+         \x20 - interval: 1m\n\
+         \x20   input_series:\n\
+         \x20     - series: '{}'\n\
+         \x20       values: '0.5x30'\n\
+         \x20     - series: '{}'\n\
+         \x20       values: '0.95x30'\n\
+         \x20   alert_rule_test:\n\
+         \x20     - eval_time: 15m\n\
+         \x20       alertname: TokenmeterGoldenScoreBelowBaseline\n\
+         \x20       exp_alerts:\n\
+         \x20         - exp_labels: {{severity: warning, {}}}\n\
+         \x20           exp_annotations:\n\
+         \x20             summary: \"golden set facts (contains) on golden v2 scores 0.50, more than 0.05 below its baseline\"\n",
+        series(&score),
+        series(&baseline),
+        exp_labels.join(", ")
+    );
+    std::fs::write(dir.join("live-test.yml"), &test).expect("write test");
+    let (ok, out) = promtool_in(&dir, &["test", "rules", "live-test.yml"]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(ok, "{out}\n{test}");
+}

@@ -73,6 +73,7 @@ fn real_prometheus_scrape_matches_the_in_process_numbers() {
     let rules = vec![
         deploy().join("prometheus/recording-rules.yml"),
         deploy().join("prometheus/alert-rules.yml"),
+        deploy().join("prometheus/ab-recording-rules.yml"),
     ];
     let prom = PromServer::start(&prom_bin, inst.addr, "250ms", &rules);
     let sel = r#"gen_ai_request_model="prom-e2e""#;
@@ -159,7 +160,11 @@ fn real_prometheus_scrape_matches_the_in_process_numbers() {
     );
 
     // Every dashboard query runs without error on the live Prometheus.
-    for file in ["grafana/tokenmeter.json", "grafana/tokenmeter-vllm.json"] {
+    for file in [
+        "grafana/tokenmeter.json",
+        "grafana/tokenmeter-vllm.json",
+        "grafana/tokenmeter-ab.json",
+    ] {
         let text = std::fs::read_to_string(deploy().join(file)).expect("dashboard");
         let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard json");
         let mut n = 0;
@@ -280,12 +285,14 @@ fn promtool_checks_and_unit_tests_every_rule() {
         "recording-rules.yml",
         "vllm-recording-rules.yml",
         "alert-rules.yml",
+        "ab-recording-rules.yml",
     ]);
     run(&[
         "test",
         "rules",
         "alert-rules-test.yml",
         "vllm-alert-rules-test.yml",
+        "ab-recording-rules-test.yml",
     ]);
     // Every alert has at least one firing unit test in each test file.
     let alerts = std::fs::read_to_string(dir.join("alert-rules.yml")).expect("rules");

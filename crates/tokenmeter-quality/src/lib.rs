@@ -13,6 +13,9 @@
 //!   counters, pluggable [`Scorer`]s, safety-filter triggers and user feedback.
 //! - **Drift** ([`drift`]): a [`Baseline`] captured from reference traffic and a
 //!   [`DriftMonitor`] exporting PSI and Jensen-Shannon divergence per feature.
+//! - **Golden-set probes** ([`probe`]): a curated set of prompts with known answers run
+//!   through the server's own path on a schedule, scored (exact, contains, F1, ROUGE-L,
+//!   BLEU) and compared with a saved baseline.
 //!
 //! Nothing here allocates per token; every metric handle is resolved once per monitor, and
 //! per-request values are recorded once, at the request's end. `docs/quality.md` explains what
@@ -41,16 +44,20 @@
 //! # Ok::<(), tokenmeter_quality::QualityError>(())
 //! ```
 
+pub mod ab;
 pub mod drift;
 mod guard_ext;
 mod labels;
 mod logprobs;
 mod monitor;
 pub mod nonfinite;
+pub mod probe;
 mod repetition;
+pub mod review;
 mod scorer;
 pub mod text;
 
+pub use ab::{AbConfig, AbMonitor, Readout, VariantWindow};
 pub use drift::{Baseline, BaselineError, BaselineRecorder, DriftMonitor, DriftReport};
 pub use guard_ext::LogitsExt;
 pub use logprobs::{LogprobStats, LogprobSummary, MIN_LOGPROB, entropy_from_logits, entropy_top_k};
@@ -59,5 +66,6 @@ pub use monitor::{
 };
 pub use nonfinite::{Logit, LogitsKind, count_faults, count_non_finite};
 pub use repetition::Repetition;
+pub use review::{ReviewConfig, ReviewSink};
 pub use scorer::{LexiconSentiment, Scorer};
 pub use tokenmeter_core::NonFinite;

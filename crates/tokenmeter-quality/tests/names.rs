@@ -56,6 +56,67 @@ fn quality_metric_names_are_the_documented_ones() {
             "quality_drift_window",
             "tokenmeter_quality_drift_window_requests",
         ),
+        (
+            "quality_review_sampled",
+            "tokenmeter_quality_review_sampled_total",
+        ),
+        (
+            "quality_review_dropped",
+            "tokenmeter_quality_review_dropped_total",
+        ),
+        (
+            "quality_review_write_errors",
+            "tokenmeter_quality_review_write_errors_total",
+        ),
+        (
+            "quality_review_bytes",
+            "tokenmeter_quality_review_written_bytes_total",
+        ),
+        (
+            "quality_review_feedback",
+            "tokenmeter_quality_review_feedback_total",
+        ),
+        (
+            "quality_golden_score",
+            "tokenmeter_quality_golden_score_ratio",
+        ),
+        (
+            "quality_golden_baseline",
+            "tokenmeter_quality_golden_baseline_score_ratio",
+        ),
+        (
+            "quality_golden_prompts",
+            "tokenmeter_quality_golden_prompts_total",
+        ),
+        (
+            "quality_golden_passes",
+            "tokenmeter_quality_golden_passes_total",
+        ),
+        (
+            "quality_golden_ttft",
+            "tokenmeter_quality_golden_time_to_first_token_seconds",
+        ),
+        (
+            "quality_golden_tpot",
+            "tokenmeter_quality_golden_time_per_output_token_seconds",
+        ),
+        (
+            "quality_golden_e2e",
+            "tokenmeter_quality_golden_duration_seconds",
+        ),
+        (
+            "quality_ab_requests",
+            "tokenmeter_quality_ab_requests_total",
+        ),
+        (
+            "quality_ab_refusals",
+            "tokenmeter_quality_ab_refusals_total",
+        ),
+        ("quality_ab_perplexity", "tokenmeter_quality_ab_perplexity"),
+        (
+            "quality_ab_golden_score",
+            "tokenmeter_quality_ab_golden_score",
+        ),
     ];
     assert_eq!(names, want);
     for d in catalog::quality::DEFS {

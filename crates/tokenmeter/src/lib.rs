@@ -31,7 +31,8 @@ pub use tokenmeter_export::init_for;
 #[cfg(feature = "gpu")]
 pub use tokenmeter_gpu as gpu;
 
-/// Quality proxies: NaN/Inf scanning of logits, logprob statistics, text monitors, drift.
+/// Quality proxies: NaN/Inf scanning of logits, logprob statistics, text monitors, drift, and
+/// golden-set probes ([`quality::probe`]).
 #[cfg(feature = "quality")]
 pub use tokenmeter_quality as quality;
 

@@ -472,6 +472,22 @@ mod tests {
             (quality::DRIFT_PSI, "quality_drift_psi"),
             (quality::DRIFT_JSD, "quality_drift_jsd"),
             (quality::DRIFT_WINDOW, "quality_drift_window"),
+            (quality::REVIEW_SAMPLED, "quality_review_sampled"),
+            (quality::REVIEW_DROPPED, "quality_review_dropped"),
+            (quality::REVIEW_WRITE_ERRORS, "quality_review_write_errors"),
+            (quality::REVIEW_BYTES, "quality_review_bytes"),
+            (quality::REVIEW_FEEDBACK, "quality_review_feedback"),
+            (quality::GOLDEN_SCORE, "quality_golden_score"),
+            (quality::GOLDEN_BASELINE, "quality_golden_baseline"),
+            (quality::GOLDEN_PROMPTS, "quality_golden_prompts"),
+            (quality::GOLDEN_PASSES, "quality_golden_passes"),
+            (quality::GOLDEN_TTFT, "quality_golden_ttft"),
+            (quality::GOLDEN_TPOT, "quality_golden_tpot"),
+            (quality::GOLDEN_E2E, "quality_golden_e2e"),
+            (quality::AB_REQUESTS, "quality_ab_requests"),
+            (quality::AB_REFUSALS, "quality_ab_refusals"),
+            (quality::AB_PERPLEXITY, "quality_ab_perplexity"),
+            (quality::AB_GOLDEN_SCORE, "quality_ab_golden_score"),
         ];
         assert_eq!(quality.len(), quality::DEFS.len());
         let http = [

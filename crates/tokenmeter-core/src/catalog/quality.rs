@@ -1,6 +1,6 @@
 //! Quality-proxy metrics, recorded by `tokenmeter-quality`: logprob statistics, streaming text
 //! monitors (refusals, repetition, output length, unusual output, keywords), pluggable scorers,
-//! safety-filter triggers, user feedback and drift against a captured baseline.
+//! safety-filter triggers, user feedback, drift against a captured baseline and golden-set probes.
 //!
 //! Per-request values are recorded once, when the request's quality monitor finishes, never per
 //! token. NaN/Inf counts of logits live in the core catalog (`nonfinite_values`,
@@ -122,6 +122,73 @@ pub static DEFS: &[MetricDef] = &[
         buckets: None,
         "Requests in the drift monitor's live window (drift values over a small window are noise).",
         recorded: "Each time the drift monitor evaluates."),
+    def!("quality_review_sampled", "quality.review.sampled", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Requests sampled for human review and queued to the review sink (uniform share times the weights that applied, capped at 1).",
+        recorded: "When a sampled request is queued to the review sink."),
+    def!("quality_review_dropped", "quality.review.dropped", Counter, "{record}", labels: &["reason"],
+        buckets: None,
+        "Review records and feedback dropped instead of written: full (the bounded queue was full), oversize (one line over the file cap), redactor_panic.",
+        recorded: "When a record is dropped; never blocks the caller."),
+    def!("quality_review_write_errors", "quality.review.write_errors", Counter, "{error}", labels: &[],
+        buckets: None,
+        "I/O errors of the review sink's file writer (creating, writing or deleting a file); the record in hand is lost.",
+        recorded: "On the writer thread, per failed operation."),
+    def!("quality_review_bytes", "quality.review.written", Counter, "By", labels: &[],
+        buckets: None,
+        "Bytes of JSON lines the review sink's file writer wrote (records and feedback).",
+        recorded: "On the writer thread, per line written."),
+    def!("quality_review_feedback", "quality.review.feedback", Counter, "{feedback}", labels: &[],
+        buckets: None,
+        "Feedback entries queued to the review sink, joined to review records by request id later.",
+        recorded: "When the server records feedback through the review sink."),
+    def!("quality_golden_score", "quality.golden.score", Gauge, "1", labels: &["golden.set", "model.version", "scorer"],
+        buckets: None,
+        "Mean score in [0, 1] of the latest golden-set probe pass, per set, model version and scoring method (exact, contains, f1, rouge_l, bleu).",
+        recorded: "At the end of each probe pass that scored at least one prompt of that method."),
+    def!("quality_golden_baseline", "quality.golden.baseline_score", Gauge, "1", labels: &["golden.set", "model.version", "scorer"],
+        buckets: None,
+        "The golden-set score captured after a good deployment (the baseline file), per set, the baseline's model version and scoring method.",
+        recorded: "When the server hands the probe a baseline (and again at each pass, so a new recorder sees it)."),
+    def!("quality_golden_prompts", "quality.golden.prompts", Counter, "{prompt}", labels: &["golden.set", "model.version", "outcome"],
+        buckets: None,
+        "Golden-set probe prompts by outcome: ok, error (the callback returned an error), panic, timeout, or skipped as busy, budget or hung.",
+        recorded: "At the end of each probe pass, and for each skipped pass."),
+    def!("quality_golden_passes", "quality.golden.passes", Counter, "{pass}", labels: &["golden.set", "model.version"],
+        buckets: None,
+        "Golden-set probe passes that ran at least one prompt.",
+        recorded: "At the end of each probe pass."),
+    def!("quality_golden_ttft", "quality.golden.time_to_first_token", Histogram, "s", labels: &["golden.set", "model.version"],
+        buckets: Some(super::core::TTFT_BUCKETS),
+        "Time to first token of golden-set probe prompts, as the probe callback measured it.",
+        recorded: "At the end of each probe pass, once per answered prompt whose callback reported it."),
+    def!("quality_golden_tpot", "quality.golden.time_per_output_token", Histogram, "s", labels: &["golden.set", "model.version"],
+        buckets: Some(super::core::TPOT_BUCKETS),
+        "Time per output token of golden-set probe prompts, as the probe callback measured it.",
+        recorded: "At the end of each probe pass, once per answered prompt whose callback reported it."),
+    def!("quality_golden_e2e", "quality.golden.duration", Histogram, "s", labels: &["golden.set", "model.version"],
+        buckets: Some(super::core::E2E_BUCKETS),
+        "End-to-end duration of golden-set probe prompts: the callback's own measure, or the probe's timing of the call.",
+        recorded: "At the end of each probe pass, once per answered prompt."),
+    // The A/B series carry `variant` the way request series carry a request label (the same
+    // key, which a meter may declare as one), so it is not listed as a catalog label: those are
+    // reserved against request labels.
+    def!("quality_ab_requests", "quality.ab.requests", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Requests of an A/B variant (label `variant`, added by the A/B monitor) recorded with a quality report: the denominator of the variant's refusal rate.",
+        recorded: "Once per request the server records on its A/B monitor with a quality report."),
+    def!("quality_ab_refusals", "quality.ab.refusals", Counter, "{request}", labels: &[],
+        buckets: None,
+        "Of those, requests whose output matched a refusal phrase (label `variant`).",
+        recorded: "Once per request the server records on its A/B monitor with a quality report."),
+    def!("quality_ab_perplexity", "quality.ab.perplexity", Histogram, "1", labels: &[],
+        buckets: Some(PERPLEXITY_BUCKETS),
+        "Per-request perplexity by A/B variant (label `variant`; sum / count is the variant's mean perplexity).",
+        recorded: "Once per request recorded on the A/B monitor whose quality report has a perplexity."),
+    def!("quality_ab_golden_score", "quality.ab.golden_score", Histogram, "1", labels: &[],
+        buckets: Some(SHARE_BUCKETS),
+        "Golden-set scores by A/B variant (label `variant`; one per scored prompt; sum / count is the mean score).",
+        recorded: "When the server records a golden score on the A/B monitor."),
 ];
 
 // Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
@@ -164,3 +231,35 @@ pub static DRIFT_PSI: &MetricDef = &DEFS[16];
 pub static DRIFT_JSD: &MetricDef = &DEFS[17];
 /// The `quality_drift_window` metric.
 pub static DRIFT_WINDOW: &MetricDef = &DEFS[18];
+/// The `quality_review_sampled` metric.
+pub static REVIEW_SAMPLED: &MetricDef = &DEFS[19];
+/// The `quality_review_dropped` metric.
+pub static REVIEW_DROPPED: &MetricDef = &DEFS[20];
+/// The `quality_review_write_errors` metric.
+pub static REVIEW_WRITE_ERRORS: &MetricDef = &DEFS[21];
+/// The `quality_review_bytes` metric.
+pub static REVIEW_BYTES: &MetricDef = &DEFS[22];
+/// The `quality_review_feedback` metric.
+pub static REVIEW_FEEDBACK: &MetricDef = &DEFS[23];
+/// The `quality_golden_score` metric.
+pub static GOLDEN_SCORE: &MetricDef = &DEFS[24];
+/// The `quality_golden_baseline` metric.
+pub static GOLDEN_BASELINE: &MetricDef = &DEFS[25];
+/// The `quality_golden_prompts` metric.
+pub static GOLDEN_PROMPTS: &MetricDef = &DEFS[26];
+/// The `quality_golden_passes` metric.
+pub static GOLDEN_PASSES: &MetricDef = &DEFS[27];
+/// The `quality_golden_ttft` metric.
+pub static GOLDEN_TTFT: &MetricDef = &DEFS[28];
+/// The `quality_golden_tpot` metric.
+pub static GOLDEN_TPOT: &MetricDef = &DEFS[29];
+/// The `quality_golden_e2e` metric.
+pub static GOLDEN_E2E: &MetricDef = &DEFS[30];
+/// The `quality_ab_requests` metric.
+pub static AB_REQUESTS: &MetricDef = &DEFS[31];
+/// The `quality_ab_refusals` metric.
+pub static AB_REFUSALS: &MetricDef = &DEFS[32];
+/// The `quality_ab_perplexity` metric.
+pub static AB_PERPLEXITY: &MetricDef = &DEFS[33];
+/// The `quality_ab_golden_score` metric.
+pub static AB_GOLDEN_SCORE: &MetricDef = &DEFS[34];
