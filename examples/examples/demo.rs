@@ -243,10 +243,12 @@ async fn run(args: Args) -> i32 {
     }
     let mut load = args.load.clone();
     if let Some((path, every)) = &args.golden {
-        match demo::golden::load(path) {
-            Ok(items) => {
+        match tokenmeter::quality::probe::GoldenSet::load(path) {
+            Ok(set) => {
                 load.golden = Some(demo::golden::GoldenProbe {
-                    items: std::sync::Arc::new(items),
+                    set,
+                    meter: server.meter.clone(),
+                    ab: server.ab.clone(),
                     every: *every,
                     variants: if args.server.variant_b.is_some() {
                         vec!["a".into(), "b".into()]
@@ -276,6 +278,9 @@ async fn run(args: Args) -> i32 {
     if let Some(v) = report::variants(&result) {
         table.push('\n');
         table.push_str(&v);
+    }
+    if let Some(ab) = &server.ab {
+        table.push_str(&format!("\n{}\n", ab.readout("a", "b")));
     }
     if let Some(d) = &server.drift {
         if let Some(r) = d.evaluate() {

@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 use tokenmeter_core::Snapshot;
 
 use super::engine::ServerTiming;
-use super::golden::{self, GoldenPass, GoldenProbe};
+use super::golden::{self, GoldenProbe};
 use super::model::BoxError;
 use super::monitor::looks_like_refusal;
+use tokenmeter::quality::probe::PassReport;
 
 /// Which prompts the clients send (also the demo's `--prompt-mix` values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -285,8 +286,9 @@ pub struct LoadResult {
     pub wall: f64,
     /// The settings.
     pub opts: LoadOptions,
-    /// The golden-set passes run during the load.
-    pub golden: Vec<GoldenPass>,
+    /// The golden-set passes run during the load (one report per pass and variant; the
+    /// report's `model_version` is the variant).
+    pub golden: Vec<Arc<PassReport>>,
 }
 
 impl LoadResult {
@@ -413,7 +415,17 @@ pub async fn run(base: &str, model: &str, opts: &LoadOptions) -> Result<LoadResu
         let _ = w.await;
     }
     let golden = match probe {
-        Some(p) => p.await.unwrap_or_default(),
+        Some(p) => match p.await {
+            Ok(Ok(passes)) => passes,
+            Ok(Err(e)) => {
+                eprintln!("demo: golden set not run: {e}");
+                Vec::new()
+            }
+            Err(e) => {
+                eprintln!("demo: golden set stopped: {e}");
+                Vec::new()
+            }
+        },
         None => Vec::new(),
     };
     if let Some(t) = ticker {

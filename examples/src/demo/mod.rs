@@ -24,8 +24,7 @@ use tokenmeter_core::{Meter, Naming, Slo};
 use llama::Perturb;
 use model::{BoxError, Model};
 
-/// The request label that carries the variant (`a`, or `b` for the degraded one).
-pub const VARIANT_LABEL: &str = "variant";
+pub use tokenmeter::quality::ab::VARIANT_LABEL;
 
 /// `--variant-b SHARE[:KIND]`: a degraded copy of the model serving a share of the traffic.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -165,6 +164,9 @@ pub struct RunningServer {
     pub gpu: Option<tokenmeter::gpu::SamplerHandle>,
     /// The live traffic's drift (None with the meter off).
     pub drift: Option<std::sync::Arc<drift::TrafficDrift>>,
+    /// The A/B readout of variants `a` and `b` (with `--variant-b` and the meter on): every
+    /// ended request, and the golden-set scores.
+    pub ab: Option<std::sync::Arc<tokenmeter::quality::AbMonitor>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -244,7 +246,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         started.elapsed()
     };
     let random = matches!(model.source, model::ModelSource::Random(_));
-    let quality = if opts.meter_on {
+    let mut quality = if opts.meter_on {
         let baseline = match &opts.drift_baseline {
             Some(p) => Some(drift::TrafficWindow::load(p)?),
             None => None,
@@ -255,6 +257,20 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
         None
     };
     let drift = quality.as_ref().map(|q| q.drift.clone());
+    let ab = match (&mut quality, opts.variant_b) {
+        (Some(q), Some(_)) => {
+            let ab = std::sync::Arc::new(tokenmeter::quality::AbMonitor::new(
+                &meter,
+                tokenmeter::quality::AbConfig::default().window(opts.window),
+            )?);
+            let sink = std::sync::Arc::clone(&ab);
+            q.on_end = Some(std::sync::Arc::new(move |variant, end, summary, report| {
+                sink.record(variant, end, summary, report);
+            }));
+            Some(ab)
+        }
+        _ => None,
+    };
     let engine_cfg = engine::EngineConfig {
         max_batch: opts.max_batch.max(1),
         kv_budget: opts.kv_budget,
@@ -305,6 +321,7 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
     Ok(RunningServer {
         gpu,
         drift,
+        ab,
         addr,
         meter,
         model_id,

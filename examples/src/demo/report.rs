@@ -155,7 +155,7 @@ pub fn variants(r: &LoadResult) -> Option<String> {
     let mut names: Vec<&str> = r
         .ok()
         .filter_map(|x| x.server.as_ref().map(|s| s.variant.as_str()))
-        .chain(r.golden.iter().map(|p| p.variant.as_str()))
+        .chain(r.golden.iter().map(|p| p.model_version.as_str()))
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -187,21 +187,8 @@ pub fn variants(r: &LoadResult) -> Option<String> {
             .filter_map(|x| x.server.as_ref().and_then(|s| s.perplexity))
             .collect();
         let mean_ppl = (!ppl.is_empty()).then(|| ppl.iter().sum::<f64>() / ppl.len() as f64);
-        let scores: Vec<f64> = r
-            .golden
-            .iter()
-            .filter(|p| p.variant == name)
-            .flat_map(|p| p.scores.iter().map(|s| s.1))
-            .collect();
-        let golden = if scores.is_empty() {
-            "-".to_string()
-        } else {
-            format!(
-                "{:.3} ({} ans.)",
-                scores.iter().sum::<f64>() / scores.len() as f64,
-                scores.len()
-            )
-        };
+        let golden = super::golden::score(&r.golden, name)
+            .map_or_else(|| "-".to_string(), |(s, n)| format!("{s:.3} ({n} ans.)"));
         let _ = writeln!(
             out,
             "{:<8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>11} {:>16}",
