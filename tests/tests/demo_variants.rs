@@ -78,8 +78,8 @@ async fn the_golden_probe_and_the_ab_readout_see_both_variants() {
         scoring: Scoring::Contains,
         max_tokens: Some(4),
     };
-    let set = GoldenSet::from_items("tiny", vec![item("one", "Hello"), item("two", "Hi")])
-        .expect("set");
+    let set =
+        GoldenSet::from_items("tiny", vec![item("one", "Hello"), item("two", "Hi")]).expect("set");
     let load = LoadOptions {
         concurrency: 1,
         duration: Duration::from_secs(2),
@@ -121,8 +121,5 @@ async fn the_golden_probe_and_the_ab_readout_see_both_variants() {
     let view = ServerView::fetch(&s.base_url(), &s.model_id)
         .await
         .expect("server view");
-    assert_eq!(
-        view.snapshot.totals.requests_ended,
-        r.records.len() as u64
-    );
+    assert_eq!(view.snapshot.totals.requests_ended, r.records.len() as u64);
 }
