@@ -53,7 +53,7 @@ pub use host::HostSample;
 pub use nvml::NvmlSource;
 pub use sampler::{
     Derived, EnergySource, GpuAvailability, GpuSample, GpuSelection, GpuSnapshot, ModelShare,
-    Sampler, SamplerBuilder, SamplerHandle,
+    RequestEnergy, Sampler, SamplerBuilder, SamplerHandle,
 };
 pub use source::{
     DeviceError, Field, FieldError, GpuIdentity, GpuReading, GpuSource, MemoryReading, SourceError,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use metrics::Label;
 use serde::Serialize;
 use tokenmeter_core::Meter;
+use tokenmeter_core::attribution::Subscription;
 use tokenmeter_core::catalog;
 use tokenmeter_core::clock::Instant;
 
@@ -97,6 +98,8 @@ struct Account {
     j_per_token: GaugeSlot,
     tokens_per_j: GaugeSlot,
     cost: GaugeSlot,
+    /// Its requests, for the per-request split (`super::requests`).
+    requests: Subscription,
 }
 
 impl Account {
@@ -107,6 +110,7 @@ impl Account {
             j_per_token: GaugeSlot::new(meter, catalog::gpu::ENERGY_PER_OUTPUT_TOKEN, l.clone()),
             tokens_per_j: GaugeSlot::new(meter, catalog::gpu::OUTPUT_TOKENS_PER_JOULE, l.clone()),
             cost: GaugeSlot::new(meter, catalog::gpu::COST_PER_1K_OUTPUT_TOKENS, l.clone()),
+            requests: meter.subscribe_requests(),
             labels: l,
             meter: meter.clone(),
             first_tokens: None,
@@ -141,6 +145,11 @@ impl Accounts {
             return;
         }
         self.accounts.push(Account::new(meter));
+    }
+
+    /// Each attached meter's requests, in attachment order.
+    pub(super) fn subscriptions(&mut self) -> impl Iterator<Item = &mut Subscription> {
+        self.accounts.iter_mut().map(|a| &mut a.requests)
     }
 
     /// Output tokens of the attached meters since each was attached.

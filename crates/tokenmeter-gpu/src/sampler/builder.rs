@@ -9,6 +9,7 @@ use crate::source::GpuSource;
 
 use super::accounting::Accounts;
 use super::host::HostState;
+use super::requests::RequestAccounts;
 use super::window::NodeWindow;
 use super::{GpuAvailability, Sampler, SamplerHandle};
 
@@ -141,6 +142,7 @@ impl SamplerBuilder {
             gpus: Vec::new(),
             node: NodeWindow::default(),
             accounts,
+            requests: RequestAccounts::new(&self.meter),
             inbox: Arc::new(Mutex::new(Vec::new())),
             claims: Default::default(),
             meter: self.meter,
