@@ -24,10 +24,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use metrics::Label;
+use metrics::{Counter, Label};
 
 use crate::catalog::gpu as def;
-use crate::emit::lock;
+use crate::emit::{RecorderScoped, lock};
 use crate::names::{MetricNames, REQUEST_TARGET};
 
 /// Micro-joules per joule: cells count energy in integer micro-joules, so the parts of an
@@ -42,6 +42,8 @@ type Inbox = Mutex<Vec<Arc<Cell>>>;
 /// A meter's subscriptions: where its guards register their cells.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
+    /// Live subscriptions, read without the lock: with none, a start costs one atomic load.
+    live: Arc<AtomicUsize>,
     inboxes: Mutex<Vec<Weak<Inbox>>>,
 }
 
@@ -49,6 +51,9 @@ impl Registry {
     /// A cell for a request starting now, registered with every live subscription; `None`
     /// when no sampler subscribed (nothing is allocated then).
     pub(crate) fn register(&self, request_id: &str, labels: &[Label]) -> Option<Arc<Cell>> {
+        if self.live.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let mut inboxes = lock(&self.inboxes);
         inboxes.retain(|w| w.strong_count() > 0);
         if inboxes.is_empty() {
@@ -72,7 +77,9 @@ impl Registry {
     pub(crate) fn subscribe(&self, names: MetricNames) -> Subscription {
         let inbox = Arc::new(Mutex::new(Vec::new()));
         lock(&self.inboxes).push(Arc::downgrade(&inbox));
+        self.live.fetch_add(1, Ordering::AcqRel);
         Subscription {
+            live: Arc::clone(&self.live),
             names,
             inbox,
             tracked: Vec::new(),
@@ -229,11 +236,13 @@ struct Tracked {
     ended: bool,
 }
 
-/// The energy counter of one label set (per model and request labels, e.g. per tenant).
+/// The energy counter of one label set (per model and request labels, e.g. per tenant): the
+/// exact total, and the counter with the whole joules it was given under the current recorder
+/// (under a new recorder it is registered again and brought to the total).
 #[derive(Debug, Default)]
 struct LabelTotal {
     energy_uj: u64,
-    emitted_j: u64,
+    counter: RecorderScoped<(Counter, u64)>,
 }
 
 /// A sampler's view of one meter's requests; from [`Meter::subscribe_requests`]. Dropping it
@@ -256,6 +265,7 @@ struct LabelTotal {
 /// [`Meter::subscribe_requests`]: crate::Meter::subscribe_requests
 #[derive(Debug)]
 pub struct Subscription {
+    live: Arc<AtomicUsize>,
     names: MetricNames,
     inbox: Arc<Inbox>,
     tracked: Vec<Tracked>,
@@ -304,13 +314,22 @@ impl Subscription {
             let Some(e) = c.energy_uj.filter(|e| *e > 0) else {
                 continue;
             };
-            let total = self.per_labels.entry(t.cell.labels.clone()).or_default();
+            let labels = &t.cell.labels;
+            if !self.per_labels.contains_key(labels) {
+                self.per_labels
+                    .insert(labels.clone(), LabelTotal::default());
+            }
+            let Some(total) = self.per_labels.get_mut(labels) else {
+                continue;
+            };
             total.energy_uj = total.energy_uj.saturating_add(e);
             let whole = total.energy_uj / MICROJOULES_PER_JOULE;
-            if whole > total.emitted_j {
-                metrics::counter!(energy_name.clone(), t.cell.labels.clone())
-                    .increment(whole - total.emitted_j);
-                total.emitted_j = whole;
+            let (counter, emitted) = total
+                .counter
+                .get_or_make(|| (metrics::counter!(energy_name.clone(), labels.clone()), 0));
+            if whole > *emitted {
+                counter.increment(whole - *emitted);
+                *emitted = whole;
             }
         }
         let names = &self.names;
@@ -325,6 +344,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
         // Requests it tracked are settled by nobody else: release them as settled by it.
         for t in self.tracked.drain(..) {
             if t.cell.ended.load(Ordering::Acquire) {
@@ -369,4 +389,93 @@ fn settle(names: &MetricNames, cell: &Cell) {
         late_cost = late.cost(),
         "request energy settled"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::Charge;
+    use crate::{Finish, Meter};
+
+    fn joules(j: u64) -> Charge {
+        Charge::new(Some(j * super::MICROJOULES_PER_JOULE), 0, None)
+    }
+
+    /// The energy histogram's values, as the recorder got them.
+    fn histogram(rec: &DebuggingRecorder) -> Vec<f64> {
+        rec.snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| k.key().name() == "tokenmeter_request_energy_joules")
+            .flat_map(|(.., v)| match v {
+                DebugValue::Histogram(v) => v.into_iter().map(|x| x.0).collect::<Vec<f64>>(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_charge_after_the_end_is_late_and_settled_once_with_the_total() {
+        let rec = DebuggingRecorder::new();
+        let meter = Meter::default();
+        let mut sub = meter.subscribe_requests();
+        metrics::with_local_recorder(&rec, || {
+            let mut req = meter.request().start();
+            req.tokens(2);
+            assert_eq!(sub.begin_interval(), vec![0]);
+            sub.charge(&[joules(5)]);
+            // The sampler began an interval while it ran; it ends before the charge.
+            assert_eq!(sub.begin_interval(), vec![0]);
+            let s = req.finish(Finish::Stop);
+            assert_eq!(s.energy_joules, Some(5.0));
+            sub.charge(&[joules(3)]); // late, not yet settled: it had not ended at the begin
+            assert_eq!(sub.tracked(), 1);
+            assert_eq!(sub.begin_interval(), vec![2]);
+            sub.charge(&[joules(4)]);
+            assert_eq!(sub.tracked(), 0);
+        });
+        assert_eq!(histogram(&rec), vec![12.0]);
+    }
+
+    #[test]
+    fn two_samplers_on_one_meter_both_charge_and_the_last_one_settles() {
+        let rec = DebuggingRecorder::new();
+        let meter = Meter::default();
+        let (mut a, mut b) = (meter.subscribe_requests(), meter.subscribe_requests());
+        metrics::with_local_recorder(&rec, || {
+            let mut req = meter.request().start();
+            req.token();
+            a.begin_interval();
+            b.begin_interval();
+            a.charge(&[joules(1)]);
+            b.charge(&[joules(2)]);
+            assert_eq!(req.finish(Finish::Stop).energy_joules, Some(3.0));
+            a.begin_interval();
+            a.charge(&[joules(10)]);
+            assert!(histogram(&rec).is_empty(), "b has not settled it yet");
+            b.begin_interval();
+            b.charge(&[joules(20)]);
+        });
+        assert_eq!(histogram(&rec), vec![33.0]);
+    }
+
+    #[test]
+    fn without_a_subscription_nothing_is_tracked_and_a_dropped_one_lets_go() {
+        let meter = Meter::default();
+        let mut req = meter.request().start();
+        let mut sub = meter.subscribe_requests();
+        assert!(
+            sub.begin_interval().is_empty(),
+            "started before: not tracked"
+        );
+        let _tracked = meter.request().start();
+        assert_eq!(sub.begin_interval().len(), 1);
+        drop(sub);
+        assert!(meter.attribution().register("x", &[]).is_none());
+        assert_eq!(req.finish(Finish::Stop).energy_joules, None);
+    }
 }

@@ -235,6 +235,19 @@ fn without_a_sampler_a_request_has_no_energy_never_zero() {
     drop(sampler);
     let s = meter.request().start().finish(Finish::Stop);
     assert_eq!(s.energy_joules, None);
+    // A sampler without GPUs (turned off, or none found) tracks no request, even with a price.
+    for builder in [
+        Sampler::builder(&meter).without_gpu(),
+        Sampler::builder(&meter).source(FakeGpuSource::new()),
+    ] {
+        let mut sampler = builder.host(false).price_per_gpu_hour(2.0).build();
+        sampler.sample_once();
+        let mut req = meter.request().start();
+        req.token();
+        sampler.sample_once();
+        let s = req.finish(Finish::Stop);
+        assert_eq!((s.energy_joules, s.cost), (None, None));
+    }
 }
 
 /// Many requests on two meters and two GPUs over many intervals: overlapping, some idle

@@ -128,6 +128,9 @@ impl SamplerBuilder {
             GpuAvailability::Disabled
         };
         let mut accounts = Accounts::default();
+        if self.source.is_none() {
+            accounts.without_gpus();
+        }
         for meter in std::iter::once(&self.meter).chain(&self.meters) {
             accounts.attach(meter);
         }

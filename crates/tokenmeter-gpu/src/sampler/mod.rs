@@ -180,6 +180,9 @@ impl Sampler {
         self.samples += 1;
         if self.availability == GpuAvailability::Pending {
             self.init_source();
+            if self.availability != GpuAvailability::Ok {
+                self.accounts.without_gpus();
+            }
         }
         let mut gpus = Vec::with_capacity(self.gpus.len());
         if let Some(source) = self.source.as_mut() {
@@ -212,9 +215,14 @@ impl Sampler {
             .fold(None, |a: Option<u64>, e| {
                 Some(a.unwrap_or(0).saturating_add(e))
             });
-        let requests =
-            self.requests
-                .update(self.accounts.subscriptions(), energy_uj, gpu_time, price);
+        // No cost while no GPU is reported (GPU time is then zero, not free).
+        let request_price = price.filter(|_| reported().next().is_some());
+        let requests = self.requests.update(
+            self.accounts.subscriptions(),
+            energy_uj,
+            gpu_time,
+            request_price,
+        );
         let tokens = self.accounts.tokens_since_start();
         let derived = self
             .node
