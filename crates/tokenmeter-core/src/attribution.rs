@@ -39,6 +39,9 @@ const NS_PER_HOUR: f64 = 3_600e9;
 
 type Inbox = Mutex<Vec<Arc<Cell>>>;
 
+/// A request's labels (its handles), shared with its cell.
+type Labels = Arc<dyn AsRef<[Label]> + Send + Sync>;
+
 /// A meter's subscriptions: where its guards register their cells.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
@@ -50,7 +53,11 @@ pub(crate) struct Registry {
 impl Registry {
     /// A cell for a request starting now, registered with every live subscription; `None`
     /// when no sampler subscribed (nothing is allocated then).
-    pub(crate) fn register(&self, request_id: &str, labels: &[Label]) -> Option<Arc<Cell>> {
+    pub(crate) fn register<L: AsRef<[Label]> + Send + Sync + 'static>(
+        &self,
+        request_id: &Arc<str>,
+        labels: &Arc<L>,
+    ) -> Option<Arc<Cell>> {
         if self.live.load(Ordering::Acquire) == 0 {
             return None;
         }
@@ -65,8 +72,8 @@ impl Registry {
             settled: Amounts::default(),
             ended: AtomicBool::new(false),
             readers: AtomicUsize::new(inboxes.len()),
-            request_id: request_id.into(),
-            labels: labels.to_vec(),
+            request_id: Arc::clone(request_id),
+            labels: Arc::clone(labels) as Labels,
         });
         for inbox in inboxes.iter().filter_map(Weak::upgrade) {
             lock(&inbox).push(Arc::clone(&cell));
@@ -174,7 +181,6 @@ impl Taken {
 }
 
 /// One request as the samplers see it. Shared between its guard and each subscription.
-#[derive(Debug)]
 pub(crate) struct Cell {
     /// Output tokens the guard flushed so far (cumulative).
     tokens: AtomicU64,
@@ -185,8 +191,18 @@ pub(crate) struct Cell {
     ended: AtomicBool,
     /// Subscriptions that still have to settle it; the last one records its histograms.
     readers: AtomicUsize,
-    request_id: Box<str>,
-    labels: Vec<Label>,
+    request_id: Arc<str>,
+    labels: Labels,
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cell")
+            .field("request_id", &self.request_id)
+            .field("tokens", &self.tokens)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cell {
@@ -314,10 +330,10 @@ impl Subscription {
             let Some(e) = c.energy_uj.filter(|e| *e > 0) else {
                 continue;
             };
-            let labels = &t.cell.labels;
+            let labels = (*t.cell.labels).as_ref();
             if !self.per_labels.contains_key(labels) {
                 self.per_labels
-                    .insert(labels.clone(), LabelTotal::default());
+                    .insert(labels.to_vec(), LabelTotal::default());
             }
             let Some(total) = self.per_labels.get_mut(labels) else {
                 continue;
@@ -326,7 +342,7 @@ impl Subscription {
             let whole = total.energy_uj / MICROJOULES_PER_JOULE;
             let (counter, emitted) = total
                 .counter
-                .get_or_make(|| (metrics::counter!(energy_name.clone(), labels.clone()), 0));
+                .get_or_make(|| (metrics::counter!(energy_name.clone(), labels.to_vec()), 0));
             if whole > *emitted {
                 counter.increment(whole - *emitted);
                 *emitted = whole;
@@ -368,14 +384,14 @@ fn settle(names: &MetricNames, cell: &Cell) {
     if let Some(j) = total.energy_joules() {
         metrics::histogram!(
             names.name(def::REQUEST_ENERGY).to_owned(),
-            cell.labels.clone()
+            (*cell.labels).as_ref().to_vec()
         )
         .record(j);
     }
     if let Some(c) = total.cost() {
         metrics::histogram!(
             names.name(def::REQUEST_COST).to_owned(),
-            cell.labels.clone()
+            (*cell.labels).as_ref().to_vec()
         )
         .record(c);
     }
@@ -475,7 +491,8 @@ mod tests {
         let _tracked = meter.request().start();
         assert_eq!(sub.begin_interval().len(), 1);
         drop(sub);
-        assert!(meter.attribution().register("x", &[]).is_none());
+        let labels: std::sync::Arc<Vec<metrics::Label>> = std::sync::Arc::default();
+        assert!(meter.attribution().register(&"x".into(), &labels).is_none());
         assert_eq!(req.finish(Finish::Stop).energy_joules, None);
     }
 }

@@ -173,7 +173,8 @@ impl RequestBuilder {
         let span = span::request_span(meter.identity(), &id, self.parent.as_ref());
         let p = self.params;
         span::record_params(&span, p.n, p.max_tokens, p.adapter.as_deref());
-        let cell = meter.attribution().register(&id, &handles.labels);
+        let request_id: Arc<str> = Arc::from(id);
+        let cell = meter.attribution().register(&request_id, &handles);
         let facts = (p.n.is_some() || p.max_tokens.is_some() || cell.is_some()).then(|| {
             Box::new(Facts {
                 n: p.n,
@@ -195,7 +196,7 @@ impl RequestBuilder {
             meter,
             handles,
             span,
-            request_id: id.into_boxed_str(),
+            request_id,
             arrival,
             scheduled_at: arrival,
             first: arrival,
@@ -275,7 +276,8 @@ pub struct RequestGuard {
     itl: ItlAccumulator,
     handles: Arc<Handles>,
     span: Span,
-    request_id: Box<str>,
+    /// Shared with its energy cell, when it has one.
+    request_id: Arc<str>,
     arrival: Instant,
     /// Valid when `scheduled`.
     scheduled_at: Instant,
