@@ -168,6 +168,31 @@ fn ratios() {
         None,
     );
 
+    // token() on a guard with a cell (a sampler at 1 s attached to its meter) against one
+    // without, in alternating batches: the cell's own effect, apart from the machine's noise.
+    {
+        let handle = Sampler::builder(&attached)
+            .source(one_gpu())
+            .host(false)
+            .start()
+            .expect("thread");
+        let mut with_cell = attached.request().start();
+        let mut without_cell = plain.request().start();
+        with_cell.token();
+        without_cell.token();
+        let (with, without) = ns_per_call_pair(|| with_cell.token(), || without_cell.token());
+        with_cell.finish(Finish::Stop);
+        without_cell.finish(Finish::Stop);
+        handle.stop();
+        report(
+            "token() on a guard with an energy cell (sampler at 1 s)",
+            with,
+            "token() on a guard without one",
+            without,
+            Some(1.1),
+        );
+    }
+
     // token() cost with and without the sampler thread running.
     let meter = Meter::builder().model("bench").build();
     let without = token_ns(&meter);
