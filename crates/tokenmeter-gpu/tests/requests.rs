@@ -415,3 +415,92 @@ fn request_energy_plus_idle_energy_equals_the_measured_energy() {
         Some(r.idle_uj / 1_000_000)
     );
 }
+
+/// The per-request series in the Prometheus exposition: catalog buckets, the tenant label,
+/// and a text `promtool check metrics` accepts (run when `TOKENMETER_PROMTOOL` names it, as
+/// `scripts/install-test-deps` sets it).
+#[test]
+fn the_exposition_carries_the_per_request_series_and_passes_promtool() {
+    let mut prom = tokenmeter_export::Prometheus::new()
+        .without_listener()
+        .build()
+        .unwrap();
+    let rec = prom.take_recorder().unwrap();
+    let (clock, mock) = Clock::mock();
+    let meter = Meter::builder()
+        .model("m")
+        .clock(clock)
+        .request_labels(["tenant"], 10)
+        .build();
+    let fake = FakeGpuSource::new().with_gpu("A", FakeGpuSource::typical_reading());
+    let control = fake.clone();
+    let mut s = Sampler::builder(&meter)
+        .source(fake)
+        .host(false)
+        .price_per_gpu_hour(2.5)
+        .build();
+    settlements(|| {
+        metrics::with_local_recorder(&rec, || {
+            s.sample_once();
+            let mut req = meter.request().label("tenant", "acme").start();
+            req.tokens(4);
+            req.finish(Finish::Stop);
+            control.set_energy_counter(0, 1012.5);
+            mock.increment(Duration::from_secs(1));
+            s.sample_once(); // 12.5 J to the request
+            control.set_energy_counter(0, 1020.0);
+            mock.increment(Duration::from_secs(1));
+            s.sample_once(); // 7.5 J idle
+        })
+    });
+    let text = prom.render();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .to_owned()
+    };
+    assert!(line("tokenmeter_request_energy_joules_bucket{").contains("le=\"0.1\""));
+    assert!(line("tokenmeter_request_energy_joules_sum{").ends_with(" 12.5"));
+    assert!(line("tokenmeter_request_cost_bucket{").contains("tenant=\"acme\""));
+    assert!(line("tokenmeter_requests_energy_joules_total{").ends_with(" 12"));
+    assert!(line("tokenmeter_energy_idle_joules_total").ends_with(" 7"));
+    let Ok(promtool) = std::env::var("TOKENMETER_PROMTOOL") else {
+        return;
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // promtool also lints names we inherit from the conventions; parse errors are what matter.
+    assert!(
+        !report.contains("error while linting") && !report.contains("text format parsing error"),
+        "{report}"
+    );
+    for name in [
+        "tokenmeter_request_energy_joules",
+        "tokenmeter_request_cost",
+        "tokenmeter_requests_energy_joules_total",
+        "tokenmeter_energy_idle_joules_total",
+    ] {
+        assert!(!report.contains(name), "{report}");
+    }
+}
