@@ -480,6 +480,57 @@ mod tests {
     }
 
     #[test]
+    fn the_span_carries_the_energy_and_cost_by_the_end() {
+        use std::sync::{Arc, Mutex};
+        use tracing::field::{Field, Visit};
+        use tracing::span::{Attributes, Id, Record};
+        use tracing::{Event, Metadata};
+
+        type Seen = Arc<Mutex<Vec<(String, f64)>>>;
+        struct Spans(Seen);
+        struct Values<'a>(&'a Seen);
+        impl Visit for Values<'_> {
+            fn record_f64(&mut self, field: &Field, value: f64) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push((field.name().to_owned(), value));
+            }
+            fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+        }
+        impl tracing::Subscriber for Spans {
+            fn enabled(&self, _: &Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &Attributes<'_>) -> Id {
+                Id::from_u64(1)
+            }
+            fn record(&self, _: &Id, values: &Record<'_>) {
+                values.record(&mut Values(&self.0));
+            }
+            fn record_follows_from(&self, _: &Id, _: &Id) {}
+            fn event(&self, _: &Event<'_>) {}
+            fn enter(&self, _: &Id) {}
+            fn exit(&self, _: &Id) {}
+        }
+        let seen = Seen::default();
+        let meter = Meter::default();
+        let mut sub = meter.subscribe_requests();
+        tracing::subscriber::with_default(Spans(seen.clone()), || {
+            tracing::callsite::rebuild_interest_cache();
+            let mut req = meter.request().start();
+            req.token();
+            sub.begin_interval();
+            sub.charge(&[Charge::new(Some(1_250_000), 3_600_000_000, Some(1.0))]);
+            req.finish(Finish::Stop);
+        });
+        let seen = seen.lock().unwrap();
+        let get = |name: &str| seen.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+        assert_eq!(get(crate::names::attr::ENERGY), Some(1.25));
+        assert_eq!(get(crate::names::attr::COST), Some(0.001));
+    }
+
+    #[test]
     fn without_a_subscription_nothing_is_tracked_and_a_dropped_one_lets_go() {
         let meter = Meter::default();
         let mut req = meter.request().start();
