@@ -13,6 +13,7 @@ use metrics::Label;
 use quanta::Instant;
 use tracing::Span;
 
+use crate::attribution::{Cell, Taken};
 use crate::catalog::core as id;
 use crate::handles::Handles;
 use crate::itl::{ItlAccumulator, nanos};
@@ -79,6 +80,10 @@ struct Facts {
     /// Counts from other threads ([`non_finite_handle`](RequestGuard::non_finite_handle)),
     /// folded in at the end.
     shared_non_finite: Option<Arc<SharedNonFinite>>,
+    /// Its energy and cost cell, when a sampler subscribed to the meter.
+    cell: Option<Arc<Cell>>,
+    /// What the cell held at the end.
+    energy: Option<Taken>,
 }
 
 impl RequestBuilder {
@@ -168,10 +173,13 @@ impl RequestBuilder {
         let span = span::request_span(meter.identity(), &id, self.parent.as_ref());
         let p = self.params;
         span::record_params(&span, p.n, p.max_tokens, p.adapter.as_deref());
-        let facts = (p.n.is_some() || p.max_tokens.is_some()).then(|| {
+        let request_id: Arc<str> = Arc::from(id);
+        let cell = meter.attribution().register(&request_id, &handles);
+        let facts = (p.n.is_some() || p.max_tokens.is_some() || cell.is_some()).then(|| {
             Box::new(Facts {
                 n: p.n,
                 max_tokens: p.max_tokens,
+                cell,
                 ..Facts::default()
             })
         });
@@ -188,7 +196,7 @@ impl RequestBuilder {
             meter,
             handles,
             span,
-            request_id: id.into_boxed_str(),
+            request_id,
             arrival,
             scheduled_at: arrival,
             first: arrival,
@@ -268,7 +276,8 @@ pub struct RequestGuard {
     itl: ItlAccumulator,
     handles: Arc<Handles>,
     span: Span,
-    request_id: Box<str>,
+    /// Shared with its energy cell, when it has one.
+    request_id: Arc<str>,
     arrival: Instant,
     /// Valid when `scheduled`.
     scheduled_at: Instant,
@@ -680,6 +689,9 @@ impl RequestGuard {
             .output_tokens
             .fetch_add(tokens, Relaxed);
         self.meter.window_tokens(now, tokens, &itl[..used]);
+        if let Some(cell) = self.facts.as_deref().and_then(|f| f.cell.as_deref()) {
+            cell.flushed(self.n);
+        }
         self.next_flush = now + self.meter.flush_interval();
         if self.phase == Phase::Decoding {
             self.meter.liveness().progress(self.slot, self.last);
@@ -728,6 +740,9 @@ impl RequestGuard {
             {
                 self.non_finite.add(shared.close());
             }
+            if let Some(f) = self.facts.as_deref_mut() {
+                f.energy = f.cell.take().map(|c| c.close());
+            }
             let summary = self.derive(now, outcome);
             self.record(now, &summary, outcome, reason, error);
             summary
@@ -752,6 +767,8 @@ impl RequestGuard {
             s.cached_prompt_tokens = f.prefix_hits;
             s.spec_draft_tokens = f.spec_draft_tokens;
             s.spec_accepted_tokens = f.spec_accepted_tokens;
+            s.energy_joules = f.energy.and_then(|e| e.energy_joules());
+            s.cost = f.energy.and_then(|e| e.cost());
         }
         s
     }
