@@ -569,6 +569,11 @@ impl Meter {
         &self.inner.identity.model
     }
 
+    /// The model version given to [`MeterBuilder::model_version`]; empty when none was.
+    pub fn model_version(&self) -> &str {
+        &self.inner.statics.model_version
+    }
+
     /// The naming preset in use.
     pub fn naming(&self) -> Naming {
         self.inner.names.naming()

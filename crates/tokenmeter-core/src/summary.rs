@@ -11,7 +11,7 @@ use std::time::Duration;
 use quanta::Instant;
 
 use crate::itl::nanos;
-use crate::types::NonFinite;
+use crate::types::{ErrorKind, Finish, NonFinite};
 
 /// What [`RequestGuard::finish`](crate::RequestGuard::finish) and
 /// [`fail`](crate::RequestGuard::fail) return: the request's measured values, the same ones its
@@ -55,6 +55,13 @@ pub struct RequestSummary {
     pub prefill: Option<Duration>,
     /// First to last token; `None` without a token.
     pub decode: Option<Duration>,
+    /// How it ended without error: the reason given to `finish`, or
+    /// [`Finish::Cancelled`](crate::Finish::Cancelled) for a dropped guard; `None` when it
+    /// failed. Serialized as the OpenAI spelling (`"stop"`, `"cancelled"`, ...).
+    pub finish_reason: Option<Finish>,
+    /// The error type when it failed (`fail`; `ErrorKind::Other("panic")` for a guard dropped
+    /// while its thread panicked); `None` otherwise. Serialized as the `error.type` value.
+    pub error: Option<ErrorKind>,
     /// Whether the request succeeded and met the meter's SLO (goodput).
     pub goodput: bool,
     /// Non-finite values seen in its logits.
