@@ -1,0 +1,545 @@
+//! An OpenAI-compatible streaming chat server on the [mistral.rs](https://github.com/EricLBuehler/mistral.rs)
+//! library (`mistralrs` 0.8.1), metered with tokenmeter from **outside** the engine, through
+//! tokenmeter's public API only:
+//!
+//! - the tower layer ([`HttpMetricsLayer`]) gives the HTTP server metrics and each request's
+//!   arrival, so TTFT and E2E count from when the request came in;
+//! - one [`RequestGuard`](tokenmeter::RequestGuard) per chat request, started at that arrival
+//!   and driven by the stream adapter ([`StreamMeterExt::metered`]) over mistral.rs's response
+//!   chunks ([`count_chunk`] says what each carries);
+//! - a per-request mistral.rs logits processor ([`Probe`]) scans every logits row for NaN/Inf
+//!   into the guard's lock-free [`NonFiniteHandle`] and reads the tokenized prompt's length
+//!   (mistral.rs applies the chat template and tokenizes inside the engine, so the prompt
+//!   length is known only late);
+//! - the request's measured values ([`RequestSummary`]) go back to the client in the last
+//!   chunk's `usage.tokenmeter`.
+//!
+//! Routes: `POST /v1/chat/completions` (streamed as server-sent events with `"stream": true`,
+//! one JSON response otherwise), `GET /metrics` (Prometheus, content-negotiated), `GET /health`.
+//!
+//! What this way of metering cannot see (queue time, prefill time, per-step batching) is in
+//! `docs/integrations.md`, "Instrumenting mistral.rs from outside".
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{MatchedPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures_util::{Stream, StreamExt};
+use mistralrs::core::TokenSource;
+use mistralrs::{
+    CustomLogitsProcessor, DType, GgufModelBuilder, Model, NormalRequest, Request, RequestBuilder,
+    RequestLike, Response, Tensor, TextMessageRole,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokenmeter::export::PrometheusRender;
+use tokenmeter::export::http::{Arrival, HttpMetricsLayer};
+use tokenmeter::export::stream::{ChunkCounter, MeteredStream};
+use tokenmeter::prelude::*;
+use tokenmeter::quality::count_non_finite;
+use tokenmeter::{NonFiniteHandle, RequestSummary};
+
+/// A logits processor a request may get besides the [`Probe`] (a grammar, a bias, a test's
+/// fault injection): chosen per request from its parsed body, applied before the probe scans.
+pub type LogitsHook =
+    Arc<dyn Fn(&ChatRequest) -> Option<Arc<dyn CustomLogitsProcessor>> + Send + Sync>;
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    model: Arc<Model>,
+    meter: Meter,
+    model_name: String,
+    metrics: PrometheusRender,
+    hook: Option<LogitsHook>,
+}
+
+impl AppState {
+    /// A server for `model` (its responses name `model_name`), metered on `meter`, serving
+    /// `metrics` on `/metrics`.
+    pub fn new(
+        model: Arc<Model>,
+        meter: Meter,
+        model_name: impl Into<String>,
+        metrics: PrometheusRender,
+    ) -> Self {
+        AppState {
+            model,
+            meter,
+            model_name: model_name.into(),
+            metrics,
+            hook: None,
+        }
+    }
+
+    /// Adds `hook`'s logits processor to the requests it picks.
+    #[must_use]
+    pub fn logits_hook(mut self, hook: LogitsHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+}
+
+/// Loads a GGUF model from a local file on the CPU, with no network: mistral.rs lists the
+/// file's directory instead of the Hugging Face hub when the model id is a local directory,
+/// and takes the tokenizer and the chat template from the GGUF metadata when that directory
+/// has no `tokenizer.json` / `tokenizer_config.json`.
+///
+/// # Errors
+/// When the path has no file name or parent directory, or mistral.rs cannot load the model.
+pub async fn load_gguf(path: &Path, max_num_seqs: usize) -> anyhow::Result<Model> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .ok_or_else(|| anyhow::anyhow!("not a model file: {}", path.display()))?;
+    GgufModelBuilder::new(dir.to_string_lossy(), vec![file])
+        .with_token_source(TokenSource::None)
+        .with_force_cpu()
+        .with_max_num_seqs(max_num_seqs)
+        .build()
+        .await
+}
+
+/// The router: the routes above, wrapped in tokenmeter's HTTP layer.
+pub fn router(state: AppState) -> Router {
+    let layer = HttpMetricsLayer::new(&state.meter)
+        .route(|p| p.extensions.get::<MatchedPath>().map(|m| m.as_str()));
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .with_state(state)
+        .layer(layer)
+}
+
+async fn health(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({ "status": "ok", "model": s.model_name }))
+}
+
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> HttpResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let exposition = s.metrics.negotiate(accept);
+    (
+        [(header::CONTENT_TYPE, exposition.format.content_type())],
+        exposition.body,
+    )
+        .into_response()
+}
+
+/// The body of `POST /v1/chat/completions`: the OpenAI fields this server honours.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation so far.
+    pub messages: Vec<ChatMessage>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// At most this many output tokens (`max_completion_tokens` is the newer name).
+    #[serde(alias = "max_completion_tokens")]
+    pub max_tokens: Option<usize>,
+    /// Sampling temperature; 0 (or absent) samples greedily.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass.
+    pub top_p: Option<f64>,
+    /// Choices per request; only 1 is served.
+    pub n: Option<usize>,
+    /// The caller's end-user id (OpenAI's `user`); never a label.
+    pub user: Option<String>,
+}
+
+/// One chat message.
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Its text: a string, or OpenAI's list of `{"type": "text", "text": ...}` parts.
+    pub content: Content,
+}
+
+/// A message's content.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Content parts; the text parts are joined.
+    Parts(Vec<Part>),
+}
+
+/// One content part.
+#[derive(Debug, Deserialize)]
+pub struct Part {
+    /// Only `text` parts are served.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The part's text.
+    #[serde(default)]
+    pub text: String,
+}
+
+fn bad_request(msg: impl std::fmt::Display) -> HttpResponse {
+    error_response(StatusCode::BAD_REQUEST, "invalid_request_error", msg)
+}
+
+fn error_response(status: StatusCode, kind: &str, msg: impl std::fmt::Display) -> HttpResponse {
+    let body = json!({ "error": { "message": msg.to_string(), "type": kind } });
+    (status, Json(body)).into_response()
+}
+
+/// The mistral.rs request for a validated body, or the reason it is invalid.
+fn build_request(req: &ChatRequest) -> Result<RequestBuilder, String> {
+    if req.messages.is_empty() {
+        return Err("`messages` is empty".into());
+    }
+    if req.n.is_some_and(|n| n != 1) {
+        return Err("only `n` = 1 is served".into());
+    }
+    let mut b = RequestBuilder::new();
+    for m in &req.messages {
+        let role = match m.role.as_str() {
+            "system" | "developer" => TextMessageRole::System,
+            "user" => TextMessageRole::User,
+            "assistant" => TextMessageRole::Assistant,
+            "tool" => TextMessageRole::Tool,
+            other => return Err(format!("unknown role `{other}`")),
+        };
+        let text = match &m.content {
+            Content::Text(t) => t.clone(),
+            Content::Parts(parts) => {
+                if let Some(p) = parts.iter().find(|p| p.kind != "text") {
+                    return Err(format!("content part type `{}` is not served", p.kind));
+                }
+                parts.iter().map(|p| p.text.as_str()).collect()
+            }
+        };
+        b = b.add_message(role, text);
+    }
+    match req.temperature {
+        None => b = b.set_deterministic_sampler(),
+        Some(t) if t == 0.0 => b = b.set_deterministic_sampler(),
+        Some(t) if t.is_finite() && t > 0.0 => b = b.set_sampler_temperature(t),
+        Some(t) => return Err(format!("`temperature` {t} is not a positive number")),
+    }
+    if let Some(p) = req.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(format!("`top_p` {p} is not in (0, 1]"));
+        }
+        b = b.set_sampler_topp(p);
+    }
+    if let Some(n) = req.max_tokens {
+        if n == 0 {
+            return Err("`max_tokens` is 0".into());
+        }
+        b = b.set_sampler_max_len(n);
+    }
+    Ok(b)
+}
+
+/// Sends `b` to the engine as a streaming request; the receiver owns the responses (unlike
+/// `Model::stream_chat_request`, whose stream borrows the model, so it can become a response
+/// body). Dropping the receiver makes mistral.rs cancel the sequence at its next chunk.
+async fn send_streaming(
+    model: &Model,
+    mut b: RequestBuilder,
+) -> anyhow::Result<tokio::sync::mpsc::Receiver<Response>> {
+    // mistral.rs's own buffer between the engine and a request's stream (as in `Model`).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (tools, tool_choice) = b.take_tools().map_or((None, None), |(a, c)| (Some(a), Some(c)));
+    let request = Request::Normal(Box::new(NormalRequest {
+        messages: b.take_messages(),
+        sampling_params: b.take_sampling_params(),
+        response: tx,
+        return_logprobs: b.return_logprobs(),
+        is_streaming: true,
+        id: 0,
+        constraint: b.take_constraint(),
+        suffix: None,
+        tools,
+        tool_choice,
+        logits_processors: b.take_logits_processors(),
+        return_raw_logits: false,
+        web_search_options: b.take_web_search_options(),
+        model_id: None,
+        truncate_sequence: b.truncate_sequence(),
+    }));
+    model
+        .inner()
+        .get_sender(None)?
+        .send(request)
+        .await
+        .map_err(|_| anyhow::anyhow!("the mistral.rs engine stopped"))?;
+    Ok(rx)
+}
+
+const PROMPT_UNKNOWN: u64 = u64::MAX;
+
+/// A per-request mistral.rs logits processor that only observes: it counts NaN/Inf in each
+/// logits row into the request's [`NonFiniteHandle`] (lock-free, from the engine thread), and
+/// keeps the prompt length (the context at the first sampling step: the chat template
+/// applied and tokenized by the engine). It returns the logits unchanged. Added last, it sees
+/// what the sampler samples from.
+pub struct Probe {
+    non_finite: NonFiniteHandle,
+    prompt: AtomicU64,
+}
+
+impl Probe {
+    /// A probe recording into `non_finite` (from
+    /// [`RequestGuard::non_finite_handle`](tokenmeter::RequestGuard::non_finite_handle)).
+    pub fn new(non_finite: NonFiniteHandle) -> Self {
+        Probe {
+            non_finite,
+            prompt: AtomicU64::new(PROMPT_UNKNOWN),
+        }
+    }
+
+    /// The prompt length in tokens, once the engine sampled the first token.
+    pub fn prompt_tokens(&self) -> Option<u64> {
+        Some(self.prompt.load(Ordering::Relaxed)).filter(|&n| n != PROMPT_UNKNOWN)
+    }
+}
+
+impl CustomLogitsProcessor for Probe {
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
+        let first = u64::try_from(context.len()).unwrap_or(u64::MAX - 1);
+        // Only the first call's context is the prompt; later ones add the generated tokens.
+        let _ = self.prompt.compare_exchange(
+            PROMPT_UNKNOWN,
+            first,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        // mistral.rs hands processors one f32 row on the host; the copy costs a vocabulary's
+        // floats per step, next to a whole forward pass.
+        let row: Vec<f32> = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let counts = count_non_finite(&row);
+        if counts.total() > 0 {
+            self.non_finite.record(counts);
+        }
+        Ok(logits.clone())
+    }
+}
+
+/// What one mistral.rs response carries, for the stream adapter. `seen` is the running count
+/// of output tokens already reported for this request.
+///
+/// - A chunk carries one token per choice: mistral.rs sends a chunk per sampled token, the
+///   end-of-sequence token included (an empty delta with the finish reason).
+/// - Except for tokens ending inside a UTF-8 character, which send no chunk: the last chunk's
+///   `usage.completion_tokens` is the exact total, so that chunk counts what is left.
+/// - The prompt length comes from the [`Probe`] (known before the first token), else from the
+///   last chunk's `usage.prompt_tokens`.
+/// - An error response fails the request (`invalid_request` for a validation error,
+///   `internal` otherwise); an unknown finish reason too.
+pub fn count_chunk(r: &Response, seen: &mut u64, probe: &Probe) -> ChunkCount {
+    match r {
+        Response::Chunk(c) => {
+            let k = match &c.usage {
+                Some(u) => u64::try_from(u.completion_tokens)
+                    .unwrap_or(u64::MAX)
+                    .saturating_sub(*seen),
+                None => u64::try_from(c.choices.len()).unwrap_or(u64::MAX),
+            };
+            *seen = seen.saturating_add(k);
+            let mut n = ChunkCount::tokens(u32::try_from(k).unwrap_or(u32::MAX));
+            let prompt = probe.prompt_tokens().or_else(|| {
+                c.usage
+                    .as_ref()
+                    .and_then(|u| u64::try_from(u.prompt_tokens).ok())
+            });
+            if let Some(p) = prompt {
+                n = n.prompt_tokens(p);
+            }
+            match c.choices.iter().find_map(|ch| ch.finish_reason.as_deref()) {
+                None => n,
+                Some(f) => match f.parse::<Finish>() {
+                    Ok(f) => n.finished(f),
+                    Err(_) => ChunkCount::failed(ErrorKind::Internal),
+                },
+            }
+        }
+        Response::ValidationError(_) => ChunkCount::failed(ErrorKind::InvalidRequest),
+        Response::InternalError(_) | Response::ModelError(..) => {
+            ChunkCount::failed(ErrorKind::Internal)
+        }
+        _ => ChunkCount::NONE,
+    }
+}
+
+/// The request's measured values as they go into `usage.tokenmeter` (seconds, tokens).
+pub fn summary_json(s: &RequestSummary) -> Value {
+    let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+    json!({
+        "input_tokens": s.input_tokens,
+        "output_tokens": s.output_tokens,
+        "ttft_seconds": secs(s.ttft),
+        "tpot_seconds": secs(s.tpot),
+        "decode_seconds": secs(s.decode),
+        "e2e_seconds": s.e2e.as_secs_f64(),
+        "goodput": s.goodput,
+        "non_finite": { "nan": s.non_finite.nan, "pos_inf": s.non_finite.pos_inf, "neg_inf": s.non_finite.neg_inf },
+    })
+}
+
+fn engine_error(r: &Response) -> Option<String> {
+    match r {
+        Response::ValidationError(e) | Response::InternalError(e) => Some(e.to_string()),
+        Response::ModelError(e, _) => Some(e.clone()),
+        _ => None,
+    }
+}
+
+/// A chunk as JSON, with the summary in `usage.tokenmeter` on the chunk that ended the request.
+fn chunk_json(c: &mistralrs::ChatCompletionChunkResponse, summary: Option<&RequestSummary>) -> Value {
+    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+    if let Some(s) = summary {
+        if let Some(obj) = v.as_object_mut() {
+            let usage = obj.entry("usage").or_insert_with(|| json!({}));
+            if !usage.is_object() {
+                *usage = json!({});
+            }
+            if let Some(u) = usage.as_object_mut() {
+                u.insert("tokenmeter".into(), summary_json(s));
+            }
+        }
+    }
+    v
+}
+
+async fn chat_completions(
+    State(s): State<AppState>,
+    Extension(arrival): Extension<Arrival>,
+    body: axum::body::Bytes,
+) -> HttpResponse {
+    // Validation errors answer before any guard: the layer counts them as rejected.
+    let req: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let mut b = match build_request(&req) {
+        Ok(b) => b,
+        Err(e) => return bad_request(e),
+    };
+    // The prompt length is not known yet: the engine tokenizes it.
+    let mut guard = arrival.start_with(|r| r);
+    let probe = Arc::new(Probe::new(guard.non_finite_handle()));
+    if let Some(p) = s.hook.as_ref().and_then(|h| h(&req)) {
+        b = b.add_logits_processor(p);
+    }
+    b = b.add_logits_processor(probe.clone());
+    let rx = match send_streaming(&s.model, b).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            guard.fail(ErrorKind::Internal);
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", e);
+        }
+    };
+    let mut seen = 0;
+    let responses = receiver_stream(rx);
+    let metered = responses.metered(guard, move |r: &Response| count_chunk(r, &mut seen, &probe));
+    if req.stream {
+        Sse::new(sse_events(metered)).into_response()
+    } else {
+        collect(metered, &s.model_name).await
+    }
+}
+
+fn receiver_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Response>,
+) -> impl Stream<Item = Response> + Send + Unpin + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The server-sent events of one request: each chunk as mistral.rs sends it (the last one
+/// with `usage.tokenmeter`), an error event for an engine error, then `[DONE]`. It ends as
+/// soon as the request has ended rather than waiting for the engine to close the channel.
+fn sse_events<S, C>(
+    metered: MeteredStream<S, C>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static
+where
+    S: Stream<Item = Response> + Send + Unpin + 'static,
+    C: ChunkCounter<Response> + Send + Unpin + 'static,
+{
+    enum Phase<M> {
+        Running(M),
+        Closing,
+        Closed,
+    }
+    futures_util::stream::unfold(Phase::Running(metered), |phase| async move {
+        let mut m = match phase {
+            Phase::Running(m) => m,
+            Phase::Closing => return Some((Ok(Event::default().data("[DONE]")), Phase::Closed)),
+            Phase::Closed => return None,
+        };
+        let Some(r) = m.next().await else {
+            return Some((Ok(Event::default().data("[DONE]")), Phase::Closed));
+        };
+        let data = match (&r, engine_error(&r)) {
+            (Response::Chunk(c), _) => chunk_json(c, m.summary().as_ref()).to_string(),
+            (_, Some(e)) => json!({ "error": { "message": e, "type": "engine_error" } }).to_string(),
+            // Nothing a chat stream sends: a comment keeps the stream going.
+            _ => return Some((Ok(Event::default().comment("")), Phase::Running(m))),
+        };
+        let next = if m.summary().is_some() {
+            Phase::Closing // dropping `m` drops the engine's receiver; the guard has ended
+        } else {
+            Phase::Running(m)
+        };
+        Some((Ok(Event::default().data(data)), next))
+    })
+}
+
+/// A non-streaming answer: the chunks' text joined, with `usage` and `usage.tokenmeter`.
+async fn collect<S, C>(mut metered: MeteredStream<S, C>, model_name: &str) -> HttpResponse
+where
+    S: Stream<Item = Response> + Unpin,
+    C: ChunkCounter<Response> + Unpin,
+{
+    let mut text = String::new();
+    let mut finish = None;
+    let mut usage = None;
+    let mut id = String::new();
+    while let Some(r) = metered.next().await {
+        if let Some(e) = engine_error(&r) {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", e);
+        }
+        if let Response::Chunk(c) = &r {
+            id.clone_from(&c.id);
+            for ch in &c.choices {
+                text.push_str(ch.delta.content.as_deref().unwrap_or(""));
+                if ch.finish_reason.is_some() {
+                    finish.clone_from(&ch.finish_reason);
+                }
+            }
+            if c.usage.is_some() {
+                usage = c.usage.as_ref().and_then(|u| serde_json::to_value(u).ok());
+            }
+        }
+        if metered.summary().is_some() {
+            break;
+        }
+    }
+    let mut usage = usage.unwrap_or_else(|| json!({}));
+    if let (Some(s), Some(u)) = (metered.summary(), usage.as_object_mut()) {
+        u.insert("tokenmeter".into(), summary_json(&s));
+    }
+    Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "model": model_name,
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish }],
+        "usage": usage,
+    }))
+    .into_response()
+}
