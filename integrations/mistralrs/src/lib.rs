@@ -255,7 +255,9 @@ async fn send_streaming(
 ) -> anyhow::Result<tokio::sync::mpsc::Receiver<Response>> {
     // mistral.rs's own buffer between the engine and a request's stream (as in `Model`).
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let (tools, tool_choice) = b.take_tools().map_or((None, None), |(a, c)| (Some(a), Some(c)));
+    let (tools, tool_choice) = b
+        .take_tools()
+        .map_or((None, None), |(a, c)| (Some(a), Some(c)));
     let request = Request::Normal(Box::new(NormalRequest {
         messages: b.take_messages(),
         sampling_params: b.take_sampling_params(),
@@ -401,7 +403,10 @@ fn engine_error(r: &Response) -> Option<String> {
 }
 
 /// A chunk as JSON, with the summary in `usage.tokenmeter` on the chunk that ended the request.
-fn chunk_json(c: &mistralrs::ChatCompletionChunkResponse, summary: Option<&RequestSummary>) -> Value {
+fn chunk_json(
+    c: &mistralrs::ChatCompletionChunkResponse,
+    summary: Option<&RequestSummary>,
+) -> Value {
     let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
     if let Some(s) = summary {
         if let Some(obj) = v.as_object_mut() {
@@ -487,7 +492,9 @@ where
         };
         let data = match (&r, engine_error(&r)) {
             (Response::Chunk(c), _) => chunk_json(c, m.summary().as_ref()).to_string(),
-            (_, Some(e)) => json!({ "error": { "message": e, "type": "engine_error" } }).to_string(),
+            (_, Some(e)) => {
+                json!({ "error": { "message": e, "type": "engine_error" } }).to_string()
+            }
             // Nothing a chat stream sends: a comment keeps the stream going.
             _ => return Some((Ok(Event::default().comment("")), Phase::Running(m))),
         };

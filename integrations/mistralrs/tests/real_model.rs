@@ -162,14 +162,23 @@ async fn real_model_streams_are_metered_exactly() {
         .meter(&meter)
         .install()
         .expect("the only recorder in this test binary");
-    let model = load_gguf(&path, 8).await.expect("mistral.rs loads the GGUF offline");
+    let model = load_gguf(&path, 8)
+        .await
+        .expect("mistral.rs loads the GGUF offline");
     let hook: LogitsHook = Arc::new(|req: &ChatRequest| {
         (req.user.as_deref() == Some("inject-nan"))
             .then(|| Arc::new(InjectNan::default()) as Arc<dyn CustomLogitsProcessor>)
     });
-    let state = AppState::new(Arc::new(model), meter.clone(), "smollm2-135m", prometheus.renderer())
-        .logits_hook(hook);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let state = AppState::new(
+        Arc::new(model),
+        meter.clone(),
+        "smollm2-135m",
+        prometheus.renderer(),
+    )
+    .logits_hook(hook);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     let client = reqwest::Client::new();
@@ -207,9 +216,17 @@ async fn real_model_streams_are_metered_exactly() {
         let n = u["completion_tokens"].as_u64().expect("completion_tokens");
         let prompt = u["prompt_tokens"].as_u64().expect("prompt_tokens");
         assert_eq!(tm["output_tokens"].as_u64(), Some(n), "{p}: output tokens");
-        assert_eq!(tm["input_tokens"].as_u64(), Some(prompt), "{p}: input tokens");
+        assert_eq!(
+            tm["input_tokens"].as_u64(),
+            Some(prompt),
+            "{p}: input tokens"
+        );
         assert!(prompt > 0, "{p}: a prompt has tokens");
-        assert!(["stop", "length"].contains(&r.finish_reason.as_str()), "{p}: {}", r.finish_reason);
+        assert!(
+            ["stop", "length"].contains(&r.finish_reason.as_str()),
+            "{p}: {}",
+            r.finish_reason
+        );
         assert!(n >= 2, "{p}: {n} tokens; TPOT needs two");
         sum_in += prompt;
         sum_out += n;
@@ -217,35 +234,76 @@ async fn real_model_streams_are_metered_exactly() {
         // The server's TPOT is (last - first token) / (n - 1) exactly (to the nanosecond of
         // its Duration, which JSON carries in f64 seconds).
         let (tpot, decode) = (secs(&tm["tpot_seconds"]), secs(&tm["decode_seconds"]));
-        assert!((tpot * (n - 1) as f64 - decode).abs() < 1e-6, "{p}: {tpot} * {} != {decode}", n - 1);
-        // The client's (last - first chunk) / (n - 1), from the same chunks one hop later: the
-        // two spans differ only by how much later the last chunk arrived than the first. On a
-        // loaded CI machine that is well under 100 ms; a per-chunk count (one token per chunk
-        // with a token lost to a split character) would be off by a whole token here.
+        assert!(
+            (tpot * (n - 1) as f64 - decode).abs() < 1e-6,
+            "{p}: {tpot} * {} != {decode}",
+            n - 1
+        );
+        // The client's (last - first chunk) / (n - 1), from the same chunks one hop later:
+        // with the same n (checked above), the two differ only by how much later the last
+        // chunk reached the client than the first did. That delivery jitter is the only
+        // tolerance: 250 ms over the whole span, generous for a loaded 2-core machine where
+        // the engine's threads and the server's tasks share the cores.
         let first = r.chunks.first().expect("chunks").0;
         let last = r.chunks.last().expect("chunks").0;
         let client_span = (last - first).as_secs_f64();
         let client_tpot = client_span / (n - 1) as f64;
         assert!(
-            (client_span - decode).abs() < 0.1,
+            (client_span - decode).abs() < 0.25,
             "{p}: client TPOT {client_tpot} s over {} chunks vs server {tpot} s (decode {decode} s, client {client_span} s)",
             r.chunks.len()
         );
         // Causality: the client sent before the server's arrival and received after the
         // server's first token and end (1 ms for the two clocks' calibration).
         let ttft = secs(&tm["ttft_seconds"]);
-        assert!(ttft > 0.0 && ttft <= r.ttft.as_secs_f64() + 1e-3, "{p}: TTFT {ttft} vs client {:?}", r.ttft);
-        assert!(secs(&tm["e2e_seconds"]) <= r.e2e.as_secs_f64() + 1e-3, "{p}: E2E");
+        assert!(
+            ttft > 0.0 && ttft <= r.ttft.as_secs_f64() + 1e-3,
+            "{p}: TTFT {ttft} vs client {:?}",
+            r.ttft
+        );
+        assert!(
+            secs(&tm["e2e_seconds"]) <= r.e2e.as_secs_f64() + 1e-3,
+            "{p}: E2E"
+        );
         assert_eq!(tm["non_finite"]["nan"], 0, "{p}: clean logits");
     }
     let totals = meter.totals();
-    assert_eq!((totals.input_tokens, totals.output_tokens), (sum_in, sum_out));
+    assert_eq!(
+        (totals.input_tokens, totals.output_tokens),
+        (sum_in, sum_out)
+    );
     assert_eq!(totals.requests_ended, prompts.len() as u64);
 
+    // Not streamed: one JSON answer with the same usage and values.
+    let one: Value = client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&json!({ "messages": [{ "role": "user", "content": "Name a fruit." }], "max_tokens": 6 }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON answer");
+    let u = &one["usage"];
+    assert_eq!(
+        u["tokenmeter"]["output_tokens"], u["completion_tokens"],
+        "{one}"
+    );
+    assert_eq!(u["tokenmeter"]["input_tokens"], u["prompt_tokens"], "{one}");
+    assert_eq!(one["choices"][0]["message"]["role"], "assistant");
+
     // A NaN injected through a logits processor is counted.
-    let r = stream_chat(&client, addr, chat_body("Count to five.", 8, Some("inject-nan"))).await;
+    let r = stream_chat(
+        &client,
+        addr,
+        chat_body("Count to five.", 8, Some("inject-nan")),
+    )
+    .await;
     assert!(r.done);
-    assert_eq!(r.usage["tokenmeter"]["non_finite"], json!({ "nan": 1, "pos_inf": 0, "neg_inf": 0 }));
+    assert_eq!(
+        r.usage["tokenmeter"]["non_finite"],
+        json!({ "nan": 1, "pos_inf": 0, "neg_inf": 0 })
+    );
     let text = client
         .get(format!("http://{addr}/metrics"))
         .send()
@@ -255,7 +313,11 @@ async fn real_model_streams_are_metered_exactly() {
         .await
         .expect("metrics text");
     assert_eq!(
-        sample(&text, "tokenmeter_logits_nonfinite_total", &["kind=\"nan\""]),
+        sample(
+            &text,
+            "tokenmeter_logits_nonfinite_total",
+            &["kind=\"nan\""]
+        ),
         Some(1.0),
         "{text}"
     );
@@ -263,7 +325,11 @@ async fn real_model_streams_are_metered_exactly() {
     // A client that goes away mid-stream: cancelled; the server serves the next request.
     let resp = client
         .post(format!("http://{addr}/v1/chat/completions"))
-        .json(&chat_body("Tell me a long story about a dragon.", 400, None))
+        .json(&chat_body(
+            "Tell me a long story about a dragon.",
+            400,
+            None,
+        ))
         .send()
         .await
         .expect("request sent");
@@ -276,15 +342,22 @@ async fn real_model_streams_are_metered_exactly() {
     drop(bytes); // closes the connection
     let deadline = Instant::now() + Duration::from_secs(120);
     while meter.snapshot().requests_cancelled < 1 {
-        assert!(Instant::now() < deadline, "the dropped stream was never cancelled");
+        assert!(
+            Instant::now() < deadline,
+            "the dropped stream was never cancelled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let next = stream_chat(&client, addr, chat_body("Say yes.", 4, None)).await;
     assert!(next.done && !next.chunks.is_empty());
     let snap = meter.snapshot();
     assert_eq!(
-        (snap.requests_succeeded, snap.requests_cancelled, snap.requests_failed),
-        (prompts.len() as u64 + 2, 1, 0)
+        (
+            snap.requests_succeeded,
+            snap.requests_cancelled,
+            snap.requests_failed
+        ),
+        (prompts.len() as u64 + 3, 1, 0)
     );
 
     // An invalid body is answered before any generation request.
@@ -307,14 +380,21 @@ async fn real_model_streams_are_metered_exactly() {
         sample(
             &text,
             "tokenmeter_http_server_rejected_total",
-            &["http_route=\"/v1/chat/completions\"", "http_response_status_code=\"400\""]
+            &[
+                "http_route=\"/v1/chat/completions\"",
+                "http_response_status_code=\"400\""
+            ]
         ),
         Some(1.0),
         "{text}"
     );
-    assert_eq!(meter.totals().requests_started, prompts.len() as u64 + 3);
+    assert_eq!(meter.totals().requests_started, prompts.len() as u64 + 4);
     assert_eq!(
-        sample(&text, "tokenmeter_requests_total", &["finish_reason=\"cancelled\""]),
+        sample(
+            &text,
+            "tokenmeter_requests_total",
+            &["finish_reason=\"cancelled\""]
+        ),
         Some(1.0),
         "{text}"
     );
