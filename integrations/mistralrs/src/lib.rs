@@ -8,9 +8,9 @@
 //!   and driven by the stream adapter ([`StreamMeterExt::metered`]) over mistral.rs's response
 //!   chunks ([`count_chunk`] says what each carries);
 //! - a per-request mistral.rs logits processor ([`Probe`]) scans every logits row for NaN/Inf
-//!   into the guard's lock-free [`NonFiniteHandle`] and reads the tokenized prompt's length
-//!   (mistral.rs applies the chat template and tokenizes inside the engine, so the prompt
-//!   length is known only late);
+//!   into the guard's lock-free [`NonFiniteHandle`];
+//! - late input tokens: mistral.rs applies the chat template and tokenizes inside the engine,
+//!   so the prompt length arrives only with the last chunk's `usage` (see [`count_chunk`]);
 //! - the request's measured values ([`RequestSummary`]) go back to the client in the last
 //!   chunk's `usage.tokenmeter`.
 //!
@@ -262,7 +262,7 @@ async fn send_streaming(
         messages: b.take_messages(),
         sampling_params: b.take_sampling_params(),
         response: tx,
-        return_logprobs: b.return_logprobs(),
+        return_logprobs: RequestLike::return_logprobs(&b),
         is_streaming: true,
         id: 0,
         constraint: b.take_constraint(),
@@ -284,44 +284,52 @@ async fn send_streaming(
     Ok(rx)
 }
 
-const PROMPT_UNKNOWN: u64 = u64::MAX;
-
 /// A per-request mistral.rs logits processor that only observes: it counts NaN/Inf in each
-/// logits row into the request's [`NonFiniteHandle`] (lock-free, from the engine thread), and
-/// keeps the prompt length (the context at the first sampling step: the chat template
-/// applied and tokenized by the engine). It returns the logits unchanged. Added last, it sees
-/// what the sampler samples from.
+/// logits row into the request's [`NonFiniteHandle`] (lock-free, from the engine's sampling
+/// threads) and returns the logits unchanged. Added last, it sees what the sampler samples
+/// from.
+///
+/// It does not read the prompt length from its `context`: on a prefix-cache hit mistral.rs
+/// passes only the uncached suffix of the prompt at the first step.
 pub struct Probe {
     non_finite: NonFiniteHandle,
-    prompt: AtomicU64,
+    sampled: AtomicU64,
+    max_tokens: Option<usize>,
 }
 
 impl Probe {
     /// A probe recording into `non_finite` (from
-    /// [`RequestGuard::non_finite_handle`](tokenmeter::RequestGuard::non_finite_handle)).
-    pub fn new(non_finite: NonFiniteHandle) -> Self {
+    /// [`RequestGuard::non_finite_handle`](tokenmeter::RequestGuard::non_finite_handle)), for
+    /// a request of at most `max_tokens` output tokens.
+    pub fn new(non_finite: NonFiniteHandle, max_tokens: Option<usize>) -> Self {
         Probe {
             non_finite,
-            prompt: AtomicU64::new(PROMPT_UNKNOWN),
+            sampled: AtomicU64::new(0),
+            max_tokens,
         }
     }
 
-    /// The prompt length in tokens, once the engine sampled the first token.
-    pub fn prompt_tokens(&self) -> Option<u64> {
-        Some(self.prompt.load(Ordering::Relaxed)).filter(|&n| n != PROMPT_UNKNOWN)
+    /// Tokens sampled so far: the processor runs once per sampled token, the end-of-sequence
+    /// token included, whether or not a chunk was sent for it.
+    pub fn sampled(&self) -> u64 {
+        self.sampled.load(Ordering::Relaxed)
+    }
+
+    /// Why a request whose channel closed without a finishing chunk ended: `length` at its
+    /// token limit, else `stop`.
+    pub fn closed_finish(&self) -> Finish {
+        let limit = self.max_tokens.and_then(|m| u64::try_from(m).ok());
+        if limit.is_some_and(|m| self.sampled() >= m) {
+            Finish::Length
+        } else {
+            Finish::Stop
+        }
     }
 }
 
 impl CustomLogitsProcessor for Probe {
-    fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
-        let first = u64::try_from(context.len()).unwrap_or(u64::MAX - 1);
-        // Only the first call's context is the prompt; later ones add the generated tokens.
-        let _ = self.prompt.compare_exchange(
-            PROMPT_UNKNOWN,
-            first,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+    fn apply(&self, logits: &Tensor, _context: &[u32]) -> mistralrs::Result<Tensor> {
+        self.sampled.fetch_add(1, Ordering::Relaxed);
         // mistral.rs hands processors one f32 row on the host; the copy costs a vocabulary's
         // floats per step, next to a whole forward pass.
         let row: Vec<f32> = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
@@ -333,49 +341,83 @@ impl CustomLogitsProcessor for Probe {
     }
 }
 
-/// What one mistral.rs response carries, for the stream adapter. `seen` is the running count
-/// of output tokens already reported for this request.
+/// One item of a request's stream from the engine: a mistral.rs response, then `Closed` when
+/// mistral.rs drops the request's channel.
+pub enum EngineItem {
+    /// A response (a chunk, or an error).
+    Response(Response),
+    /// The channel closed: the sequence is gone.
+    Closed,
+}
+
+/// Says what each [`EngineItem`] carries, for the stream adapter:
 ///
 /// - A chunk carries one token per choice: mistral.rs sends a chunk per sampled token, the
 ///   end-of-sequence token included (an empty delta with the finish reason).
 /// - Except for tokens ending inside a UTF-8 character, which send no chunk: the last chunk's
 ///   `usage.completion_tokens` is the exact total, so that chunk counts what is left.
-/// - The prompt length comes from the [`Probe`] (known before the first token), else from the
-///   last chunk's `usage.prompt_tokens`.
+/// - When the last token leaves a character incomplete, mistral.rs sends no last chunk at all
+///   (and no usage): the channel just closes. Then `Closed` counts what the [`Probe`] saw
+///   sampled and not yet counted, and ends the request ([`Probe::closed_finish`]).
+/// - The prompt length comes with the last chunk's `usage.prompt_tokens` (mistral.rs
+///   tokenizes the prompt inside the engine): reported with [`ChunkCount::prompt_tokens`],
+///   the stream sets it on the guard before the request ends. A request that ends without it
+///   (cancelled, failed, closed without a last chunk) records no input tokens.
 /// - An error response fails the request (`invalid_request` for a validation error,
 ///   `internal` otherwise); an unknown finish reason too.
-pub fn count_chunk(r: &Response, seen: &mut u64, probe: &Probe) -> ChunkCount {
-    match r {
-        Response::Chunk(c) => {
-            let k = match &c.usage {
-                Some(u) => u64::try_from(u.completion_tokens)
-                    .unwrap_or(u64::MAX)
-                    .saturating_sub(*seen),
-                None => u64::try_from(c.choices.len()).unwrap_or(u64::MAX),
-            };
-            *seen = seen.saturating_add(k);
-            let mut n = ChunkCount::tokens(u32::try_from(k).unwrap_or(u32::MAX));
-            let prompt = probe.prompt_tokens().or_else(|| {
-                c.usage
-                    .as_ref()
-                    .and_then(|u| u64::try_from(u.prompt_tokens).ok())
-            });
-            if let Some(p) = prompt {
-                n = n.prompt_tokens(p);
+pub struct MistralCounter {
+    probe: Arc<Probe>,
+    seen: u64,
+}
+
+impl MistralCounter {
+    /// A counter for the request `probe` observes.
+    pub fn new(probe: Arc<Probe>) -> Self {
+        MistralCounter { probe, seen: 0 }
+    }
+
+    fn add(&mut self, k: u64) -> ChunkCount {
+        self.seen = self.seen.saturating_add(k);
+        ChunkCount::tokens(u32::try_from(k).unwrap_or(u32::MAX))
+    }
+}
+
+impl ChunkCounter<EngineItem> for MistralCounter {
+    fn count(&mut self, item: &EngineItem) -> ChunkCount {
+        let r = match item {
+            EngineItem::Response(r) => r,
+            EngineItem::Closed => {
+                let k = self.probe.sampled().saturating_sub(self.seen);
+                return self.add(k).finished(self.probe.closed_finish());
             }
-            match c.choices.iter().find_map(|ch| ch.finish_reason.as_deref()) {
-                None => n,
-                Some(f) => match f.parse::<Finish>() {
-                    Ok(f) => n.finished(f),
-                    Err(_) => ChunkCount::failed(ErrorKind::Internal),
-                },
+        };
+        match r {
+            Response::Chunk(c) => {
+                let k = match &c.usage {
+                    Some(u) => u64::try_from(u.completion_tokens)
+                        .unwrap_or(u64::MAX)
+                        .saturating_sub(self.seen),
+                    None => u64::try_from(c.choices.len()).unwrap_or(u64::MAX),
+                };
+                let mut n = self.add(k);
+                let prompt = c.usage.as_ref().map(|u| u.prompt_tokens);
+                if let Some(p) = prompt.and_then(|p| u64::try_from(p).ok()) {
+                    n = n.prompt_tokens(p);
+                }
+                match c.choices.iter().find_map(|ch| ch.finish_reason.as_deref()) {
+                    None => n,
+                    Some(f) => match f.parse::<Finish>() {
+                        Ok(f) => n.finished(f),
+                        Err(_) => ChunkCount::failed(ErrorKind::Internal),
+                    },
+                }
             }
+            Response::ValidationError(_) => ChunkCount::failed(ErrorKind::InvalidRequest),
+            Response::InternalError(_) | Response::ModelError(..) => {
+                ChunkCount::failed(ErrorKind::Internal)
+            }
+            _ => ChunkCount::NONE,
         }
-        Response::ValidationError(_) => ChunkCount::failed(ErrorKind::InvalidRequest),
-        Response::InternalError(_) | Response::ModelError(..) => {
-            ChunkCount::failed(ErrorKind::Internal)
-        }
-        _ => ChunkCount::NONE,
     }
 }
 
@@ -438,7 +480,7 @@ async fn chat_completions(
     };
     // The prompt length is not known yet: the engine tokenizes it.
     let mut guard = arrival.start_with(|r| r);
-    let probe = Arc::new(Probe::new(guard.non_finite_handle()));
+    let probe = Arc::new(Probe::new(guard.non_finite_handle(), req.max_tokens));
     if let Some(p) = s.hook.as_ref().and_then(|h| h(&req)) {
         b = b.add_logits_processor(p);
     }
@@ -450,74 +492,114 @@ async fn chat_completions(
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", e);
         }
     };
-    let mut seen = 0;
-    let responses = receiver_stream(rx);
-    let metered = responses.metered(guard, move |r: &Response| count_chunk(r, &mut seen, &probe));
+    let metered = engine_stream(rx).metered(guard, MistralCounter::new(probe.clone()));
     if req.stream {
-        Sse::new(sse_events(metered)).into_response()
+        Sse::new(sse_events(metered, probe)).into_response()
     } else {
-        collect(metered, &s.model_name).await
+        collect(metered, probe, &s.model_name).await
     }
 }
 
-fn receiver_stream(
+fn engine_stream(
     mut rx: tokio::sync::mpsc::Receiver<Response>,
-) -> impl Stream<Item = Response> + Send + Unpin + 'static {
+) -> impl Stream<Item = EngineItem> + Send + Unpin + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(EngineItem::Response)
+        .chain(futures_util::stream::once(std::future::ready(
+            EngineItem::Closed,
+        )))
+}
+
+/// The closing chunk this server sends when mistral.rs sent none (the channel closed with a
+/// character incomplete): the finish reason and the output tokens the probe saw sampled.
+fn closing_chunk(finish: Finish, summary: Option<&RequestSummary>) -> Value {
+    let mut usage = json!({});
+    if let Some(s) = summary {
+        usage = json!({ "completion_tokens": s.output_tokens, "tokenmeter": summary_json(s) });
+    }
+    json!({
+        "object": "chat.completion.chunk",
+        "choices": [{ "index": 0, "delta": {}, "finish_reason": finish.as_str() }],
+        "usage": usage,
+    })
 }
 
 /// The server-sent events of one request: each chunk as mistral.rs sends it (the last one
 /// with `usage.tokenmeter`), an error event for an engine error, then `[DONE]`. It ends as
 /// soon as the request has ended rather than waiting for the engine to close the channel.
-fn sse_events<S, C>(
-    metered: MeteredStream<S, C>,
+fn sse_events<S>(
+    metered: MeteredStream<S, MistralCounter>,
+    probe: Arc<Probe>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static
 where
-    S: Stream<Item = Response> + Send + Unpin + 'static,
-    C: ChunkCounter<Response> + Send + Unpin + 'static,
+    S: Stream<Item = EngineItem> + Send + Unpin + 'static,
 {
     enum Phase<M> {
         Running(M),
         Closing,
         Closed,
     }
-    futures_util::stream::unfold(Phase::Running(metered), |phase| async move {
-        let mut m = match phase {
-            Phase::Running(m) => m,
-            Phase::Closing => return Some((Ok(Event::default().data("[DONE]")), Phase::Closed)),
-            Phase::Closed => return None,
-        };
-        let Some(r) = m.next().await else {
-            return Some((Ok(Event::default().data("[DONE]")), Phase::Closed));
-        };
-        let data = match (&r, engine_error(&r)) {
-            (Response::Chunk(c), _) => chunk_json(c, m.summary().as_ref()).to_string(),
-            (_, Some(e)) => {
-                json!({ "error": { "message": e, "type": "engine_error" } }).to_string()
-            }
-            // Nothing a chat stream sends: a comment keeps the stream going.
-            _ => return Some((Ok(Event::default().comment("")), Phase::Running(m))),
-        };
-        let next = if m.summary().is_some() {
-            Phase::Closing // dropping `m` drops the engine's receiver; the guard has ended
-        } else {
-            Phase::Running(m)
-        };
-        Some((Ok(Event::default().data(data)), next))
+    futures_util::stream::unfold(Phase::Running(metered), move |phase| {
+        let probe = probe.clone();
+        async move {
+            let done = || Ok(Event::default().data("[DONE]"));
+            let mut m = match phase {
+                Phase::Running(m) => m,
+                Phase::Closing => return Some((done(), Phase::Closed)),
+                Phase::Closed => return None,
+            };
+            let data = match m.next().await {
+                None => return Some((done(), Phase::Closed)),
+                Some(EngineItem::Closed) => {
+                    closing_chunk(probe.closed_finish(), m.summary().as_ref()).to_string()
+                }
+                Some(EngineItem::Response(r)) => match (&r, engine_error(&r)) {
+                    (Response::Chunk(c), _) => chunk_json(c, m.summary().as_ref()).to_string(),
+                    (_, Some(e)) => {
+                        // The failed request's values too (its NaN/Inf counts tell why).
+                        let usage = m
+                            .summary()
+                            .map(|s| json!({ "tokenmeter": summary_json(&s) }));
+                        json!({ "error": { "message": e, "type": "engine_error" }, "usage": usage })
+                            .to_string()
+                    }
+                    // Nothing a chat stream sends: a comment keeps the stream going.
+                    _ => return Some((Ok(Event::default().comment("")), Phase::Running(m))),
+                },
+            };
+            let next = if m.summary().is_some() {
+                Phase::Closing // dropping `m` drops the engine's receiver; the guard has ended
+            } else {
+                Phase::Running(m)
+            };
+            Some((Ok(Event::default().data(data)), next))
+        }
     })
 }
 
 /// A non-streaming answer: the chunks' text joined, with `usage` and `usage.tokenmeter`.
-async fn collect<S, C>(mut metered: MeteredStream<S, C>, model_name: &str) -> HttpResponse
+async fn collect<S>(
+    mut metered: MeteredStream<S, MistralCounter>,
+    probe: Arc<Probe>,
+    model_name: &str,
+) -> HttpResponse
 where
-    S: Stream<Item = Response> + Unpin,
-    C: ChunkCounter<Response> + Unpin,
+    S: Stream<Item = EngineItem> + Unpin,
 {
     let mut text = String::new();
     let mut finish = None;
     let mut usage = None;
     let mut id = String::new();
-    while let Some(r) = metered.next().await {
+    while let Some(item) = metered.next().await {
+        let r = match item {
+            EngineItem::Response(r) => r,
+            EngineItem::Closed => {
+                finish = Some(probe.closed_finish().as_str().to_owned());
+                let out = metered.summary().map(|s| s.output_tokens);
+                usage = Some(json!({ "completion_tokens": out }));
+                break;
+            }
+        };
         if let Some(e) = engine_error(&r) {
             return error_response(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", e);
         }

@@ -63,6 +63,8 @@ struct Streamed {
     finish_reason: String,
     /// mistral.rs's usage on the last chunk, with tokenmeter's values in `usage.tokenmeter`.
     usage: Value,
+    /// An error event's `error`, if the engine failed the request.
+    error: Option<Value>,
     done: bool,
 }
 
@@ -97,6 +99,7 @@ async fn stream_chat(client: &reqwest::Client, addr: SocketAddr, body: Value) ->
         e2e: Duration::ZERO,
         finish_reason: String::new(),
         usage: Value::Null,
+        error: None,
         done: false,
     };
     while let Some(piece) = bytes.next().await {
@@ -111,7 +114,11 @@ async fn stream_chat(client: &reqwest::Client, addr: SocketAddr, body: Value) ->
                     continue;
                 }
                 let v: Value = serde_json::from_str(data).expect("JSON chunk");
-                assert!(v.get("error").is_none(), "engine error: {v}");
+                if let Some(e) = v.get("error") {
+                    out.error = Some(e.clone());
+                    out.usage = v["usage"].clone();
+                    continue;
+                }
                 if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
                     out.finish_reason = f.to_owned();
                 }
@@ -208,27 +215,41 @@ async fn real_model_streams_are_metered_exactly() {
             .map(|p| stream_chat(&client, addr, chat_body(p, 24, None))),
     )
     .await;
-    let (mut sum_in, mut sum_out) = (0u64, 0u64);
+    let (mut sum_in, mut sum_out, mut with_engine_usage) = (0u64, 0u64, 0);
     for (p, r) in prompts.iter().zip(&runs) {
         assert!(r.done, "{p}: no [DONE]");
+        assert!(r.error.is_none(), "{p}: {:?}", r.error);
         let u = &r.usage;
         let tm = &u["tokenmeter"];
         let n = u["completion_tokens"].as_u64().expect("completion_tokens");
-        let prompt = u["prompt_tokens"].as_u64().expect("prompt_tokens");
         assert_eq!(tm["output_tokens"].as_u64(), Some(n), "{p}: output tokens");
-        assert_eq!(
-            tm["input_tokens"].as_u64(),
-            Some(prompt),
-            "{p}: input tokens"
-        );
-        assert!(prompt > 0, "{p}: a prompt has tokens");
         assert!(
             ["stop", "length"].contains(&r.finish_reason.as_str()),
             "{p}: {}",
             r.finish_reason
         );
+        if let Some(prompt) = u["prompt_tokens"].as_u64() {
+            // mistral.rs's own usage on its last chunk.
+            assert_eq!(
+                tm["input_tokens"].as_u64(),
+                Some(prompt),
+                "{p}: input tokens"
+            );
+            assert!(prompt > 0, "{p}: a prompt has tokens");
+            with_engine_usage += 1;
+            sum_in += prompt;
+        } else {
+            // mistral.rs sent no last chunk (the output ended inside a UTF-8 character): the
+            // server's closing chunk has the tokens its logits probe saw sampled, at least one
+            // per chunk before it.
+            assert!(
+                n as usize >= r.chunks.len(),
+                "{p}: {n} tokens, {} chunks",
+                r.chunks.len()
+            );
+            assert_eq!(tm["input_tokens"], 0, "{p}: no prompt length without usage");
+        }
         assert!(n >= 2, "{p}: {n} tokens; TPOT needs two");
-        sum_in += prompt;
         sum_out += n;
 
         // The server's TPOT is (last - first token) / (n - 1) exactly (to the nanosecond of
@@ -267,6 +288,10 @@ async fn real_model_streams_are_metered_exactly() {
         );
         assert_eq!(tm["non_finite"]["nan"], 0, "{p}: clean logits");
     }
+    assert!(
+        with_engine_usage > 0,
+        "no request ended with mistral.rs's usage"
+    );
     let totals = meter.totals();
     assert_eq!(
         (totals.input_tokens, totals.output_tokens),
@@ -292,7 +317,8 @@ async fn real_model_streams_are_metered_exactly() {
     assert_eq!(u["tokenmeter"]["input_tokens"], u["prompt_tokens"], "{one}");
     assert_eq!(one["choices"][0]["message"]["role"], "assistant");
 
-    // A NaN injected through a logits processor is counted.
+    // A NaN injected through a logits processor is counted. mistral.rs then fails the request
+    // (its sampler rejects a NaN probability): an error event carrying the counts.
     let r = stream_chat(
         &client,
         addr,
@@ -300,6 +326,14 @@ async fn real_model_streams_are_metered_exactly() {
     )
     .await;
     assert!(r.done);
+    let e = r
+        .error
+        .as_ref()
+        .expect("mistral.rs fails a request with NaN logits");
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("NaN")),
+        "{e}"
+    );
     assert_eq!(
         r.usage["tokenmeter"]["non_finite"],
         json!({ "nan": 1, "pos_inf": 0, "neg_inf": 0 })
@@ -357,7 +391,7 @@ async fn real_model_streams_are_metered_exactly() {
             snap.requests_cancelled,
             snap.requests_failed
         ),
-        (prompts.len() as u64 + 3, 1, 0)
+        (prompts.len() as u64 + 2, 1, 1)
     );
 
     // An invalid body is answered before any generation request.
