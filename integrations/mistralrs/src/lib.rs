@@ -6,11 +6,12 @@
 //!   arrival, so TTFT and E2E count from when the request came in;
 //! - one [`RequestGuard`](tokenmeter::RequestGuard) per chat request, started at that arrival
 //!   and driven by the stream adapter ([`StreamMeterExt::metered`]) over mistral.rs's response
-//!   chunks ([`count_chunk`] says what each carries);
-//! - a per-request mistral.rs logits processor ([`Probe`]) scans every logits row for NaN/Inf
+//!   chunks ([`MistralCounter`] says what each carries);
+//! - a per-request mistral.rs logits processor ([`Probe`]) counts the sampled tokens and scans
+//!   every logits row for NaN/Inf
 //!   into the guard's lock-free [`NonFiniteHandle`];
 //! - late input tokens: mistral.rs applies the chat template and tokenizes inside the engine,
-//!   so the prompt length arrives only with the last chunk's `usage` (see [`count_chunk`]);
+//!   so the prompt length arrives only with the last chunk's `usage` (see [`MistralCounter`]);
 //! - the request's measured values ([`RequestSummary`]) go back to the client in the last
 //!   chunk's `usage.tokenmeter`.
 //!
@@ -18,7 +19,7 @@
 //! one JSON response otherwise), `GET /metrics` (Prometheus, content-negotiated), `GET /health`.
 //!
 //! What this way of metering cannot see (queue time, prefill time, per-step batching) is in
-//! `docs/integrations.md`, "Instrumenting mistral.rs from outside".
+//! `docs/integrations.md`, "A real server from outside: mistral.rs".
 
 use std::convert::Infallible;
 use std::path::Path;
