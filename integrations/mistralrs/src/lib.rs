@@ -8,8 +8,7 @@
 //!   and driven by the stream adapter ([`StreamMeterExt::metered`]) over mistral.rs's response
 //!   chunks ([`MistralCounter`] says what each carries);
 //! - a per-request mistral.rs logits processor ([`Probe`]) counts the sampled tokens and scans
-//!   every logits row for NaN/Inf
-//!   into the guard's lock-free [`NonFiniteHandle`];
+//!   every logits row for NaN/Inf into the guard's lock-free [`NonFiniteHandle`];
 //! - late input tokens: mistral.rs applies the chat template and tokenizes inside the engine,
 //!   so the prompt length arrives only with the last chunk's `usage` (see [`MistralCounter`]);
 //! - the request's measured values ([`RequestSummary`]) go back to the client in the last
@@ -445,12 +444,17 @@ fn engine_error(r: &Response) -> Option<String> {
     }
 }
 
-/// A chunk as JSON, with the summary in `usage.tokenmeter` on the chunk that ended the request.
+/// A chunk as JSON, naming the served model (mistral.rs names the model's directory), with the
+/// summary in `usage.tokenmeter` on the chunk that ended the request.
 fn chunk_json(
     c: &mistralrs::ChatCompletionChunkResponse,
+    model_name: &str,
     summary: Option<&RequestSummary>,
 ) -> Value {
     let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("model".into(), json!(model_name));
+    }
     if let Some(s) = summary {
         if let Some(obj) = v.as_object_mut() {
             let usage = obj.entry("usage").or_insert_with(|| json!({}));
@@ -495,7 +499,7 @@ async fn chat_completions(
     };
     let metered = engine_stream(rx).metered(guard, MistralCounter::new(probe.clone()));
     if req.stream {
-        Sse::new(sse_events(metered, probe)).into_response()
+        Sse::new(sse_events(metered, probe, s.model_name.clone())).into_response()
     } else {
         collect(metered, probe, &s.model_name).await
     }
@@ -513,13 +517,14 @@ fn engine_stream(
 
 /// The closing chunk this server sends when mistral.rs sent none (the channel closed with a
 /// character incomplete): the finish reason and the output tokens the probe saw sampled.
-fn closing_chunk(finish: Finish, summary: Option<&RequestSummary>) -> Value {
+fn closing_chunk(finish: Finish, model_name: &str, summary: Option<&RequestSummary>) -> Value {
     let mut usage = json!({});
     if let Some(s) = summary {
         usage = json!({ "completion_tokens": s.output_tokens, "tokenmeter": summary_json(s) });
     }
     json!({
         "object": "chat.completion.chunk",
+        "model": model_name,
         "choices": [{ "index": 0, "delta": {}, "finish_reason": finish.as_str() }],
         "usage": usage,
     })
@@ -531,6 +536,7 @@ fn closing_chunk(finish: Finish, summary: Option<&RequestSummary>) -> Value {
 fn sse_events<S>(
     metered: MeteredStream<S, MistralCounter>,
     probe: Arc<Probe>,
+    model_name: String,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static
 where
     S: Stream<Item = EngineItem> + Send + Unpin + 'static,
@@ -541,7 +547,7 @@ where
         Closed,
     }
     futures_util::stream::unfold(Phase::Running(metered), move |phase| {
-        let probe = probe.clone();
+        let (probe, model_name) = (probe.clone(), model_name.clone());
         async move {
             let done = || Ok(Event::default().data("[DONE]"));
             let mut m = match phase {
@@ -552,10 +558,13 @@ where
             let data = match m.next().await {
                 None => return Some((done(), Phase::Closed)),
                 Some(EngineItem::Closed) => {
-                    closing_chunk(probe.closed_finish(), m.summary().as_ref()).to_string()
+                    closing_chunk(probe.closed_finish(), &model_name, m.summary().as_ref())
+                        .to_string()
                 }
                 Some(EngineItem::Response(r)) => match (&r, engine_error(&r)) {
-                    (Response::Chunk(c), _) => chunk_json(c, m.summary().as_ref()).to_string(),
+                    (Response::Chunk(c), _) => {
+                        chunk_json(c, &model_name, m.summary().as_ref()).to_string()
+                    }
                     (_, Some(e)) => {
                         // The failed request's values too (its NaN/Inf counts tell why).
                         let usage = m

@@ -219,6 +219,10 @@ async fn real_model_streams_are_metered_exactly() {
     for (p, r) in prompts.iter().zip(&runs) {
         assert!(r.done, "{p}: no [DONE]");
         assert!(r.error.is_none(), "{p}: {:?}", r.error);
+        assert!(
+            r.chunks.iter().all(|c| c.1["model"] == "smollm2-135m"),
+            "{p}: model name"
+        );
         let u = &r.usage;
         let tm = &u["tokenmeter"];
         let n = u["completion_tokens"].as_u64().expect("completion_tokens");
