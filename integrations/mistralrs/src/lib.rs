@@ -226,8 +226,7 @@ fn build_request(req: &ChatRequest) -> Result<RequestBuilder, String> {
         b = b.add_message(role, text);
     }
     match req.temperature {
-        None => b = b.set_deterministic_sampler(),
-        Some(t) if t == 0.0 => b = b.set_deterministic_sampler(),
+        None | Some(0.0) => b = b.set_deterministic_sampler(),
         Some(t) if t.is_finite() && t > 0.0 => b = b.set_sampler_temperature(t),
         Some(t) => return Err(format!("`temperature` {t} is not a positive number")),
     }
@@ -345,7 +344,7 @@ impl CustomLogitsProcessor for Probe {
 /// mistral.rs drops the request's channel.
 pub enum EngineItem {
     /// A response (a chunk, or an error).
-    Response(Response),
+    Response(Box<Response>),
     /// The channel closed: the sequence is gone.
     Closed,
 }
@@ -385,7 +384,7 @@ impl MistralCounter {
 impl ChunkCounter<EngineItem> for MistralCounter {
     fn count(&mut self, item: &EngineItem) -> ChunkCount {
         let r = match item {
-            EngineItem::Response(r) => r,
+            EngineItem::Response(r) => &**r,
             EngineItem::Closed => {
                 let k = self.probe.sampled().saturating_sub(self.seen);
                 return self.add(k).finished(self.probe.closed_finish());
@@ -455,15 +454,13 @@ fn chunk_json(
     if let Some(obj) = v.as_object_mut() {
         obj.insert("model".into(), json!(model_name));
     }
-    if let Some(s) = summary {
-        if let Some(obj) = v.as_object_mut() {
-            let usage = obj.entry("usage").or_insert_with(|| json!({}));
-            if !usage.is_object() {
-                *usage = json!({});
-            }
-            if let Some(u) = usage.as_object_mut() {
-                u.insert("tokenmeter".into(), summary_json(s));
-            }
+    if let (Some(s), Some(obj)) = (summary, v.as_object_mut()) {
+        let usage = obj.entry("usage").or_insert_with(|| json!({}));
+        if !usage.is_object() {
+            *usage = json!({});
+        }
+        if let Some(u) = usage.as_object_mut() {
+            u.insert("tokenmeter".into(), summary_json(s));
         }
     }
     v
@@ -509,7 +506,7 @@ fn engine_stream(
     mut rx: tokio::sync::mpsc::Receiver<Response>,
 ) -> impl Stream<Item = EngineItem> + Send + Unpin + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map(EngineItem::Response)
+        .map(|r| EngineItem::Response(Box::new(r)))
         .chain(futures_util::stream::once(std::future::ready(
             EngineItem::Closed,
         )))
@@ -561,7 +558,7 @@ where
                     closing_chunk(probe.closed_finish(), &model_name, m.summary().as_ref())
                         .to_string()
                 }
-                Some(EngineItem::Response(r)) => match (&r, engine_error(&r)) {
+                Some(EngineItem::Response(r)) => match (&*r, engine_error(&r)) {
                     (Response::Chunk(c), _) => {
                         chunk_json(c, &model_name, m.summary().as_ref()).to_string()
                     }
@@ -602,7 +599,7 @@ where
     let mut id = String::new();
     while let Some(item) = metered.next().await {
         let r = match item {
-            EngineItem::Response(r) => r,
+            EngineItem::Response(r) => *r,
             EngineItem::Closed => {
                 finish = Some(probe.closed_finish().as_str().to_owned());
                 let out = metered.summary().map(|s| s.output_tokens);
@@ -641,4 +638,164 @@ where
         "usage": usage,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mistralrs::{ChatCompletionChunkResponse, ChunkChoice, Delta, Device, Usage};
+    use tokenmeter::clock::Clock;
+
+    use super::*;
+
+    fn chunk(text: &str, finish: Option<&str>, usage: Option<(usize, usize)>) -> EngineItem {
+        EngineItem::Response(Box::new(Response::Chunk(ChatCompletionChunkResponse {
+            id: "1".into(),
+            choices: vec![ChunkChoice {
+                finish_reason: finish.map(Into::into),
+                index: 0,
+                delta: Delta {
+                    content: Some(text.into()),
+                    role: "assistant".into(),
+                    tool_calls: None,
+                    reasoning_content: None,
+                },
+                logprobs: None,
+            }],
+            created: 0,
+            model: "dir".into(),
+            system_fingerprint: "local".into(),
+            object: "chat.completion.chunk".into(),
+            usage: usage.map(|(completion, prompt)| Usage {
+                completion_tokens: completion,
+                prompt_tokens: prompt,
+                total_tokens: completion + prompt,
+                avg_tok_per_sec: 0.0,
+                avg_prompt_tok_per_sec: 0.0,
+                avg_compl_tok_per_sec: 0.0,
+                total_time_sec: 0.0,
+                total_prompt_time_sec: 0.0,
+                total_completion_time_sec: 0.0,
+            }),
+        })))
+    }
+
+    /// One sampling step through the probe, with `row` as the logits.
+    fn sample(probe: &Probe, row: &[f32]) {
+        let t = Tensor::new(row, &Device::Cpu).expect("tensor");
+        let out = probe.apply(&t, &[]).expect("apply");
+        assert_eq!(out.to_vec1::<f32>().expect("row").len(), row.len());
+    }
+
+    #[test]
+    fn last_chunk_usage_counts_tokens_that_sent_no_chunk_and_sets_the_prompt() {
+        let (clock, mock) = Clock::mock();
+        let meter = Meter::builder().clock(clock).build();
+        let mut guard = meter.request().start();
+        let probe = Arc::new(Probe::new(guard.non_finite_handle(), Some(16)));
+        // "a", then an emoji of three tokens (two sent no chunk), then EOS with the usage.
+        let items = vec![
+            chunk("a", None, None),
+            chunk("🌍", None, None),
+            chunk("", Some("stop"), Some((5, 31))),
+        ];
+        let mut s = futures_util::stream::iter(items).metered(guard, MistralCounter::new(probe));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for gap in [100, 50, 30] {
+            mock.increment(Duration::from_millis(gap));
+            assert!(matches!(
+                std::pin::Pin::new(&mut s).poll_next(&mut cx),
+                std::task::Poll::Ready(Some(_))
+            ));
+        }
+        let sum = s.summary().expect("finished at the last chunk");
+        assert_eq!((sum.input_tokens, sum.output_tokens), (31, 5));
+        assert_eq!(sum.ttft, Some(Duration::from_millis(100)));
+        assert_eq!(sum.tpot, Some(Duration::from_millis(80) / 4));
+    }
+
+    #[test]
+    fn a_closed_channel_counts_what_the_probe_saw_sampled_and_its_non_finite_values() {
+        let meter = Meter::default();
+        let mut guard = meter.request().start();
+        let probe = Arc::new(Probe::new(guard.non_finite_handle(), Some(3)));
+        let mut counter = MistralCounter::new(probe.clone());
+        sample(&probe, &[0.5, 1.0]);
+        assert_eq!(
+            counter.count(&chunk("a", None, None)),
+            ChunkCount::tokens(1)
+        );
+        sample(
+            &probe,
+            &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::NAN],
+        );
+        sample(&probe, &[0.0, 1.0]);
+        // The last two tokens ended inside a character: no chunk, the channel closed.
+        assert_eq!(probe.sampled(), 3);
+        assert_eq!(
+            counter.count(&EngineItem::Closed),
+            ChunkCount::tokens(2).finished(Finish::Length)
+        );
+        guard.tokens(3);
+        let sum = guard.finish(Finish::Length);
+        assert_eq!(
+            (
+                sum.non_finite.nan,
+                sum.non_finite.pos_inf,
+                sum.non_finite.neg_inf
+            ),
+            (2, 1, 1)
+        );
+        // Under the token limit, a closed channel is a stop.
+        let probe = Probe::new(meter.request().start().non_finite_handle(), None);
+        sample(&probe, &[0.0]);
+        assert_eq!(probe.closed_finish(), Finish::Stop);
+    }
+
+    #[test]
+    fn engine_errors_fail_the_request_and_unknown_reasons_too() {
+        let meter = Meter::default();
+        let mut guard = meter.request().start();
+        let mut c = MistralCounter::new(Arc::new(Probe::new(guard.non_finite_handle(), None)));
+        let err = EngineItem::Response(Box::new(Response::ValidationError("too long".into())));
+        assert_eq!(c.count(&err), ChunkCount::failed(ErrorKind::InvalidRequest));
+        let err = EngineItem::Response(Box::new(Response::InternalError("boom".into())));
+        assert_eq!(c.count(&err), ChunkCount::failed(ErrorKind::Internal));
+        assert_eq!(
+            c.count(&chunk("", Some("generated_image"), None)),
+            ChunkCount::failed(ErrorKind::Internal)
+        );
+    }
+
+    #[test]
+    fn invalid_bodies_are_rejected_with_a_reason() {
+        let parse = |v: Value| serde_json::from_value::<ChatRequest>(v).expect("body");
+        let ok = parse(
+            json!({ "messages": [{ "role": "user", "content": [{ "type": "text", "text": "hi" }] }] }),
+        );
+        assert!(build_request(&ok).is_ok());
+        for (body, why) in [
+            (json!({ "messages": [] }), "empty"),
+            (
+                json!({ "messages": [{ "role": "robot", "content": "x" }] }),
+                "role",
+            ),
+            (
+                json!({ "messages": [{ "role": "user", "content": "x" }], "n": 2 }),
+                "`n`",
+            ),
+            (
+                json!({ "messages": [{ "role": "user", "content": "x" }], "temperature": -1 }),
+                "temperature",
+            ),
+            (
+                json!({ "messages": [{ "role": "user", "content": "x" }], "max_tokens": 0 }),
+                "max_tokens",
+            ),
+        ] {
+            let err = build_request(&parse(body)).err().expect("rejected");
+            assert!(err.contains(why), "{err}");
+        }
+    }
 }
