@@ -2,10 +2,12 @@
 //! real client parsing server-sent events. One test (one model load, one global recorder):
 //!
 //! - concurrent streaming requests: input and output tokens equal mistral.rs's own `usage` for
-//!   every request; the server's TPOT is (last - first token) / (n - 1) exactly, and the
-//!   client's (last - first chunk) / (n - 1) agrees with it up to the chunks' delivery;
+//!   every request that got one (mistral.rs sends none when the output ends inside a UTF-8
+//!   character; then the output tokens are the ones the logits probe saw sampled); the
+//!   server's TPOT is (last - first token) / (n - 1) exactly, and the client's
+//!   (last - first chunk) / (n - 1) agrees with it up to the chunks' delivery;
 //! - a NaN injected through a mistral.rs logits processor is counted, per request and in
-//!   `/metrics`;
+//!   `/metrics` (mistral.rs then fails the request);
 //! - a client that goes away mid-stream is `cancelled`, and the server serves the next request;
 //! - an invalid body is rejected before any generation request.
 //!
