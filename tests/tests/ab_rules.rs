@@ -57,10 +57,10 @@ fn requests(
         };
         if i % fail_every == 0 {
             let s = req.fail(ErrorKind::Internal);
-            ab.record(v.name, Err(ErrorKind::Internal), &s, None);
+            ab.record(v.name, &s, None);
         } else {
             let s = req.finish(Finish::Stop);
-            ab.record(v.name, Ok(Finish::Stop), &s, Some(&report));
+            ab.record(v.name, &s, Some(&report));
         }
     }
 }

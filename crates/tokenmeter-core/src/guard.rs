@@ -13,6 +13,7 @@ use metrics::Label;
 use quanta::Instant;
 use tracing::Span;
 
+use crate::attribution::{Cell, Taken};
 use crate::catalog::core as id;
 use crate::handles::Handles;
 use crate::itl::{ItlAccumulator, nanos};
@@ -79,6 +80,12 @@ struct Facts {
     /// Counts from other threads ([`non_finite_handle`](RequestGuard::non_finite_handle)),
     /// folded in at the end.
     shared_non_finite: Option<Arc<SharedNonFinite>>,
+    /// Its energy and cost cell, when a sampler subscribed to the meter.
+    cell: Option<Arc<Cell>>,
+    /// What the cell held at the end.
+    energy: Option<Taken>,
+    /// The error type, when the request failed.
+    error: Option<ErrorKind>,
 }
 
 impl RequestBuilder {
@@ -168,10 +175,13 @@ impl RequestBuilder {
         let span = span::request_span(meter.identity(), &id, self.parent.as_ref());
         let p = self.params;
         span::record_params(&span, p.n, p.max_tokens, p.adapter.as_deref());
-        let facts = (p.n.is_some() || p.max_tokens.is_some()).then(|| {
+        let request_id: Arc<str> = Arc::from(id);
+        let cell = meter.attribution().register(&request_id, &handles);
+        let facts = (p.n.is_some() || p.max_tokens.is_some() || cell.is_some()).then(|| {
             Box::new(Facts {
                 n: p.n,
                 max_tokens: p.max_tokens,
+                cell,
                 ..Facts::default()
             })
         });
@@ -188,7 +198,7 @@ impl RequestBuilder {
             meter,
             handles,
             span,
-            request_id: id.into_boxed_str(),
+            request_id,
             arrival,
             scheduled_at: arrival,
             first: arrival,
@@ -204,7 +214,7 @@ impl RequestBuilder {
             scheduled: false,
             text,
             enqueued_at: arrival,
-            outcome: Outcome::Succeeded,
+            finish_reason: None,
             slot,
             facts,
         }
@@ -257,8 +267,9 @@ pub struct RequestGuard {
     n: u64,
     phase: Phase,
     scheduled: bool,
-    /// How the request ended; valid when `phase` is `Ended`.
-    outcome: Outcome,
+    /// How the request ended, valid when `phase` is `Ended`: its finish reason, `None` when it
+    /// failed (the error type, rarer and larger, is in `facts`).
+    finish_reason: Option<Finish>,
     /// Whether the prompt length is known (given at start, or set once later).
     prompt_known: bool,
     /// Its liveness slot (last progress, stored when scheduled, at flushes, at preemption);
@@ -268,7 +279,8 @@ pub struct RequestGuard {
     itl: ItlAccumulator,
     handles: Arc<Handles>,
     span: Span,
-    request_id: Box<str>,
+    /// Shared with its energy cell, when it has one.
+    request_id: Arc<str>,
     arrival: Instant,
     /// Valid when `scheduled`.
     scheduled_at: Instant,
@@ -680,6 +692,9 @@ impl RequestGuard {
             .output_tokens
             .fetch_add(tokens, Relaxed);
         self.meter.window_tokens(now, tokens, &itl[..used]);
+        if let Some(cell) = self.facts.as_deref().and_then(|f| f.cell.as_deref()) {
+            cell.flushed(self.n);
+        }
         self.next_flush = now + self.meter.flush_interval();
         if self.phase == Phase::Decoding {
             self.meter.liveness().progress(self.slot, self.last);
@@ -689,31 +704,25 @@ impl RequestGuard {
     /// Ends the request successfully and returns its measured values. A second end is
     /// ignored, counted as misuse `finish_twice`, and returns the values of the first.
     pub fn finish(&mut self, reason: Finish) -> RequestSummary {
-        let outcome = if reason == Finish::Cancelled {
-            Outcome::Cancelled
-        } else {
-            Outcome::Succeeded
-        };
-        self.end(outcome, Some(reason), None)
+        self.end(Some(reason), None)
     }
 
     /// Ends the request with an error and returns its measured values. A second end is
     /// ignored, counted as misuse `finish_twice`, and returns the values of the first.
     pub fn fail(&mut self, kind: ErrorKind) -> RequestSummary {
-        self.end(Outcome::Failed, None, Some(kind.as_str()))
+        self.end(None, Some(kind))
     }
 
     /// Ends the request: `reason` is `None` for a failure, whose `error` names its type.
     /// Derives the measured values once, records them, then reports them.
-    fn end(
-        &mut self,
-        outcome: Outcome,
-        reason: Option<Finish>,
-        error: Option<&'static str>,
-    ) -> RequestSummary {
+    fn end(&mut self, reason: Option<Finish>, error: Option<ErrorKind>) -> RequestSummary {
         if self.phase == Phase::Ended {
             self.meter.misuse("finish_twice");
-            return self.derive(self.next_flush, self.outcome);
+            return self.derive(self.next_flush);
+        }
+        self.finish_reason = reason;
+        if error.is_some() {
+            self.facts().error = error;
         }
         let floor = if self.n > 0 { self.last } else { self.arrival };
         let now = self.meter.now();
@@ -728,15 +737,18 @@ impl RequestGuard {
             {
                 self.non_finite.add(shared.close());
             }
-            let summary = self.derive(now, outcome);
-            self.record(now, &summary, outcome, reason, error);
+            if let Some(f) = self.facts.as_deref_mut() {
+                f.energy = f.cell.take().map(|c| c.close());
+            }
+            let summary = self.derive(now);
+            self.record(now, &summary);
             summary
         });
-        self.report(&summary, reason, error);
+        self.report(&summary);
         summary
     }
 
-    fn derive(&self, now: Instant, outcome: Outcome) -> RequestSummary {
+    fn derive(&self, now: Instant) -> RequestSummary {
         let timeline = Timeline {
             arrival: self.arrival,
             enqueued: self.enqueued_at,
@@ -745,26 +757,24 @@ impl RequestGuard {
             output_tokens: self.n,
         };
         let mut s = RequestSummary::derive(&timeline, now, self.prompt);
-        s.goodput = outcome == Outcome::Succeeded && self.meter.slo().met(s.ttft, s.tpot);
+        s.goodput = Outcome::of(self.finish_reason) == Outcome::Succeeded
+            && self.meter.slo().met(s.ttft, s.tpot);
         s.non_finite = self.non_finite;
+        s.finish_reason = self.finish_reason;
         if let Some(f) = &self.facts {
+            s.error = f.error;
             s.preemptions = f.preemptions;
             s.cached_prompt_tokens = f.prefix_hits;
             s.spec_draft_tokens = f.spec_draft_tokens;
             s.spec_accepted_tokens = f.spec_accepted_tokens;
+            s.energy_joules = f.energy.and_then(|e| e.energy_joules());
+            s.cost = f.energy.and_then(|e| e.cost());
         }
         s
     }
 
     /// Records the ended request in the metrics, the in-flight gauges and the window.
-    fn record(
-        &mut self,
-        now: Instant,
-        s: &RequestSummary,
-        outcome: Outcome,
-        reason: Option<Finish>,
-        error: Option<&'static str>,
-    ) {
+    fn record(&mut self, now: Instant, s: &RequestSummary) {
         let h = &*self.handles;
         let secs = |d: Duration| d.as_secs_f64();
         if let Some(t) = s.tpot {
@@ -788,7 +798,7 @@ impl RequestGuard {
             .record(longest.unwrap_or(s.output_tokens) as f64);
         h.request_input_tokens.record(s.input_tokens as f64);
         h.request_output_tokens.record(s.output_tokens as f64);
-        match reason {
+        match s.finish_reason {
             Some(f) => {
                 h.e2e.record(secs(s.e2e));
                 h.ended[f.index()].increment(1);
@@ -797,7 +807,10 @@ impl RequestGuard {
                 // Failures are rare and their error types open-ended: resolved here, not at start.
                 let names = self.meter.metric_names();
                 let mut l = h.labels.clone();
-                l.push(Label::new("error_type", error.unwrap_or("unknown")));
+                l.push(Label::new(
+                    "error_type",
+                    s.error.map_or("unknown", ErrorKind::as_str),
+                ));
                 metrics::histogram!(names.name(id::E2E).to_owned(), l.clone()).record(secs(s.e2e));
                 l.push(Label::new(names.label_key("finish_reason"), "error"));
                 metrics::counter!(names.name(id::REQUESTS).to_owned(), l).increment(1);
@@ -831,13 +844,12 @@ impl RequestGuard {
         self.meter.liveness().unregister(self.slot);
         self.phase = Phase::Ended;
         self.next_flush = now;
-        self.outcome = outcome;
-        self.meter.window_end(now, s, outcome);
+        self.meter.window_end(now, s, Outcome::of(s.finish_reason));
     }
 
     /// Reports the ended request on its span and in the request log, with its captured text
     /// after the redactor ran.
-    fn report(&mut self, s: &RequestSummary, reason: Option<Finish>, error: Option<&'static str>) {
+    fn report(&mut self, s: &RequestSummary) {
         let buf = self.text.take();
         let capture = self.meter.text_capture();
         let redacted = |kind: TextKind| {
@@ -862,8 +874,8 @@ impl RequestGuard {
         let record = EndRecord {
             request_id: &self.request_id,
             summary: s,
-            finish_reason: reason.map_or("error", Finish::as_str),
-            error_type: error,
+            finish_reason: s.finish_reason.map_or("error", Finish::as_str),
+            error_type: s.error.map(ErrorKind::as_str),
             text,
             n: self.facts.as_ref().and_then(|f| f.n),
             max_tokens: self.facts.as_ref().and_then(|f| f.max_tokens),
@@ -1129,7 +1141,7 @@ impl Drop for RequestGuard {
         if self.phase != Phase::Ended {
             if std::thread::panicking() {
                 // Recorded, never swallowed: the panic goes on unwinding.
-                let _ = self.end(Outcome::Failed, None, Some("panic"));
+                let _ = self.end(None, Some(ErrorKind::Other("panic")));
             } else {
                 let _ = self.finish(Finish::Cancelled);
             }

@@ -11,6 +11,13 @@ use crate::emit::{RecorderScoped, lock};
 use crate::names::{MetricNames, finish_reason_label};
 use crate::types::Finish;
 
+/// A request's labels, for its energy cell to share without a copy.
+impl AsRef<[Label]> for Handles {
+    fn as_ref(&self) -> &[Label] {
+        &self.labels
+    }
+}
+
 /// Every handle a request touches outside its error path.
 pub(crate) struct Handles {
     pub(crate) labels: Vec<Label>,

@@ -33,12 +33,13 @@
 //!
 //! The modules form a one-way stack (a module uses only those listed before it):
 //! [`catalog`] and `types` (finish reasons, error kinds, non-finite counts, totals, SLO) at the
-//! bottom; then the leaves [`names`], [`emit`], [`exemplar`], [`cardinality`], `itl` (the ITL bucket layout
+//! bottom; then the leaves [`names`], [`emit`], [`attribution`] (per-request energy and cost cells), [`exemplar`], [`cardinality`], `itl` (the ITL bucket layout
 //! and accumulator), `summary` (a request's derived values), `window`, `handles`, `redact`,
 //! `span` and `liveness` (engine steps, per-request progress, [`Health`]), none of which knows
 //! the meter; then `meter`; then `guard` and `engine` (per-engine state: [`EngineStep`],
 //! [`Meter::health`]) on top.
 
+pub mod attribution;
 pub mod cardinality;
 pub mod catalog;
 pub mod emit;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use metrics::Label;
 use quanta::{Clock, Instant};
 
+use crate::attribution::{Registry, Subscription};
 use crate::cardinality::{Admission, CardinalityLimit};
 use crate::catalog::{self, core as id};
 use crate::emit::RecorderScoped;
@@ -465,6 +466,7 @@ impl MeterBuilder {
                 totals: AtomicTotals::default(),
                 handles: HandleCache::new(self.spec_positions),
                 liveness: Liveness::new(now, self.stall_threshold),
+                attribution: Registry::default(),
                 engine: Mutex::new(RecorderScoped::new()),
                 next_request_id: AtomicU64::new(1),
                 built_at: now,
@@ -515,6 +517,8 @@ struct Inner {
     /// Present when the user opted in to text capture.
     text: Option<TextCapture>,
     liveness: Liveness,
+    /// Samplers' subscriptions to its requests (per-request energy and cost).
+    attribution: Registry,
     /// Per-engine series, made at the first engine step.
     engine: Mutex<RecorderScoped<EngineHandles>>,
 }
@@ -563,6 +567,11 @@ impl Meter {
     /// The served model name.
     pub fn model(&self) -> &str {
         &self.inner.identity.model
+    }
+
+    /// The model version given to [`MeterBuilder::model_version`]; empty when none was.
+    pub fn model_version(&self) -> &str {
+        &self.inner.statics.model_version
     }
 
     /// The naming preset in use.
@@ -645,6 +654,14 @@ impl Meter {
         .record(duration.as_secs_f64());
     }
 
+    /// Subscribes a resource sampler (`tokenmeter-gpu`'s) to this meter's requests: every
+    /// request started from now on is tracked until the subscription settles it, so that the
+    /// sampler can charge it its share of each interval's energy and cost. See
+    /// [`attribution`](crate::attribution).
+    pub fn subscribe_requests(&self) -> Subscription {
+        self.inner.attribution.subscribe(self.inner.names.clone())
+    }
+
     /// Counts an ignored API misuse in the `misuse` self-metric.
     pub(crate) fn misuse(&self, kind: &'static str) {
         let names = &self.inner.names;
@@ -719,6 +736,10 @@ impl Meter {
 
     pub(crate) fn liveness(&self) -> &Liveness {
         &self.inner.liveness
+    }
+
+    pub(crate) fn attribution(&self) -> &Registry {
+        &self.inner.attribution
     }
 
     /// Runs `f` on the per-engine handles (made for the current recorder on first use).

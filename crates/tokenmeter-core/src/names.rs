@@ -79,6 +79,10 @@ pub mod attr {
     pub const SPEC_ACCEPTED_TOKENS: &str = "tokenmeter.spec_decode.accepted_tokens";
     /// The adapter (LoRA) that served the request (string).
     pub const ADAPTER: &str = "tokenmeter.adapter";
+    /// GPU energy attributed to the request by its end (double, joules; docs/gpu.md).
+    pub const ENERGY: &str = "tokenmeter.energy";
+    /// Cost attributed to the request by its end (double, the sampler's price currency).
+    pub const COST: &str = "tokenmeter.cost";
 }
 
 /// Which family of names the meter emits.

@@ -95,6 +95,8 @@ pub(crate) fn request_span(inner: &Identity, request_id: &str, parent: Option<&S
                 tokenmeter.spec_decode.draft_tokens = Empty,
                 tokenmeter.spec_decode.accepted_tokens = Empty,
                 tokenmeter.adapter = Empty,
+                tokenmeter.energy = Empty,
+                tokenmeter.cost = Empty,
             )
         };
     }
@@ -209,6 +211,12 @@ pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
             span.record(attr::SPEC_DRAFT_TOKENS, as_i64(s.spec_draft_tokens));
             span.record(attr::SPEC_ACCEPTED_TOKENS, as_i64(s.spec_accepted_tokens));
         }
+        if let Some(j) = s.energy_joules {
+            span.record(attr::ENERGY, j);
+        }
+        if let Some(c) = s.cost {
+            span.record(attr::COST, c);
+        }
         let nf = s.non_finite;
         span.record(attr::LOGITS_NAN, as_i64(nf.nan));
         span.record(attr::LOGITS_POS_INF, as_i64(nf.pos_inf));
@@ -252,6 +260,8 @@ pub(crate) fn record_end(span: &Span, model: &str, r: &EndRecord<'_>) {
         n = r.n,
         finish_reason = r.finish_reason,
         error_type = r.error_type,
+        energy_j = s.energy_joules,
+        cost = s.cost,
         nan = nf.nan,
         pos_inf = nf.pos_inf,
         neg_inf = nf.neg_inf,
@@ -316,6 +326,8 @@ mod tests {
                 attr::SPEC_DRAFT_TOKENS,
                 attr::SPEC_ACCEPTED_TOKENS,
                 attr::ADAPTER,
+                attr::ENERGY,
+                attr::COST,
             ] {
                 assert!(
                     meta.fields().field(name).is_some(),

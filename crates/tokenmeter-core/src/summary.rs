@@ -11,7 +11,7 @@ use std::time::Duration;
 use quanta::Instant;
 
 use crate::itl::nanos;
-use crate::types::NonFinite;
+use crate::types::{ErrorKind, Finish, NonFinite};
 
 /// What [`RequestGuard::finish`](crate::RequestGuard::finish) and
 /// [`fail`](crate::RequestGuard::fail) return: the request's measured values, the same ones its
@@ -55,6 +55,13 @@ pub struct RequestSummary {
     pub prefill: Option<Duration>,
     /// First to last token; `None` without a token.
     pub decode: Option<Duration>,
+    /// How it ended without error: the reason given to `finish`, or
+    /// [`Finish::Cancelled`](crate::Finish::Cancelled) for a dropped guard; `None` when it
+    /// failed. Serialized as the OpenAI spelling (`"stop"`, `"cancelled"`, ...).
+    pub finish_reason: Option<Finish>,
+    /// The error type when it failed (`fail`; `ErrorKind::Other("panic")` for a guard dropped
+    /// while its thread panicked); `None` otherwise. Serialized as the `error.type` value.
+    pub error: Option<ErrorKind>,
     /// Whether the request succeeded and met the meter's SLO (goodput).
     pub goodput: bool,
     /// Non-finite values seen in its logits.
@@ -70,6 +77,17 @@ pub struct RequestSummary {
     pub spec_draft_tokens: u64,
     /// Of those, accepted.
     pub spec_accepted_tokens: u64,
+    /// GPU energy attributed to the request by its end, joules: its shares of the sampler
+    /// intervals measured while it ran (docs/gpu.md, "Per-request energy and cost"). The share
+    /// of the interval in which it ended is measured at the next sample and reaches the
+    /// per-request histogram, the per-label counter and the request log's settlement line,
+    /// not this value. `None` when no sample measured an interval of the request by its end:
+    /// no sampler attached, the GPUs' energy unknown, or it ended before the first sample
+    /// after its start (then all of it is settled at the next sample).
+    pub energy_joules: Option<f64>,
+    /// Cost attributed to the request by its end (price per GPU-hour x its share of GPU
+    /// time), on the same terms as `energy_joules`; `None` without a sampler with a price.
+    pub cost: Option<f64>,
 }
 
 /// The instants a guard keeps, from which [`RequestSummary`] is derived.

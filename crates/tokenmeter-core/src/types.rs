@@ -48,6 +48,13 @@ impl Finish {
     }
 }
 
+/// Serialized as its label value ([`Finish::as_str`]).
+impl serde::Serialize for Finish {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// A finish reason string that [`Finish`]'s `FromStr` does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown finish reason `{0}` (an error ends a request through `fail`, not `finish`)")]
@@ -112,6 +119,13 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
             ErrorKind::Other(s) => s,
         }
+    }
+}
+
+/// Serialized as its `error.type` value ([`ErrorKind::as_str`]).
+impl serde::Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -236,4 +250,15 @@ pub(crate) enum Outcome {
     Succeeded,
     Failed,
     Cancelled,
+}
+
+impl Outcome {
+    /// The outcome of a request that ended with `finish_reason` (`None`: it failed).
+    pub(crate) fn of(finish_reason: Option<Finish>) -> Self {
+        match finish_reason {
+            Some(Finish::Cancelled) => Outcome::Cancelled,
+            Some(_) => Outcome::Succeeded,
+            None => Outcome::Failed,
+        }
+    }
 }

@@ -196,6 +196,41 @@ fn panic_in_the_loop_is_recorded_and_not_hidden() {
 }
 
 #[test]
+fn the_summary_says_how_the_request_ended_and_a_second_end_repeats_it() {
+    let (meter, _mock) = mock_meter(Meter::builder());
+    let mut ok = meter.request().start();
+    let s = ok.finish(Finish::Length);
+    assert_eq!((s.finish_reason, s.error), (Some(Finish::Length), None));
+    // the second end is misuse: it returns the first's values, not its own
+    let again = ok.fail(ErrorKind::Timeout);
+    assert_eq!(
+        (again.finish_reason, again.error),
+        (Some(Finish::Length), None)
+    );
+
+    let mut failed = meter.request().start();
+    let s = failed.fail(ErrorKind::Oom);
+    assert_eq!((s.finish_reason, s.error), (None, Some(ErrorKind::Oom)));
+    let again = failed.finish(Finish::Stop);
+    assert_eq!(
+        (again.finish_reason, again.error),
+        (None, Some(ErrorKind::Oom))
+    );
+    assert_eq!(
+        serde_json::to_value(s).expect("serializes")["error"],
+        serde_json::json!("oom")
+    );
+
+    let mut cancelled = meter.request().start();
+    let s = cancelled.finish(Finish::Cancelled);
+    assert_eq!(s.finish_reason, Some(Finish::Cancelled));
+    assert_eq!(
+        serde_json::to_value(s).expect("serializes")["finish_reason"],
+        serde_json::json!("cancelled")
+    );
+}
+
+#[test]
 fn misuse_is_ignored_and_counted() {
     let (meter, mock) = mock_meter(Meter::builder());
     let c = recorded(|| {

@@ -47,7 +47,11 @@ pub enum LogDestination {
 /// Each finished request gives one JSON object per line with the fields `request_id`,
 /// `model`, `prompt_tokens`, `output_tokens`, `ttft_ms`, `tpot_ms`, `e2e_ms`, `queue_ms`,
 /// `finish_reason`, `error_type`, `nan`, `pos_inf`, `neg_inf`, plus `timestamp`, `level`,
-/// `target` and `message`. No prompt or output text is logged unless the meter opts in with
+/// `target` and `message`. With a GPU sampler attached to the meter, the line also carries the
+/// request's `energy_j` and `cost` measured by its end, and the next sample adds a second
+/// line, message `"request energy settled"`, with the same `request_id` and its totals
+/// `energy_j`, `cost`, and the part of them measured after its end, `late_energy_j`,
+/// `late_cost` (docs/gpu.md, "Energy and cost per request"). No prompt or output text is logged unless the meter opts in with
 /// `MeterBuilder::capture_text` (a redaction hook); then the redacted text comes as `prompt`
 /// and `output`, with `prompt_truncated` / `output_truncated` when the size cap cut it.
 ///
@@ -320,6 +324,46 @@ mod tests {
         assert_eq!(v["output_tokens"], 3);
         assert_eq!(v["ttft_ms"], 1.5);
         assert_eq!(v["target"], REQUEST_TARGET);
+    }
+
+    #[test]
+    fn energy_and_cost_by_the_end_then_the_settled_totals() {
+        use tokenmeter_core::Finish;
+        use tokenmeter_core::attribution::Charge;
+        let buf = Buf::default();
+        let b2 = buf.clone();
+        let sub =
+            tracing_subscriber::registry().with(RequestLog::layer_with_writer(move || b2.clone()));
+        let meter = Meter::default();
+        let mut sampler = meter.subscribe_requests();
+        tracing::subscriber::with_default(sub, || {
+            let mut req = meter.request().request_id("r1").start();
+            assert!(sampler.begin_interval().iter().all(|t| *t == 0));
+            // 2.5 J and 1 GPU-second at 3.6 per GPU-hour, measured while it ran.
+            sampler.charge(&[Charge::new(Some(2_500_000), 1_000_000_000, Some(3.6))]);
+            req.token();
+            req.finish(Finish::Stop);
+            // The interval it ended in, measured at the next sample: 0.5 J more.
+            assert_eq!(sampler.begin_interval(), vec![1]);
+            sampler.charge(&[Charge::new(Some(500_000), 0, Some(3.6))]);
+        });
+        let lines: Vec<serde_json::Value> = buf
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["message"], "request finished");
+        assert_eq!(lines[0]["energy_j"], 2.5);
+        let cost = |v: &serde_json::Value| v.as_f64().expect("a number");
+        assert!((cost(&lines[0]["cost"]) - 0.001).abs() < 1e-15);
+        assert_eq!(lines[1]["message"], "request energy settled");
+        assert_eq!(lines[1]["request_id"], "r1");
+        assert_eq!(lines[1]["energy_j"], 3.0);
+        assert_eq!(lines[1]["late_energy_j"], 0.5);
+        assert!((cost(&lines[1]["cost"]) - 0.001).abs() < 1e-15);
+        assert_eq!(lines[1]["late_cost"], 0.0);
+        assert_eq!(sampler.tracked(), 0);
     }
 
     /// A destination that stalls: the first write signals `entered` and waits for `release`.

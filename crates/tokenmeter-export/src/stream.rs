@@ -80,11 +80,14 @@ use tokenmeter_core::{ErrorKind, Finish, RequestGuard, RequestSummary};
 /// assert_eq!(c.finish(), Some(Finish::Length));
 /// assert_eq!(ChunkCount::failed(ErrorKind::Internal).error(), Some(ErrorKind::Internal));
 /// assert_eq!(ChunkCount::default(), ChunkCount::NONE);
+/// // The prompt length, once the engine reports it (e.g. `usage.prompt_tokens`):
+/// assert_eq!(ChunkCount::tokens(1).prompt_tokens(12).prompt(), Some(12));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChunkCount {
     tokens: u32,
     end: Option<End>,
+    prompt: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +101,7 @@ impl ChunkCount {
     pub const NONE: ChunkCount = ChunkCount {
         tokens: 0,
         end: None,
+        prompt: None,
     };
 
     /// A chunk carrying `k` output tokens (summed over choices when `n > 1`).
@@ -105,6 +109,7 @@ impl ChunkCount {
         ChunkCount {
             tokens: k,
             end: None,
+            prompt: None,
         }
     }
 
@@ -115,6 +120,21 @@ impl ChunkCount {
         ChunkCount {
             tokens: self.tokens,
             end: Some(End::Finish(reason)),
+            prompt: self.prompt,
+        }
+    }
+
+    /// The request's prompt length, when the engine tokenizes the prompt itself and reports
+    /// it only in its output (OpenAI's `usage.prompt_tokens` on the last chunk, an engine hook
+    /// that saw the tokenized prompt). The stream sets it on the guard
+    /// ([`RequestGuard::set_prompt_tokens`]) the first time a chunk reports it, before that
+    /// chunk's end; later reports are ignored. Leave it unset when the guard was started with
+    /// `prompt_tokens(..)`.
+    pub const fn prompt_tokens(self, n: u64) -> Self {
+        ChunkCount {
+            tokens: self.tokens,
+            end: self.end,
+            prompt: Some(n),
         }
     }
 
@@ -123,6 +143,7 @@ impl ChunkCount {
         ChunkCount {
             tokens: 0,
             end: Some(End::Fail(kind)),
+            prompt: None,
         }
     }
 
@@ -145,6 +166,11 @@ impl ChunkCount {
             Some(End::Fail(e)) => Some(e),
             _ => None,
         }
+    }
+
+    /// The prompt length this chunk reports, if any (see [`prompt_tokens`](Self::prompt_tokens)).
+    pub const fn prompt(&self) -> Option<u64> {
+        self.prompt
     }
 }
 
@@ -263,6 +289,7 @@ pin_project! {
         guard: RequestGuard,
         counter: C,
         summary: Option<RequestSummary>,
+        prompt_set: bool,
     }
 }
 
@@ -275,6 +302,7 @@ impl<S, C> MeteredStream<S, C> {
             guard,
             counter,
             summary: None,
+            prompt_set: false,
         }
     }
 
@@ -315,6 +343,10 @@ where
         match &item {
             Some(it) => {
                 let c = this.counter.count(it);
+                if let (Some(n), false) = (c.prompt, *this.prompt_set) {
+                    *this.prompt_set = true;
+                    guard.set_prompt_tokens(usize::try_from(n).unwrap_or(usize::MAX));
+                }
                 guard.tokens(c.tokens);
                 match c.end {
                     Some(End::Finish(f)) => *this.summary = Some(guard.finish(f)),
@@ -517,6 +549,37 @@ mod tests {
         assert_eq!(sum.output_tokens, 6);
         assert_eq!(sum.ttft, Some(ms(10)));
         assert_eq!(sum.tpot, Some(ms(10))); // (60 - 10) ms over 5
+    }
+
+    #[test]
+    fn a_prompt_length_reported_late_is_set_once_before_the_end() {
+        let (meter, mock) = meter();
+        // The engine tokenizes the prompt itself: the length comes with the first chunk (an
+        // engine hook) and again with the usage on the last one.
+        let chunks = [
+            ChunkCount::tokens(1).prompt_tokens(9),
+            ChunkCount::tokens(1),
+            ChunkCount::tokens(1)
+                .prompt_tokens(9)
+                .finished(Finish::Stop),
+        ];
+        let mut s = stream::iter(chunks).metered(meter.request().start(), |c: &ChunkCount| *c);
+        assert_eq!(s.guard().prompt_tokens(), 0);
+        next(&mut s, &mock, ms(10));
+        assert_eq!(s.guard().prompt_tokens(), 9);
+        next(&mut s, &mock, ms(10));
+        next(&mut s, &mock, ms(10));
+        let sum = s.summary().expect("finished");
+        assert_eq!((sum.input_tokens, sum.output_tokens), (9, 3));
+        let t = meter.totals();
+        assert_eq!((t.input_tokens, t.output_tokens), (9, 3));
+
+        // Only on the finishing chunk (OpenAI's usage): set before the request ends.
+        let chunks = [ChunkCount::tokens(2).prompt_tokens(4).finished(Finish::Length)];
+        let mut s = stream::iter(chunks).metered(meter.request().start(), |c: &ChunkCount| *c);
+        next(&mut s, &mock, ms(10));
+        assert_eq!(s.summary().map(|x| x.input_tokens), Some(4));
+        assert_eq!(meter.totals().input_tokens, 13);
     }
 
     #[test]

@@ -10,12 +10,17 @@
 //!   output tokens each generated in each interval, so the parts add up exactly to the whole,
 //!   and derives each model's energy per output token, output tokens per joule and cost per 1k
 //!   output tokens over a sliding window;
+//! - splits the same energy and GPU time across the requests in flight, by the output tokens
+//!   each flushed in the interval, so that each request ends with its own joules and cost
+//!   (see [`RequestEnergy`] and `docs/gpu.md`): Σ request energy + idle energy = the GPUs'
+//!   measured energy, to the micro-joule;
 //! - emits everything through the `metrics` facade under the names in
 //!   `tokenmeter_core::catalog::gpu` (GPU and host series without a model label: one sampler
 //!   serves the whole process), and keeps the latest [`GpuSnapshot`] for in-process use.
 //!
 //! It never touches the generation loop: the only shared state it reads is the meters'
-//! cumulative totals (relaxed atomic loads).
+//! cumulative totals and each request's flushed token count (atomic loads), and what it
+//! writes is each request's energy and cost cell (atomic adds), never per token.
 //!
 //! Anything the source cannot read — no driver, no GPU, a call the GPU does not support — is
 //! logged once with `tracing::warn!` and left absent: the metric is never registered, or reads
@@ -53,7 +58,7 @@ pub use host::HostSample;
 pub use nvml::NvmlSource;
 pub use sampler::{
     Derived, EnergySource, GpuAvailability, GpuSample, GpuSelection, GpuSnapshot, ModelShare,
-    Sampler, SamplerBuilder, SamplerHandle,
+    RequestEnergy, Sampler, SamplerBuilder, SamplerHandle,
 };
 pub use source::{
     DeviceError, Field, FieldError, GpuIdentity, GpuReading, GpuSource, MemoryReading, SourceError,

@@ -200,8 +200,8 @@ impl ReviewConfig {
         self
     }
 
-    /// The model version written in every record (the meter's `model_version`, which the meter
-    /// does not expose).
+    /// The model version written in every record; by default the meter's
+    /// [`model_version`](tokenmeter_core::Meter::model_version) (absent when that is empty).
     pub fn model_version(mut self, version: impl Into<String>) -> Self {
         self.model_version = Some(version.into());
         self
@@ -830,7 +830,10 @@ impl ReviewSink {
             request_id: req.request_id().to_owned(),
             time_ms: unix_ms(),
             model: req.meter().model().to_owned(),
-            model_version: c.model_version.clone(),
+            model_version: c.model_version.clone().or_else(|| {
+                let v = req.meter().model_version();
+                (!v.is_empty()).then(|| v.to_owned())
+            }),
             variant: text.variant.map(str::to_owned),
             quality: ReviewProxies::new(quality, text.score),
             prompt,

@@ -476,3 +476,24 @@ fn the_thread_runs_passes_and_stops() {
         .collect();
     assert_eq!(seen.get("fr"), Some(&Outcome::Ok));
 }
+
+#[test]
+fn the_model_version_defaults_to_the_meters() {
+    let (clock, mock) = Clock::mock();
+    let meter = Meter::builder()
+        .model("m")
+        .model_version("q4_1")
+        .clock(clock)
+        .build();
+    let unnamed = ProbeConfig {
+        model_version: String::new(),
+        ..config()
+    };
+    let probe = Probe::new(&meter, set(), unnamed, answers(mock)).expect("valid probe");
+    assert_eq!(probe.run_pass().model_version, "q4_1");
+    let named = Probe::new(&meter, set(), config(), |_: &_| {
+        Ok::<_, String>(ProbeAnswer::new(""))
+    })
+    .expect("valid probe");
+    assert_eq!(named.run_pass().model_version, "v1");
+}

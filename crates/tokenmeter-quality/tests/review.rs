@@ -309,13 +309,13 @@ fn a_full_queue_drops_and_counts_without_blocking() {
 #[test]
 fn records_carry_redacted_text_proxies_and_identity() {
     let redactor = Arc::new(MaskEmailsAndNumbers::new());
+    // The model version comes from the meter when the config names none.
     let meter = Meter::builder()
         .model("m")
+        .model_version("q4_1")
         .capture_text(Arc::clone(&redactor))
         .build();
-    let config = ReviewConfig::new(1.0, redactor)
-        .model_version("q4_1")
-        .max_text_bytes(24);
+    let config = ReviewConfig::new(1.0, redactor).max_text_bytes(24);
     let (sink, rx) = ReviewSink::channel(&meter, config).expect("sink");
     let q = QualityReport {
         refusal: true,

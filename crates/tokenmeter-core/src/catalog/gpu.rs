@@ -151,6 +151,34 @@ pub static DEFS: &[MetricDef] = &[
     def!("system.network.io", "system.network.io", own: false, Counter, "By", labels: &["network.io.direction"],
         "Bytes received or transmitted by the machine's network interfaces since the sampler started (summed over interfaces, loopback excluded), direction receive or transmit.",
         recorded: "Every sampler interval from the second sample on."),
+    // ---- per request (docs/gpu.md, "Per-request energy and cost") ----
+    metric_def!(id: "gpu.request.energy", otel: "request.energy", own: true, vllm: None, prometheus: None,
+        kind: Histogram, unit: "J", labels: &[], buckets: Some(REQUEST_ENERGY_BUCKETS), vllm_buckets: None,
+        description: "GPU energy attributed to one request: the sum of its shares of each sampler interval's GPU energy, split across the requests in flight by the output tokens each flushed in the interval.",
+        recorded: "Once per request attached to a sampler, at the first sample after it ended (its last interval is then measured), while the GPUs' energy is known."),
+    metric_def!(id: "gpu.request.cost", otel: "request.cost", own: true, vllm: None, prometheus: None,
+        kind: Histogram, unit: "{USD}", labels: &[], buckets: Some(REQUEST_COST_BUCKETS), vllm_buckets: None,
+        description: "Cost attributed to one request: configured price per GPU-hour x its share of each interval's GPU time (split like energy).",
+        recorded: "Once per request attached to a sampler with a price per GPU-hour, at the first sample after it ended."),
+    def!("gpu.requests.energy", "requests.energy", own: true, Counter, "J", labels: &[],
+        "GPU energy attributed to requests, in whole joules, per model and per-request labels (e.g. tenant, capped): the running sum of the requests' shares, including the share of the interval in which each ended. With gpu.energy.idle it adds up to the GPUs' hw.energy.",
+        recorded: "Every sampler interval in which requests with these labels flushed output tokens, once the GPUs' energy is known."),
+    def!("gpu.energy.idle", "energy.idle", own: true, Counter, "J", labels: &[],
+        "GPU energy of the sampler intervals in which no attached request flushed an output token (idle GPUs, prefill-only intervals, requests started before the sampler), in whole joules.",
+        recorded: "Every sampler interval, once the GPUs' energy is known."),
+];
+
+/// Per-request energy bounds: 0.1 J (a short reply in a large batch) to 10 kJ (a long
+/// generation alone on a large GPU), at most 2.5x apart.
+pub const REQUEST_ENERGY_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+    10000.0,
+];
+/// Per-request cost bounds (currency units of the configured price): one millionth to 0.1
+/// (a GPU-second at 2.50 per GPU-hour is about 0.0007), at most 2.5x apart.
+pub const REQUEST_COST_BUCKETS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
 
 // Typed ids: a lookup by one of these cannot name a metric that does not exist. The test in
@@ -223,3 +251,11 @@ pub static SYSTEM_MEMORY_LIMIT: &MetricDef = &DEFS[31];
 pub static SYSTEM_DISK_IO: &MetricDef = &DEFS[32];
 /// The `system.network.io` metric.
 pub static SYSTEM_NETWORK_IO: &MetricDef = &DEFS[33];
+/// The `gpu.request.energy` metric.
+pub static REQUEST_ENERGY: &MetricDef = &DEFS[34];
+/// The `gpu.request.cost` metric.
+pub static REQUEST_COST: &MetricDef = &DEFS[35];
+/// The `gpu.requests.energy` metric.
+pub static REQUESTS_ENERGY: &MetricDef = &DEFS[36];
+/// The `gpu.energy.idle` metric.
+pub static ENERGY_IDLE: &MetricDef = &DEFS[37];

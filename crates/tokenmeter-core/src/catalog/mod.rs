@@ -450,6 +450,10 @@ mod tests {
             (gpu::SYSTEM_MEMORY_LIMIT, "system.memory.limit"),
             (gpu::SYSTEM_DISK_IO, "system.disk.io"),
             (gpu::SYSTEM_NETWORK_IO, "system.network.io"),
+            (gpu::REQUEST_ENERGY, "gpu.request.energy"),
+            (gpu::REQUEST_COST, "gpu.request.cost"),
+            (gpu::REQUESTS_ENERGY, "gpu.requests.energy"),
+            (gpu::ENERGY_IDLE, "gpu.energy.idle"),
         ];
         assert_eq!(gpu.len(), gpu::DEFS.len());
         let quality = [

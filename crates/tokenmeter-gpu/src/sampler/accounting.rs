@@ -13,6 +13,7 @@ use std::time::Duration;
 use metrics::Label;
 use serde::Serialize;
 use tokenmeter_core::Meter;
+use tokenmeter_core::attribution::Subscription;
 use tokenmeter_core::catalog;
 use tokenmeter_core::clock::Instant;
 
@@ -97,6 +98,9 @@ struct Account {
     j_per_token: GaugeSlot,
     tokens_per_j: GaugeSlot,
     cost: GaugeSlot,
+    /// Its requests, for the per-request split (`super::requests`); `None` once the sampler
+    /// found no GPU to split.
+    requests: Option<Subscription>,
 }
 
 impl Account {
@@ -107,6 +111,7 @@ impl Account {
             j_per_token: GaugeSlot::new(meter, catalog::gpu::ENERGY_PER_OUTPUT_TOKEN, l.clone()),
             tokens_per_j: GaugeSlot::new(meter, catalog::gpu::OUTPUT_TOKENS_PER_JOULE, l.clone()),
             cost: GaugeSlot::new(meter, catalog::gpu::COST_PER_1K_OUTPUT_TOKENS, l.clone()),
+            requests: Some(meter.subscribe_requests()),
             labels: l,
             meter: meter.clone(),
             first_tokens: None,
@@ -125,6 +130,8 @@ pub(super) struct Accounts {
     /// Σ whole joules of the reported GPUs at the previous sample.
     last_energy_j: Option<u64>,
     last_gpu_time: Duration,
+    /// Set by [`without_gpus`](Self::without_gpus).
+    without_gpus: bool,
 }
 
 impl Accounts {
@@ -140,7 +147,25 @@ impl Accounts {
             );
             return;
         }
-        self.accounts.push(Account::new(meter));
+        let mut account = Account::new(meter);
+        if self.without_gpus {
+            account.requests = None;
+        }
+        self.accounts.push(account);
+    }
+
+    /// Each attached meter's requests, in attachment order.
+    pub(super) fn subscriptions(&mut self) -> impl Iterator<Item = &mut Subscription> {
+        self.accounts.iter_mut().filter_map(|a| a.requests.as_mut())
+    }
+
+    /// The sampler reads no GPU (disabled, no driver, none found): its meters' requests are
+    /// no longer tracked (no cell per request), and their summaries carry no energy or cost.
+    pub(super) fn without_gpus(&mut self) {
+        self.without_gpus = true;
+        for a in &mut self.accounts {
+            a.requests = None;
+        }
     }
 
     /// Output tokens of the attached meters since each was attached.

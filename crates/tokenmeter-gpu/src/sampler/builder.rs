@@ -9,6 +9,7 @@ use crate::source::GpuSource;
 
 use super::accounting::Accounts;
 use super::host::HostState;
+use super::requests::RequestAccounts;
 use super::window::NodeWindow;
 use super::{GpuAvailability, Sampler, SamplerHandle};
 
@@ -127,6 +128,9 @@ impl SamplerBuilder {
             GpuAvailability::Disabled
         };
         let mut accounts = Accounts::default();
+        if self.source.is_none() {
+            accounts.without_gpus();
+        }
         for meter in std::iter::once(&self.meter).chain(&self.meters) {
             accounts.attach(meter);
         }
@@ -141,6 +145,7 @@ impl SamplerBuilder {
             gpus: Vec::new(),
             node: NodeWindow::default(),
             accounts,
+            requests: RequestAccounts::new(&self.meter),
             inbox: Arc::new(Mutex::new(Vec::new())),
             claims: Default::default(),
             meter: self.meter,

@@ -408,6 +408,13 @@ impl GpuState {
         self.energy.total_j.map(|e| e.max(0.0).floor() as u64)
     }
 
+    /// Energy since start in whole micro-joules, as the per-request split counts it.
+    pub(super) fn energy_uj(&self) -> Option<u64> {
+        self.energy
+            .total_j
+            .map(|e| (e.max(0.0) * 1e6).floor() as u64)
+    }
+
     /// The GPU is gone: every gauge of it is set once to 0 and released. A lost GPU draws,
     /// holds and moves nothing the node can use, so node sums (`sum(hw_power_watts)`) stay
     /// finite and right, where NaN would turn them NaN for as long as the process lives;

@@ -12,6 +12,7 @@ mod claim;
 mod energy;
 mod gpu;
 mod host;
+mod requests;
 mod thread;
 mod window;
 
@@ -32,6 +33,7 @@ pub use accounting::ModelShare;
 pub use builder::{GpuSelection, SamplerBuilder};
 pub use energy::EnergySource;
 pub use gpu::GpuSample;
+pub use requests::RequestEnergy;
 pub use thread::SamplerHandle;
 pub use window::Derived;
 
@@ -39,6 +41,7 @@ use accounting::Accounts;
 use claim::Claims;
 use gpu::GpuState;
 use host::HostState;
+use requests::RequestAccounts;
 use window::NodeWindow;
 
 /// Whether GPU metrics are being read, and if not, why.
@@ -79,6 +82,9 @@ pub struct GpuSnapshot {
     /// Each attached meter's share of the node's energy and cost, in attachment order; the
     /// shares add up to the node's whole (see [`SamplerBuilder::meter`]).
     pub models: Vec<ModelShare>,
+    /// The split of the node's energy and GPU time across the attached meters' requests and
+    /// idle time (docs/gpu.md, "Per-request energy and cost").
+    pub requests: RequestEnergy,
 }
 
 /// Reads GPUs and the host, emits their metrics and keeps the latest [`GpuSnapshot`].
@@ -109,6 +115,7 @@ pub struct Sampler {
     gpus: Vec<GpuState>,
     node: NodeWindow,
     accounts: Accounts,
+    requests: RequestAccounts,
     /// Meters attached through a [`SamplerHandle`] since the last sample.
     inbox: Arc<Mutex<Vec<Meter>>>,
     claims: Claims,
@@ -173,6 +180,9 @@ impl Sampler {
         self.samples += 1;
         if self.availability == GpuAvailability::Pending {
             self.init_source();
+            if self.availability != GpuAvailability::Ok {
+                self.accounts.without_gpus();
+            }
         }
         let mut gpus = Vec::with_capacity(self.gpus.len());
         if let Some(source) = self.source.as_mut() {
@@ -200,6 +210,19 @@ impl Sampler {
         let models = self
             .accounts
             .update(now, self.window, whole_joules, gpu_time, price);
+        let energy_uj = reported()
+            .filter_map(GpuState::energy_uj)
+            .fold(None, |a: Option<u64>, e| {
+                Some(a.unwrap_or(0).saturating_add(e))
+            });
+        // No cost while no GPU is reported (GPU time is then zero, not free).
+        let request_price = price.filter(|_| reported().next().is_some());
+        let requests = self.requests.update(
+            self.accounts.subscriptions(),
+            energy_uj,
+            gpu_time,
+            request_price,
+        );
         let tokens = self.accounts.tokens_since_start();
         let derived = self
             .node
@@ -212,6 +235,7 @@ impl Sampler {
             host,
             derived,
             models,
+            requests,
         };
         *lock(&self.shared) = Some(snap.clone());
         snap

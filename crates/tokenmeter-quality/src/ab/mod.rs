@@ -46,7 +46,7 @@
 //!     let mut req = meter.request().label(VARIANT_LABEL, variant).start();
 //!     req.token();
 //!     let summary = req.finish(Finish::Stop);
-//!     ab.record(variant, Ok(Finish::Stop), &summary, None);
+//!     ab.record(variant, &summary, None);
 //! }
 //! let readout = ab.readout("a", "b");
 //! println!("{readout}");
@@ -68,7 +68,7 @@ use tokenmeter_core::cardinality::{Admission, CardinalityLimit, OTHER};
 use tokenmeter_core::catalog::{self, prometheus_label};
 use tokenmeter_core::clock::Instant;
 use tokenmeter_core::emit::{RecorderScoped, lock};
-use tokenmeter_core::{ErrorKind, Finish, Meter, RequestSummary};
+use tokenmeter_core::{Finish, Meter, RequestSummary};
 
 use crate::monitor::QualityReport;
 
@@ -448,22 +448,17 @@ impl AbMonitor {
         &self.config
     }
 
-    /// Records an ended request of `variant`: `end` is how it ended (`Ok(reason)` from
-    /// [`RequestGuard::finish`](tokenmeter_core::RequestGuard::finish), `Err(kind)` from
-    /// [`fail`](tokenmeter_core::RequestGuard::fail)), `summary` what that call returned, and
-    /// `quality` the request's [`QualityReport`] when the quality monitor ran (refusal,
-    /// perplexity). Call it after the request ended, off the generation loop.
-    pub fn record(
-        &self,
-        variant: &str,
-        end: Result<Finish, ErrorKind>,
-        summary: &RequestSummary,
-        quality: Option<&QualityReport>,
-    ) {
-        let ended = match end {
-            Ok(Finish::Cancelled) => Ended::Cancelled,
-            Ok(_) => Ended::Succeeded,
-            Err(_) => Ended::Failed,
+    /// Records an ended request of `variant`: `summary` is what
+    /// [`RequestGuard::finish`](tokenmeter_core::RequestGuard::finish) or
+    /// [`fail`](tokenmeter_core::RequestGuard::fail) returned (it says how the request ended:
+    /// a finish reason, `cancelled`, or an error), and `quality` the request's
+    /// [`QualityReport`] when the quality monitor ran (refusal, perplexity). Call it after the
+    /// request ended, off the generation loop.
+    pub fn record(&self, variant: &str, summary: &RequestSummary, quality: Option<&QualityReport>) {
+        let ended = match summary.finish_reason {
+            Some(Finish::Cancelled) => Ended::Cancelled,
+            Some(_) => Ended::Succeeded,
+            None => Ended::Failed,
         };
         let now = self.meter.now();
         let obs = Obs {

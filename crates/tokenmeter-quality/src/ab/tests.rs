@@ -47,16 +47,16 @@ fn a_window_holds_what_was_recorded() {
     let ab = AbMonitor::new(&meter, AbConfig::default()).expect("valid config");
     let mut fast = request(&meter, &mock, 50, 10, 3);
     let s = fast.finish(Finish::Stop);
-    ab.record("a", Ok(Finish::Stop), &s, Some(&report(true, 2.5)));
+    ab.record("a", &s, Some(&report(true, 2.5)));
     let mut slow = request(&meter, &mock, 150, 10, 1);
     let s = slow.finish(Finish::Length);
-    ab.record("a", Ok(Finish::Length), &s, None);
+    ab.record("a", &s, None);
     let mut failed = meter.request().start();
     let s = failed.fail(ErrorKind::Oom);
-    ab.record("a", Err(ErrorKind::Oom), &s, None);
+    ab.record("a", &s, None);
     let mut gone = request(&meter, &mock, 20, 10, 2);
     let s = gone.finish(Finish::Cancelled);
-    ab.record("a", Ok(Finish::Cancelled), &s, Some(&report(false, 4.0)));
+    ab.record("a", &s, Some(&report(false, 4.0)));
     ab.record_golden("a", 0.75);
     ab.record_golden("a", f64::NAN);
 
@@ -173,7 +173,7 @@ fn a_degraded_variant_is_significant_on_quality_and_not_on_latency() {
             let mut req = request(&meter, &mock, 200 + (i * 7) % 40 * 10, 20 + i % 10, 4);
             let s = req.finish(Finish::Stop);
             let q = report(i % refuse_every == 0, ppl_base + (i % 9) as f64 * 0.1);
-            ab.record(variant, Ok(Finish::Stop), &s, Some(&q));
+            ab.record(variant, &s, Some(&q));
         }
     }
     for i in 0..40 {
@@ -273,9 +273,9 @@ fn variant_series_are_exported_under_the_variant_label() {
         let mut req = meter.request().label(VARIANT_LABEL, "b").start();
         req.token();
         let s = req.finish(Finish::Stop);
-        ab.record("b", Ok(Finish::Stop), &s, Some(&report(true, 2.0)));
-        ab.record("b", Ok(Finish::Stop), &s, Some(&report(false, 4.0)));
-        ab.record("b", Err(ErrorKind::Timeout), &s, None);
+        ab.record("b", &s, Some(&report(true, 2.0)));
+        ab.record("b", &s, Some(&report(false, 4.0)));
+        ab.record("b", &s, None);
         ab.record_golden("b", 0.5);
         ab.record_golden("c", 1.0); // past the cap of 1: under `other`
         ab.record_golden("c", f64::INFINITY); // ignored before the cap: no second overflow

@@ -71,7 +71,8 @@ impl ProbeAnswer {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeConfig {
     /// The model version probed: the `model_version` label and the reports' field. Default
-    /// empty (the label is then absent in Prometheus).
+    /// empty: the meter's [`model_version`](Meter::model_version) (when that is empty too, the
+    /// label is absent in Prometheus).
     pub model_version: String,
     /// Time between passes (default 5 minutes), scaled per pass by the jitter.
     pub interval: Duration,
@@ -203,13 +204,16 @@ impl Probe {
     pub fn new<F, E>(
         meter: &Meter,
         set: GoldenSet,
-        config: ProbeConfig,
+        mut config: ProbeConfig,
         callback: F,
     ) -> Result<Probe, ProbeError>
     where
         F: Fn(&ProbePrompt) -> Result<ProbeAnswer, E> + Send + Sync + 'static,
         E: std::fmt::Display,
     {
+        if config.model_version.is_empty() {
+            config.model_version = meter.model_version().to_owned();
+        }
         let bad = |m: String| Err(ProbeError::Config(m));
         if config.interval.is_zero() {
             return bad("interval is zero".into());
