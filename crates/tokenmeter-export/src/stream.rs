@@ -575,7 +575,9 @@ mod tests {
         assert_eq!((t.input_tokens, t.output_tokens), (9, 3));
 
         // Only on the finishing chunk (OpenAI's usage): set before the request ends.
-        let chunks = [ChunkCount::tokens(2).prompt_tokens(4).finished(Finish::Length)];
+        let chunks = [ChunkCount::tokens(2)
+            .prompt_tokens(4)
+            .finished(Finish::Length)];
         let mut s = stream::iter(chunks).metered(meter.request().start(), |c: &ChunkCount| *c);
         next(&mut s, &mock, ms(10));
         assert_eq!(s.summary().map(|x| x.input_tokens), Some(4));

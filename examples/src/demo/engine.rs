@@ -519,15 +519,14 @@ fn step_done(
             if let Some(g) = a.req.guard.as_mut() {
                 let report = a.monitor.finish(g, &a.req.prompt);
                 let summary = g.finish(Finish::Cancelled);
-                a.monitor
-                    .ended(Ok(Finish::Cancelled), &summary, report.as_ref());
+                a.monitor.ended(&summary, report.as_ref());
             }
             false
         }
         StepOutcome::Error(msg) => {
             if let Some(g) = a.req.guard.as_mut() {
                 let summary = g.fail(ErrorKind::Internal);
-                a.monitor.ended(Err(ErrorKind::Internal), &summary, None);
+                a.monitor.ended(&summary, None);
             }
             let _ = a.req.events.send(Event::Error(msg));
             false
@@ -586,7 +585,7 @@ fn end(a: &mut Active<'_>, now: Instant, reason: Finish, reason_str: &'static st
     if let Some(g) = a.req.guard.as_mut() {
         let report = a.monitor.finish(g, &a.req.prompt);
         let summary = g.finish(reason);
-        a.monitor.ended(Ok(reason), &summary, report.as_ref());
+        a.monitor.ended(&summary, report.as_ref());
         timing.perplexity = report.and_then(|r| r.logprobs.perplexity);
         if let Some(t) = g.ttft() {
             timing.ttft_s = Some(t.as_secs_f64());

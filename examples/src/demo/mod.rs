@@ -264,8 +264,8 @@ pub async fn start_server(opts: &ServerOptions) -> Result<RunningServer, BoxErro
                 tokenmeter::quality::AbConfig::default().window(opts.window),
             )?);
             let sink = std::sync::Arc::clone(&ab);
-            q.on_end = Some(std::sync::Arc::new(move |variant, end, summary, report| {
-                sink.record(variant, end, summary, report);
+            q.on_end = Some(std::sync::Arc::new(move |variant, summary, report| {
+                sink.record(variant, summary, report);
             }));
             Some(ab)
         }

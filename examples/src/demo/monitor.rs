@@ -10,15 +10,13 @@ use tokenmeter::quality::text::DEFAULT_REFUSAL_PHRASES;
 use tokenmeter::quality::{
     LogitsExt, QualityConfig, QualityMonitor, QualityReport, RequestQuality,
 };
-use tokenmeter_core::{ErrorKind, Finish, Meter, RequestGuard, RequestSummary};
+use tokenmeter_core::{Meter, RequestGuard, RequestSummary};
 
 use super::drift::TrafficDrift;
 
-/// Called once per request when it ended: its variant, how it ended, its summary and quality
-/// report (the A/B readout's input).
-pub type EndSink = Arc<
-    dyn Fn(&str, Result<Finish, ErrorKind>, &RequestSummary, Option<&QualityReport>) + Send + Sync,
->;
+/// Called once per request when it ended: its variant, its summary (which says how it ended)
+/// and quality report (the A/B readout's input).
+pub type EndSink = Arc<dyn Fn(&str, &RequestSummary, Option<&QualityReport>) + Send + Sync>;
 
 /// The server's quality monitoring: tokenmeter's quality monitor (default refusal phrases,
 /// seq-rep-4) feeding the drift monitor, the drift of the live traffic, and where ended
@@ -127,14 +125,9 @@ impl SeqMonitor {
     }
 
     /// Hands the ended request to the server's [`EndSink`], if any.
-    pub fn ended(
-        &self,
-        end: Result<Finish, ErrorKind>,
-        summary: &RequestSummary,
-        report: Option<&QualityReport>,
-    ) {
+    pub fn ended(&self, summary: &RequestSummary, report: Option<&QualityReport>) {
         if let Some(sink) = self.q.as_ref().and_then(|(_, s)| s.on_end.as_ref()) {
-            sink(self.variant, end, summary, report);
+            sink(self.variant, summary, report);
         }
     }
 }
