@@ -55,3 +55,38 @@ pub fn require(name: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED: {msg}");
     None
 }
+
+/// Runs `promtool check metrics` on `exposition` and asserts that it parses. promtool also
+/// exits non-zero for lint findings, some about names inherited from the OTel and vLLM
+/// conventions; parse errors are what matter.
+///
+/// # Panics
+///
+/// When promtool cannot run or reports a parse error.
+pub fn check_metrics(promtool: &Path, exposition: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(exposition.as_bytes())
+        .expect("exposition written to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !report.contains("error while linting") && !report.contains("text format parsing error"),
+        "{report}"
+    );
+}

@@ -333,30 +333,7 @@ fn golden_rules_pass_promtool_and_fire_on_a_live_probes_series() {
         assert_eq!(probe.run_pass().score_of(Scoring::Contains), Some(0.5));
     });
     let text = render.render();
-    // The exposition parses (promtool exits non-zero on lint findings about inherited OTel
-    // names too; parse errors are what matter, as in export_prometheus.rs).
-    let mut child = std::process::Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(text.as_bytes()).expect("write");
-    }
-    let out = child.wait_with_output().expect("promtool output");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !report.contains("error while linting") && !report.contains("text format parsing error"),
-        "{report}"
-    );
+    bins::check_metrics(&promtool, &text);
     let line = |name: &str| -> String {
         text.lines()
             .find(|l| l.starts_with(&format!("{name}{{")))

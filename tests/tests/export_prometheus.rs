@@ -233,30 +233,7 @@ fn exposition_has_buckets_for_every_histogram_and_passes_promtool() {
     let Some(promtool) = bins::require("promtool") else {
         return;
     };
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(body.as_bytes()).expect("write");
-    }
-    let out = child.wait_with_output().expect("promtool output");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // promtool exits non-zero for lint findings too; parse errors are what matter. Lint
-    // findings must only be about naming conventions we inherit from OTel/vLLM names.
-    assert!(
-        !report.contains("error while linting") && !report.contains("text format parsing error"),
-        "{report}"
-    );
+    bins::check_metrics(&promtool, &body);
 }
 
 #[test]

@@ -108,6 +108,49 @@ pub enum BaselineError {
     },
 }
 
+/// Reads a baseline file (drift or golden-set) and validates it, naming the file in errors.
+pub(crate) fn read_validated<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, BaselineError> {
+    let text = std::fs::read(path).map_err(|source| BaselineError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_validated(&text, path, validate)
+}
+
+/// Parses baseline JSON and validates it; `origin` names the source in errors.
+pub(crate) fn parse_validated<T: serde::de::DeserializeOwned>(
+    json: &[u8],
+    origin: &Path,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, BaselineError> {
+    let b: T = serde_json::from_slice(json).map_err(|source| BaselineError::Parse {
+        path: origin.to_owned(),
+        source,
+    })?;
+    validate(&b).map_err(|reason| BaselineError::Invalid {
+        path: origin.to_owned(),
+        reason,
+    })?;
+    Ok(b)
+}
+
+/// Writes a baseline as pretty JSON to a temporary file renamed into place, so a reader never
+/// sees half a file.
+pub(crate) fn write_json<T: serde::Serialize>(value: &T, path: &Path) -> Result<(), BaselineError> {
+    let werr = |source| BaselineError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let json = serde_json::to_vec_pretty(value).map_err(|e| werr(std::io::Error::other(e)))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, json).map_err(werr)?;
+    std::fs::rename(&tmp, path).map_err(werr)
+}
+
 impl Baseline {
     /// Reads and validates a baseline file.
     ///
@@ -116,12 +159,7 @@ impl Baseline {
     /// [`BaselineError::Read`], [`BaselineError::Parse`] or [`BaselineError::Invalid`], each
     /// naming the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Baseline, BaselineError> {
-        let path = path.as_ref();
-        let text = std::fs::read(path).map_err(|source| BaselineError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Baseline::from_json_slice(&text, path)
+        read_validated(path.as_ref(), Baseline::validate)
     }
 
     /// Parses and validates baseline JSON; `origin` names the source in errors (a file name,
@@ -134,16 +172,7 @@ impl Baseline {
         json: &[u8],
         origin: impl AsRef<Path>,
     ) -> Result<Baseline, BaselineError> {
-        let path = origin.as_ref();
-        let b: Baseline = serde_json::from_slice(json).map_err(|source| BaselineError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        b.validate().map_err(|reason| BaselineError::Invalid {
-            path: path.to_owned(),
-            reason,
-        })?;
-        Ok(b)
+        parse_validated(json, origin.as_ref(), Baseline::validate)
     }
 
     /// Writes the baseline as pretty JSON (to a temporary file renamed into place).
@@ -152,16 +181,7 @@ impl Baseline {
     ///
     /// [`BaselineError::Write`] naming the file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), BaselineError> {
-        let path = path.as_ref();
-        let werr = |source| BaselineError::Write {
-            path: path.to_owned(),
-            source,
-        };
-        let json = serde_json::to_vec_pretty(self).map_err(|e| werr(std::io::Error::other(e)))?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        std::fs::write(&tmp, json).map_err(werr)?;
-        std::fs::rename(&tmp, path).map_err(werr)
+        write_json(self, path.as_ref())
     }
 
     /// Checks the invariants [`load`](Self::load) relies on.

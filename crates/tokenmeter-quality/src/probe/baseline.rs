@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::report::PassReport;
 use super::score::Scoring;
-use crate::drift::BaselineError;
+use crate::drift::{BaselineError, parse_validated, read_validated, write_json};
 
 /// The golden baseline file format version this crate writes and reads.
 pub const GOLDEN_FORMAT_VERSION: u32 = 1;
@@ -53,12 +53,7 @@ impl GoldenBaseline {
     /// [`BaselineError::Read`], [`BaselineError::Parse`] or [`BaselineError::Invalid`], each
     /// naming the file.
     pub fn load(path: impl AsRef<Path>) -> Result<GoldenBaseline, BaselineError> {
-        let path = path.as_ref();
-        let text = std::fs::read(path).map_err(|source| BaselineError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        GoldenBaseline::from_json_slice(&text, path)
+        read_validated(path.as_ref(), GoldenBaseline::validate)
     }
 
     /// Parses and validates baseline JSON; `origin` names the source in errors.
@@ -70,17 +65,7 @@ impl GoldenBaseline {
         json: &[u8],
         origin: impl AsRef<Path>,
     ) -> Result<GoldenBaseline, BaselineError> {
-        let path = origin.as_ref();
-        let b: GoldenBaseline =
-            serde_json::from_slice(json).map_err(|source| BaselineError::Parse {
-                path: path.to_owned(),
-                source,
-            })?;
-        b.validate().map_err(|reason| BaselineError::Invalid {
-            path: path.to_owned(),
-            reason,
-        })?;
-        Ok(b)
+        parse_validated(json, origin.as_ref(), GoldenBaseline::validate)
     }
 
     /// Writes the baseline as pretty JSON (to a temporary file renamed into place).
@@ -89,16 +74,7 @@ impl GoldenBaseline {
     ///
     /// [`BaselineError::Write`] naming the file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), BaselineError> {
-        let path = path.as_ref();
-        let werr = |source| BaselineError::Write {
-            path: path.to_owned(),
-            source,
-        };
-        let json = serde_json::to_vec_pretty(self).map_err(|e| werr(std::io::Error::other(e)))?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        std::fs::write(&tmp, json).map_err(werr)?;
-        std::fs::rename(&tmp, path).map_err(werr)
+        write_json(self, path.as_ref())
     }
 
     /// Checks the invariants [`load`](Self::load) relies on.
