@@ -317,6 +317,12 @@ impl Subscription {
         self.tracked.len()
     }
 
+    /// Of the requests tracked, those still in flight when the current interval began (not
+    /// ended): the ones whose next tokens may still come.
+    pub fn in_flight(&self) -> usize {
+        self.tracked.iter().filter(|t| !t.ended).count()
+    }
+
     /// Charges each request of the current interval its part (`charges` in the order of
     /// [`begin_interval`](Self::begin_interval); missing entries charge nothing), advances
     /// the energy counter of its labels, and settles the requests that had ended when the

@@ -767,8 +767,12 @@ impl RequestGuard {
             s.cached_prompt_tokens = f.prefix_hits;
             s.spec_draft_tokens = f.spec_draft_tokens;
             s.spec_accepted_tokens = f.spec_accepted_tokens;
-            s.energy_joules = f.energy.and_then(|e| e.energy_joules());
-            s.cost = f.energy.and_then(|e| e.cost());
+            // Nothing charged by the end reads as unknown (its share comes late), never free.
+            s.energy_joules = f
+                .energy
+                .and_then(|e| e.energy_joules())
+                .filter(|j| *j > 0.0);
+            s.cost = f.energy.and_then(|e| e.cost()).filter(|c| *c > 0.0);
         }
         s
     }

@@ -82,6 +82,10 @@ impl FakeGpuSource {
     /// memory controller 0.25, 40 GiB used of 80 GiB, this process 10 GiB, 300 W of a 700 W limit,
     /// energy counter 1000 J, 60 °C, SM 1.98 GHz, memory 2.619 GHz, sw_power_cap throttling,
     /// 2 corrected / 0 uncorrected ECC errors, PCIe 1 MB/s out and 2 MB/s in.
+    ///
+    /// The reading is fixed, energy counter included: advance the counter with
+    /// [`set_energy_counter`](Self::set_energy_counter) as time passes, or the sampler sees a
+    /// counter stuck while power says 300 W (it warns, and integrates power instead).
     pub fn typical_reading() -> GpuReading {
         const GIB: u64 = 1 << 30;
         GpuReading {

@@ -221,16 +221,30 @@ fn without_a_sampler_a_request_has_no_energy_never_zero() {
     assert_eq!((s.energy_joules, s.cost), (None, None));
     // A sampler without a price: energy, but no cost.
     let (clock, mock) = Clock::mock();
-    let meter = Meter::builder().clock(clock).build();
+    let meter = Meter::builder()
+        .clock(clock)
+        .flush_interval(Duration::from_millis(1))
+        .build();
     let fake = FakeGpuSource::new().with_gpu("A", FakeGpuSource::typical_reading());
+    let control = fake.clone();
     let mut sampler = Sampler::builder(&meter).source(fake).host(false).build();
     let mut req = meter.request().start();
     sampler.sample_once();
     mock.increment(Duration::from_secs(1));
+    req.token();
+    mock.increment(Duration::from_millis(1));
+    req.token(); // a flush interval after the first: flushed, the sample splits by them
+    control.set_energy_counter(0, 1300.0);
     sampler.sample_once();
+    let s = req.finish(Finish::Stop);
+    assert_eq!((s.energy_joules, s.cost), (Some(300.0), None));
+    // Charged nothing by its end (the share of its only interval comes at the next sample):
+    // unknown, never a free 0.
+    let mut req = meter.request().start();
+    mock.increment(Duration::from_secs(1));
     req.token();
     let s = req.finish(Finish::Stop);
-    assert_eq!((s.energy_joules, s.cost), (Some(0.0), None));
+    assert_eq!((s.energy_joules, s.cost), (None, None));
     // Once the sampler is gone, new requests are not tracked.
     drop(sampler);
     let s = meter.request().start().finish(Finish::Stop);
@@ -503,4 +517,52 @@ fn the_exposition_carries_the_per_request_series_and_passes_promtool() {
     ] {
         assert!(!report.contains(name), "{report}");
     }
+}
+
+/// A sampler faster than the guards' flushes (100 ms against the default 1 s): intervals with
+/// a request in flight and no token flushed yet carry their energy to the next flush instead
+/// of reading as idle, so a GPU busy with one request charges that request all of it.
+#[test]
+fn intervals_shorter_than_the_flush_carry_their_energy_to_the_next_flush() {
+    let (clock, mock) = Clock::mock();
+    let meter = Meter::builder().clock(clock).build(); // flush interval 1 s
+    let fake = FakeGpuSource::new().with_gpu("A", FakeGpuSource::typical_reading());
+    let control = fake.clone();
+    let mut sampler = Sampler::builder(&meter)
+        .source(fake)
+        .host(false)
+        .price_per_gpu_hour(3.6)
+        .build();
+    let (_, settled) = settlements(|| {
+        let mut req = meter.request().request_id("r").start();
+        let mut energy = 1000.0;
+        sampler.sample_once(); // t=0: the baseline
+        for _ in 0..15 {
+            // 100 ms at 300 W: 30 J per interval, one token per 10 ms
+            for _ in 0..10 {
+                mock.increment(Duration::from_millis(10));
+                req.token();
+            }
+            energy += 30.0;
+            control.set_energy_counter(0, energy);
+            let snap = sampler.sample_once();
+            assert_eq!(snap.requests.idle_uj, 0, "busy intervals are never idle");
+        }
+        // t=1.5 s: the first flush, at 1.01 s (1 s after the first token), published the
+        // tokens so far, and the sample at 1.1 s split the 11 intervals up to then (330 J);
+        // the last 4 (120 J) are carried
+        let s = req.finish(Finish::Stop);
+        assert_eq!(s.energy_joules, Some(330.0));
+        mock.increment(Duration::from_millis(100));
+        energy += 30.0;
+        control.set_energy_counter(0, energy);
+        let snap = sampler.sample_once(); // the end's flush takes the carried 120 J and 30 J
+        let r = &snap.requests;
+        assert_eq!((r.measured_uj, r.requests_uj), (uj(480.0), uj(480.0)));
+        assert_eq!((r.idle_uj, r.carried_uj, r.tracked), (0, 0, 0));
+    });
+    let (total, late, cost) = settled["r"];
+    assert_eq!((total, late), (Some(480.0), Some(150.0)));
+    // 1.6 GPU-seconds at 0.001 per GPU-second
+    assert!((cost.expect("priced") - 0.0016).abs() < 1e-12);
 }

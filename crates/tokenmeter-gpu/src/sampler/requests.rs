@@ -4,9 +4,15 @@
 //!
 //! The split is done in integers (micro-joules and nanoseconds) with the largest-remainder
 //! method, so the requests' parts plus the idle part add up exactly to the node's whole at
-//! every sample: Σ request energy + idle energy = the GPUs' measured energy. An interval in
-//! which no tracked request flushed a token is idle: all of its energy and GPU time go to
-//! `energy.idle` (unlike the per-model split, which shares idle intervals equally).
+//! every sample: Σ request energy + idle energy + carried energy = the GPUs' measured energy.
+//!
+//! Guards publish their token counts when they flush (about once a second, the meter's flush
+//! interval), not per token, so an interval can pass with requests in flight and no token
+//! flushed, most often when the sampler's interval is shorter than the flush interval. Such an
+//! interval's energy and GPU time are *carried*: split with the next interval in which tokens
+//! are flushed, by those tokens. Only an interval with no tracked request is idle (it also
+//! takes what was carried when the last tracked request is gone): all of its energy and GPU
+//! time go to `energy.idle` (unlike the per-model split, which shares idle intervals equally).
 
 use std::time::Duration;
 
@@ -20,8 +26,8 @@ use crate::emit::{CounterSlot, node_labels};
 use super::accounting::split;
 
 /// The sampler's running totals of the per-request split, since its first energy reading:
-/// `requests_uj + idle_uj == measured_uj` and `requests_gpu_ns + idle_gpu_ns == gpu_ns`
-/// after every sample.
+/// `requests_uj + idle_uj + carried_uj == measured_uj` and
+/// `requests_gpu_ns + idle_gpu_ns + carried_gpu_ns == gpu_ns` after every sample.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RequestEnergy {
     /// Growth of the reported GPUs' energy (Σ of each GPU's energy since start, in whole
@@ -29,14 +35,19 @@ pub struct RequestEnergy {
     pub measured_uj: u64,
     /// Of that, charged to requests (whether before or after they ended), micro-joules.
     pub requests_uj: u64,
-    /// Of that, idle: intervals in which no tracked request flushed a token, micro-joules.
+    /// Of that, idle: intervals with no tracked request, micro-joules.
     pub idle_uj: u64,
+    /// Of that, carried: intervals with requests in flight and no token flushed since the
+    /// last split, waiting for the next one, micro-joules.
+    pub carried_uj: u64,
     /// Reported GPU time since the first sample, nanoseconds (the basis of cost).
     pub gpu_ns: u64,
     /// Of that, charged to requests, nanoseconds.
     pub requests_gpu_ns: u64,
     /// Of that, idle, nanoseconds.
     pub idle_gpu_ns: u64,
+    /// Of that, carried to the next split, nanoseconds.
+    pub carried_gpu_ns: u64,
     /// Requests tracked after the sample (in flight, or ended and not yet settled).
     pub tracked: usize,
 }
@@ -71,6 +82,7 @@ impl RequestAccounts {
         let mut subs: Vec<&mut Subscription> = subs.collect();
         let tokens: Vec<Vec<u64>> = subs.iter_mut().map(|s| s.begin_interval()).collect();
         let flat: Vec<u64> = tokens.iter().flatten().copied().collect();
+        let in_flight: usize = subs.iter().map(|s| s.in_flight()).sum();
         let d_energy = match (energy_uj, self.last_energy_uj) {
             (Some(e), Some(e0)) => Some(e.saturating_sub(e0)),
             (Some(_), None) => Some(0),
@@ -82,15 +94,27 @@ impl RequestAccounts {
         let d_gpu_ns = u64::try_from(d_gpu.as_nanos()).unwrap_or(u64::MAX);
 
         let t = &mut self.totals;
-        let idle = flat.iter().all(|n| *n == 0);
-        let (energy_parts, gpu_parts) = if idle {
-            t.idle_uj = t.idle_uj.saturating_add(d_energy.unwrap_or(0));
-            t.idle_gpu_ns = t.idle_gpu_ns.saturating_add(d_gpu_ns);
+        // Whether the parts charged now carry energy: this interval's, or carried earlier.
+        let energy_known = d_energy.is_some() || t.carried_uj > 0;
+        let (energy_parts, gpu_parts) = if flat.iter().all(|n| *n == 0) {
+            if in_flight > 0 {
+                // Requests in flight, no token flushed yet: carried to the next split.
+                t.carried_uj = t.carried_uj.saturating_add(d_energy.unwrap_or(0));
+                t.carried_gpu_ns = t.carried_gpu_ns.saturating_add(d_gpu_ns);
+            } else {
+                // Nobody left to carry for: this interval and what was carried are idle.
+                let carried_uj = std::mem::take(&mut t.carried_uj);
+                let carried_gpu_ns = std::mem::take(&mut t.carried_gpu_ns);
+                t.idle_uj = t.idle_uj.saturating_add(d_energy.unwrap_or(0) + carried_uj);
+                t.idle_gpu_ns = t.idle_gpu_ns.saturating_add(d_gpu_ns + carried_gpu_ns);
+            }
             (vec![0; flat.len()], vec![0; flat.len()])
         } else {
-            t.requests_uj = t.requests_uj.saturating_add(d_energy.unwrap_or(0));
-            t.requests_gpu_ns = t.requests_gpu_ns.saturating_add(d_gpu_ns);
-            (split(d_energy.unwrap_or(0), &flat), split(d_gpu_ns, &flat))
+            let energy = d_energy.unwrap_or(0) + std::mem::take(&mut t.carried_uj);
+            let gpu_ns = d_gpu_ns + std::mem::take(&mut t.carried_gpu_ns);
+            t.requests_uj = t.requests_uj.saturating_add(energy);
+            t.requests_gpu_ns = t.requests_gpu_ns.saturating_add(gpu_ns);
+            (split(energy, &flat), split(gpu_ns, &flat))
         };
         t.measured_uj = t.measured_uj.saturating_add(d_energy.unwrap_or(0));
         t.gpu_ns = t.gpu_ns.saturating_add(d_gpu_ns);
@@ -101,7 +125,7 @@ impl RequestAccounts {
         let charges: Vec<Charge> = energy_parts
             .iter()
             .zip(&gpu_parts)
-            .map(|(e, g)| Charge::new(d_energy.map(|_| *e), *g, price))
+            .map(|(e, g)| Charge::new(energy_known.then_some(*e), *g, price))
             .collect();
         let mut from = 0;
         for (sub, n) in subs.iter_mut().zip(tokens.iter().map(Vec::len)) {
