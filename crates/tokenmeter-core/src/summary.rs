@@ -78,7 +78,7 @@ pub struct RequestSummary {
     /// Of those, accepted.
     pub spec_accepted_tokens: u64,
     /// GPU energy attributed to the request by its end, joules: its shares of the sampler
-    /// intervals measured while it ran (docs/gpu.md, "Per-request energy and cost"). The share
+    /// intervals measured while it ran (docs/gpu.md, "Energy and cost per request"). The share
     /// of the interval in which it ended is measured at the next sample and reaches the
     /// per-request histogram, the per-label counter and the request log's settlement line,
     /// not this value. `None` when no sample measured an interval of the request by its end:

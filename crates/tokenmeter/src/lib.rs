@@ -49,3 +49,13 @@ pub mod prelude {
 #[cfg(all(doctest, feature = "stream", feature = "http"))]
 #[doc = include_str!("../../../docs/integrations.md")]
 pub struct IntegrationsDoc;
+
+/// `docs/quality.md`, compiled and run as doctests.
+#[cfg(all(doctest, feature = "quality"))]
+#[doc = include_str!("../../../docs/quality.md")]
+pub struct QualityDoc;
+
+/// `docs/gpu.md`, compiled and run as doctests.
+#[cfg(all(doctest, feature = "gpu"))]
+#[doc = include_str!("../../../docs/gpu.md")]
+pub struct GpuDoc;

@@ -151,7 +151,7 @@ pub static DEFS: &[MetricDef] = &[
     def!("system.network.io", "system.network.io", own: false, Counter, "By", labels: &["network.io.direction"],
         "Bytes received or transmitted by the machine's network interfaces since the sampler started (summed over interfaces, loopback excluded), direction receive or transmit.",
         recorded: "Every sampler interval from the second sample on."),
-    // ---- per request (docs/gpu.md, "Per-request energy and cost") ----
+    // ---- per request (docs/gpu.md, "Energy and cost per request") ----
     metric_def!(id: "gpu.request.energy", otel: "request.energy", own: true, vllm: None, prometheus: None,
         kind: Histogram, unit: "J", labels: &[], buckets: Some(REQUEST_ENERGY_BUCKETS), vllm_buckets: None,
         description: "GPU energy attributed to one request: the sum of its shares of each sampler interval's GPU energy, split across the requests in flight by the output tokens each flushed in the interval.",

@@ -83,7 +83,7 @@ pub struct GpuSnapshot {
     /// shares add up to the node's whole (see [`SamplerBuilder::meter`]).
     pub models: Vec<ModelShare>,
     /// The split of the node's energy and GPU time across the attached meters' requests and
-    /// idle time (docs/gpu.md, "Per-request energy and cost").
+    /// idle time (docs/gpu.md, "Energy and cost per request").
     pub requests: RequestEnergy,
 }
 
