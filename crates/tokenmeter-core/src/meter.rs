@@ -591,6 +591,23 @@ impl Meter {
         self.inner.text.is_some()
     }
 
+    /// The cardinality cap of request label `key` (declared with
+    /// [`MeterBuilder::request_labels`] or [`MeterBuilder::adapters`]); `None` for a key the
+    /// meter does not cap. Monitors that keep their own per-value state (the quality crate's
+    /// A/B monitor) follow it, so that their `other` is the meter's.
+    ///
+    /// ```
+    /// use tokenmeter_core::Meter;
+    /// let meter = Meter::builder().request_labels(["variant"], 2).build();
+    /// assert_eq!(meter.request_label_cap("variant"), Some(2));
+    /// assert_eq!(meter.request_label_cap("tenant"), None);
+    /// ```
+    pub fn request_label_cap(&self, key: &str) -> Option<usize> {
+        lock(&self.inner.label_limits)
+            .get(key)
+            .map(CardinalityLimit::limit)
+    }
+
     /// Cumulative totals since the meter was built.
     pub fn totals(&self) -> Totals {
         self.inner.totals.load()

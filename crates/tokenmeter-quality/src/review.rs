@@ -13,7 +13,9 @@
 //!   request's meter does not capture text
 //!   ([`Meter::captures_text`](tokenmeter_core::Meter::captures_text), i.e. the server did not
 //!   opt in with [`MeterBuilder::capture_text`](tokenmeter_core::MeterBuilder::capture_text)):
-//!   the sink asks the guard's meter on every offer.
+//!   the sink asks the guard's meter on every offer, and returns [`Offer::NoTextCapture`].
+//!   Creating a sink on a meter that does not capture text logs a warning (`tracing::warn!`,
+//!   once per sink), since every offer through that meter would return it.
 //! - **Privacy.** Text reaches the sink only through the [`Redact`] implementation given to
 //!   [`ReviewConfig::new`] (share one with the meter: `Arc<R>` implements [`Redact`]), after
 //!   each kind is cut to [`ReviewConfig::max_text_bytes`]. It runs on the caller's thread, once
@@ -714,6 +716,14 @@ impl ReviewReceiver {
 
 impl ReviewSink {
     fn build(meter: &Meter, config: ReviewConfig, tx: Tx) -> ReviewSink {
+        if !meter.captures_text() {
+            tracing::warn!(
+                model = meter.model(),
+                "tokenmeter: review sink created on a meter that does not capture text \
+                 (MeterBuilder::capture_text); its requests' offers will sample nothing \
+                 (Offer::NoTextCapture)"
+            );
+        }
         let shared = Shared {
             meter: meter.clone(),
             config,
@@ -729,7 +739,8 @@ impl ReviewSink {
     }
 
     /// A sink whose entries the server drains itself from the returned receiver (at most
-    /// [`ReviewConfig::capacity`] waiting).
+    /// [`ReviewConfig::capacity`] waiting). Warns once (`tracing::warn!`) when `meter` does
+    /// not capture text: offers of its requests return [`Offer::NoTextCapture`].
     ///
     /// # Errors
     ///
@@ -751,7 +762,8 @@ impl ReviewSink {
     /// `tokenmeter-review`), fed through a queue of [`ReviewConfig::capacity`] entries. The
     /// thread ends when every clone of the sink is dropped and the queue is written. Existing
     /// `review-*.jsonl` files in the directory are kept (and count against
-    /// [`JsonlFiles::max_files`]); writing continues in a new file.
+    /// [`JsonlFiles::max_files`]); writing continues in a new file. Warns once, as
+    /// [`channel`](Self::channel) does, when `meter` does not capture text.
     ///
     /// # Errors
     ///

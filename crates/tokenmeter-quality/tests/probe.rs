@@ -462,11 +462,19 @@ fn the_thread_runs_passes_and_stops() {
         .expect("probe"),
     );
     let runner = probe.start().expect("thread");
+    // One runner per probe: a second start is an error, not a second thread.
+    let again = probe.start().map(drop).map_err(|e| e.kind());
+    assert_eq!(again, Err(std::io::ErrorKind::AlreadyExists));
     let ids: Vec<String> = (0..6)
         .map(|_| rx.recv_timeout(Duration::from_secs(30)).expect("a call"))
         .collect();
     assert_eq!(ids, ["fr", "sum", "fox", "fr", "sum", "fox"]);
     runner.stop();
+    // Stopped: it may start again.
+    probe
+        .start()
+        .expect("a runner after the first stopped")
+        .stop();
     let latest = probe.latest().expect("a pass ran");
     assert!(latest.pass >= 2);
     let seen: HashMap<_, _> = latest

@@ -226,10 +226,58 @@ fn offers_count_what_decide_draws() {
     });
 }
 
+/// The WARN events' messages logged while `f` runs.
+fn warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    use std::sync::Mutex;
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Level, Metadata, Subscriber, span};
+    struct Message(String);
+    impl Visit for Message {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+    impl Subscriber for Warnings {
+        fn enabled(&self, m: &Metadata<'_>) -> bool {
+            *m.level() == Level::WARN
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, e: &Event<'_>) {
+            let mut m = Message(String::new());
+            e.record(&mut m);
+            self.0.lock().expect("not poisoned").push(m.0);
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = tracing::subscriber::with_default(Warnings(seen.clone()), || {
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    });
+    let seen = seen.lock().expect("not poisoned").clone();
+    (out, seen)
+}
+
 #[test]
 fn nothing_is_sampled_without_text_capture() {
     let meter = Meter::default();
-    let (sink, rx) = ReviewSink::channel(&meter, ReviewConfig::new(1.0, Verbatim)).expect("sink");
+    let ((sink, rx), warned) =
+        warnings(|| ReviewSink::channel(&meter, ReviewConfig::new(1.0, Verbatim)).expect("sink"));
+    // The sink says so once, when it is created on a meter that does not capture text.
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("does not capture text"), "{warned:?}");
+    let (_, warned) = warnings(|| {
+        ReviewSink::channel(&capturing_meter(), ReviewConfig::new(1.0, Verbatim)).expect("sink")
+    });
+    assert_eq!(warned, Vec::<String>::new());
     for i in 0..10 {
         let o = offer(
             &sink,

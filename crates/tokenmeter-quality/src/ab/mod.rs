@@ -22,7 +22,11 @@
 //! older ones leave the window, and when the capacity is reached the oldest go first (the
 //! window then covers less time, and [`VariantWindow::truncated`] counts them). At most
 //! [`AbConfig::max_variants`] variants are kept (core's cardinality limit: the rest are
-//! merged under `other` and counted in `labels.overflow{label="variant"}`).
+//! merged under `other` and counted in `labels.overflow{label="ab_variant"}`, the
+//! [`OVERFLOW_LABEL`]; the meter counts its own `variant` request label's overflows under
+//! `label="variant"`, once per request). By default the cap is the meter's cap for the
+//! `variant` request label ([`Meter::request_label_cap`]), so that the monitor's `other` and
+//! the latency series' `other` hold the same variants.
 //!
 //! Metrics: core's latency and request series carry the variant as a request label; the monitor
 //! exports what core does not have per label, under the same `variant` label:
@@ -83,6 +87,15 @@ pub const VARIANT_LABEL: &str = "variant";
 /// The variant that variants past [`AbConfig::max_variants`] are merged under.
 pub const OTHER_VARIANT: &str = OTHER;
 
+/// The `label` value under which the monitor counts variants it merged under `other` in core's
+/// `labels.overflow` counter (`tokenmeter_labels_overflow_total{label="ab_variant"}`): its own
+/// cap, distinct from the meter's `variant` request label (`label="variant"`), so that neither
+/// counts the other's overflows.
+pub const OVERFLOW_LABEL: &str = "ab_variant";
+
+/// [`AbConfig::max_variants`] when neither the config nor the meter sets it.
+const DEFAULT_MAX_VARIANTS: usize = 8;
+
 /// A bad [`AbConfig`] or [`AbTests`] value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -90,8 +103,9 @@ pub enum AbError {
     /// The significance level is not strictly between 0 and 1.
     #[error("significance level must be in (0, 1), got {0}")]
     Level(f64),
-    /// A count that must be positive is zero (capacity, variants, resamples).
-    #[error("{0} must be at least 1")]
+    /// A count of the A/B config that must be positive is zero (capacity, max_variants,
+    /// resamples).
+    #[error("the A/B config's {0} must be at least 1")]
     Zero(&'static str),
     /// The window is zero.
     #[error("the window must be longer than zero")]
@@ -211,7 +225,8 @@ impl AbTests {
 pub struct AbConfig {
     window: Duration,
     capacity: usize,
-    max_variants: usize,
+    /// `None`: the meter's cap for [`VARIANT_LABEL`], else [`DEFAULT_MAX_VARIANTS`].
+    max_variants: Option<usize>,
     tests: AbTests,
 }
 
@@ -220,7 +235,7 @@ impl Default for AbConfig {
         AbConfig {
             window: Duration::from_secs(30 * 60),
             capacity: 10_000,
-            max_variants: 8,
+            max_variants: None,
             tests: AbTests::default(),
         }
     }
@@ -240,9 +255,15 @@ impl AbConfig {
         self
     }
 
-    /// Most variants kept at once (default 8); the rest are merged under `other`.
+    /// Most variants kept at once; the rest are merged under `other` (counted under
+    /// [`OVERFLOW_LABEL`]). Default: the meter's cap for the [`VARIANT_LABEL`] request label
+    /// when it declares one ([`Meter::request_label_cap`], the `cap_per_key` of
+    /// [`MeterBuilder::request_labels`](tokenmeter_core::MeterBuilder::request_labels)), so the
+    /// monitor merges the same variants as the meter's series; else 8. A different value makes
+    /// the two disagree: `quality_ab_*{variant="c"}` with no latency series of `c`, or the
+    /// reverse.
     pub fn max_variants(mut self, n: usize) -> Self {
-        self.max_variants = n;
+        self.max_variants = Some(n);
         self
     }
 
@@ -370,6 +391,8 @@ struct State {
 pub struct AbMonitor {
     meter: Meter,
     config: AbConfig,
+    /// The variant cap in force: the config's, the meter's, or the default.
+    max_variants: usize,
     state: Mutex<State>,
 }
 
@@ -420,25 +443,30 @@ impl AbMonitor {
     ///
     /// # Errors
     ///
-    /// [`AbError`] for a level outside (0, 1), a zero capacity, variant count, resample count
-    /// or window.
+    /// [`AbError`] for a level outside (0, 1), a zero capacity, variant count (given to
+    /// [`AbConfig::max_variants`]), resample count or window.
     pub fn new(meter: &Meter, config: AbConfig) -> Result<Self, AbError> {
         config.tests.validate()?;
         if config.capacity == 0 {
             return Err(AbError::Zero("capacity"));
         }
-        if config.max_variants == 0 {
+        if config.max_variants == Some(0) {
             return Err(AbError::Zero("max_variants"));
         }
         if config.window.is_zero() {
             return Err(AbError::Window);
         }
+        let max_variants = config
+            .max_variants
+            .or_else(|| meter.request_label_cap(VARIANT_LABEL))
+            .unwrap_or(DEFAULT_MAX_VARIANTS);
         Ok(AbMonitor {
             meter: meter.clone(),
             state: Mutex::new(State {
-                limit: CardinalityLimit::new(config.max_variants, config.window),
+                limit: CardinalityLimit::new(max_variants, config.window),
                 variants: HashMap::new(),
             }),
+            max_variants,
             config,
         })
     }
@@ -446,6 +474,21 @@ impl AbMonitor {
     /// The configuration.
     pub fn config(&self) -> &AbConfig {
         &self.config
+    }
+
+    /// The variant cap in force: [`AbConfig::max_variants`] when set, else the meter's cap
+    /// for the [`VARIANT_LABEL`] request label, else 8.
+    ///
+    /// ```
+    /// use tokenmeter_core::Meter;
+    /// use tokenmeter_quality::ab::{AbConfig, AbMonitor, VARIANT_LABEL};
+    /// let meter = Meter::builder().request_labels([VARIANT_LABEL], 3).build();
+    /// let ab = AbMonitor::new(&meter, AbConfig::default())?;
+    /// assert_eq!(ab.max_variants(), 3);
+    /// # Ok::<(), tokenmeter_quality::ab::AbError>(())
+    /// ```
+    pub fn max_variants(&self) -> usize {
+        self.max_variants
     }
 
     /// Records an ended request of `variant`: `summary` is what
@@ -510,8 +553,8 @@ impl AbMonitor {
         .increment(1);
     }
 
-    /// Runs `f` on the window and series of `variant` (or `other`, past the variant cap),
-    /// creating them.
+    /// Runs `f` on the window and series of `variant` (or `other`, past the variant cap, counted
+    /// under [`OVERFLOW_LABEL`]), creating them.
     fn with_variant(
         &self,
         variant: &str,
@@ -530,7 +573,7 @@ impl AbMonitor {
             let names = self.meter.metric_names();
             metrics::counter!(
                 names.name(catalog::core::LABEL_OVERFLOW).to_owned(),
-                names.labels(&[("label", &prometheus_label(VARIANT_LABEL))])
+                names.labels(&[("label", OVERFLOW_LABEL)])
             )
             .increment(1);
         }

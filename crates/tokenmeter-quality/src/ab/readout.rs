@@ -332,13 +332,48 @@ fn rate_row(metric: AbMetric, (xa, na): (u64, u64), (xb, nb): (u64, u64), t: &Ab
     finish(row, e, enough, t.level)
 }
 
+/// Seconds to 3 significant digits in the unit that keeps them readable (s, ms, µs, ns): a
+/// sub-millisecond TPOT prints `850µs`, where a fixed `{:.1}ms` printed `0.0ms`. The value is
+/// rounded first (by the formatter's `{:.2e}`), so that 0.9996 s prints `1.00s`, not `1000ms`.
+pub(super) fn fmt_seconds(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}s");
+    }
+    let sci = format!("{v:.2e}");
+    let (mantissa, exp) = sci
+        .split_once('e')
+        .and_then(|(m, e)| Some((m.parse::<f64>().ok()?, e.parse::<i32>().ok()?)))
+        .unwrap_or((v, 0));
+    let (unit_exp, unit) = match exp {
+        0.. => (0, "s"),
+        -3..=-1 => (-3, "ms"),
+        -6..=-4 => (-6, "µs"),
+        _ => (-9, "ns"),
+    };
+    let shift = exp - unit_exp;
+    let decimals = usize::try_from(2 - shift).unwrap_or(0);
+    format!("{:.decimals$}{unit}", mantissa * 10f64.powi(shift))
+}
+
+/// A p-value: 4 decimals, scientific below 1e-4, and `< 1e-300` for what rounds to 0 in f64
+/// (e.g. Welch's t on two constant samples with different means).
+fn fmt_p(p: f64) -> String {
+    if p < 1e-300 {
+        "< 1e-300".to_owned()
+    } else if p < 1e-4 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
+}
+
 fn fmt_value(metric: AbMetric, v: Option<f64>) -> String {
     match (metric, v) {
         (_, None) => "-".to_owned(),
         (
             AbMetric::TtftP50 | AbMetric::TtftP99 | AbMetric::TpotP50 | AbMetric::TpotP99,
             Some(v),
-        ) => format!("{:.1}ms", v * 1e3),
+        ) => fmt_seconds(v),
         (AbMetric::GoodputRatio | AbMetric::ErrorRatio | AbMetric::RefusalRate, Some(v)) => {
             format!("{:.2}%", v * 100.0)
         }
@@ -347,14 +382,15 @@ fn fmt_value(metric: AbMetric, v: Option<f64>) -> String {
 }
 
 impl fmt::Display for Readout {
-    /// A fixed-width table: one line per metric, B − A with its interval, the p-value and the
-    /// verdict.
+    /// A fixed-width table: a header naming A and B, then one line per metric, B − A with its
+    /// interval, the p-value and the verdict. Latencies print to 3 significant digits in s, ms,
+    /// µs or ns.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "A/B readout: b={} vs a={} (alpha {}, {}% intervals)",
-            self.b,
+            "A/B readout: {} (A) vs {} (B), differences B - A (alpha {}, {}% intervals)",
             self.a,
+            self.b,
             self.level,
             (1.0 - self.level) * 100.0
         )?;
@@ -371,13 +407,7 @@ impl fmt::Display for Readout {
                     fmt_value(r.metric, Some(hi))
                 )
             });
-            let p = r.p_value.map_or("-".to_owned(), |p| {
-                if p < 1e-4 {
-                    format!("{p:.1e}")
-                } else {
-                    format!("{p:.4}")
-                }
-            });
+            let p = r.p_value.map_or("-".to_owned(), fmt_p);
             let verdict = match (r.verdict, r.min_samples) {
                 (Verdict::InsufficientData, Some(m)) => format!("insufficient data (< {m})"),
                 (Verdict::InsufficientData, None) => "insufficient data (no events yet)".to_owned(),

@@ -1,6 +1,7 @@
 //! The monitor end to end with the mock clock: windows, bounds, the variant cap, and a readout
 //! of a degraded variant.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokenmeter_core::{ErrorKind, Finish, Meter, Slo};
@@ -144,6 +145,10 @@ fn bad_configs_are_errors() {
         Some(AbError::Zero("capacity"))
     );
     assert_eq!(
+        AbError::Zero("capacity").to_string(),
+        "the A/B config's capacity must be at least 1"
+    );
+    assert_eq!(
         bad(AbConfig::default().max_variants(0)),
         Some(AbError::Zero("max_variants"))
     );
@@ -243,6 +248,74 @@ fn a_degraded_variant_is_significant_on_quality_and_not_on_latency() {
 }
 
 #[test]
+fn the_table_names_a_and_b_and_prints_sub_ms_latencies_and_zero_p_values() {
+    let a = VariantWindow {
+        variant: "base".into(),
+        ttft: vec![0.0005; 40],
+        golden: vec![1.0; 30],
+        ..VariantWindow::default()
+    };
+    let b = VariantWindow {
+        variant: "cand".into(),
+        ttft: vec![0.0004; 40],
+        golden: vec![0.5; 30],
+        ..VariantWindow::default()
+    };
+    let table = compare(&a, &b, &AbTests::default()).to_string();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0],
+        "A/B readout: base (A) vs cand (B), differences B - A (alpha 0.05, 95% intervals)"
+    );
+    let row = |metric: &str| -> Vec<&str> {
+        let line = lines.iter().find(|l| l.starts_with(metric));
+        line.map(|l| l.split_whitespace().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        row("ttft_p50"),
+        [
+            "ttft_p50",
+            "500µs",
+            "400µs",
+            "-100µs",
+            "[-100µs,",
+            "-100µs]",
+            "-",
+            "40",
+            "40",
+            "significant"
+        ],
+        "{table}"
+    );
+    // Two constant samples with different means: Welch's p is exactly 0.
+    assert_eq!(
+        row("golden_score"),
+        [
+            "golden_score",
+            "1.000",
+            "0.500",
+            "-0.500",
+            "[-0.500,",
+            "-0.500]",
+            "<",
+            "1e-300",
+            "30",
+            "30",
+            "significant"
+        ],
+        "{table}"
+    );
+    assert_eq!(super::readout::fmt_seconds(1.5), "1.50s");
+    assert_eq!(super::readout::fmt_seconds(0.6289), "629ms");
+    assert_eq!(super::readout::fmt_seconds(0.0000123), "12.3µs");
+    assert_eq!(super::readout::fmt_seconds(0.0), "0s");
+    assert_eq!(super::readout::fmt_seconds(0.9996), "1.00s");
+    assert_eq!(super::readout::fmt_seconds(-0.0021), "-2.10ms");
+    assert_eq!(super::readout::fmt_seconds(1234.0), "1230s");
+}
+
+#[test]
 fn empty_windows_give_insufficient_data_everywhere() {
     let r = compare(
         &VariantWindow::default(),
@@ -319,7 +392,7 @@ fn variant_series_are_exported_under_the_variant_label() {
                 vec![1.0],
             ),
             (
-                format!("{}{{label=variant}}", name(core::LABEL_OVERFLOW)),
+                format!("{}{{label=ab_variant}}", name(core::LABEL_OVERFLOW)),
                 vec![1.0],
             ),
             (
@@ -337,6 +410,66 @@ fn variant_series_are_exported_under_the_variant_label() {
         let unknown = format!("{}{{kind=unknown_label}}", name(core::MISUSE));
         assert_eq!(got.get(&unknown), None, "{got:?}");
     });
+}
+
+/// 60 requests over variants a..e on a meter capping `variant` at 2: the overflows each cap
+/// counted (by `label`), and the variants the monitor kept.
+fn overflows(config: AbConfig) -> (BTreeMap<String, u64>, Vec<String>, usize) {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let (clock, _mock) = quanta::Clock::mock();
+        let meter = Meter::builder()
+            .clock(clock)
+            .request_labels([VARIANT_LABEL], 2)
+            .build();
+        assert_eq!(meter.request_label_cap(VARIANT_LABEL), Some(2));
+        assert_eq!(meter.request_label_cap("tenant"), None);
+        let ab = AbMonitor::new(&meter, config).expect("valid");
+        for i in 0..60 {
+            let variant = ["a", "b", "c", "d", "e"][i % 5];
+            let mut req = meter.request().label(VARIANT_LABEL, variant).start();
+            req.token();
+            let s = req.finish(Finish::Stop);
+            ab.record(variant, &s, None);
+        }
+        let overflow = meter
+            .metric_names()
+            .name(tokenmeter_core::catalog::core::LABEL_OVERFLOW)
+            .to_owned();
+        let mut counted = BTreeMap::new();
+        for (k, _, _, v) in snap.snapshot().into_vec() {
+            let key = k.key();
+            if let (true, DebugValue::Counter(c)) = (key.name() == overflow, v) {
+                let label = key.labels().find(|l| l.key() == "label");
+                counted.insert(label.map(|l| l.value().to_owned()).unwrap_or_default(), c);
+            }
+        }
+        (counted, ab.variants(), ab.max_variants())
+    })
+}
+
+#[test]
+fn the_monitor_counts_its_own_overflows_and_follows_the_meters_cap() {
+    // An explicit cap differing from the meter's: each cap counts under its own label.
+    let (counted, variants, cap) = overflows(AbConfig::default().max_variants(3));
+    assert_eq!(cap, 3);
+    let expect = BTreeMap::from([("ab_variant".to_owned(), 24), ("variant".to_owned(), 36)]);
+    assert_eq!(
+        counted, expect,
+        "c, d, e (36) for the meter; d, e (24) for the monitor"
+    );
+    assert_eq!(variants, ["a", "b", "c", "other"]);
+    // By default the monitor takes the meter's cap: the same `other` as the latency series.
+    let (counted, variants, cap) = overflows(AbConfig::default());
+    assert_eq!(cap, 2);
+    let expect = BTreeMap::from([("ab_variant".to_owned(), 36), ("variant".to_owned(), 36)]);
+    assert_eq!(counted, expect);
+    assert_eq!(variants, ["a", "b", "other"]);
+    // No `variant` request label on the meter: the default of 8.
+    let ab = AbMonitor::new(&Meter::default(), AbConfig::default()).expect("valid");
+    assert_eq!(ab.max_variants(), 8);
 }
 
 #[test]

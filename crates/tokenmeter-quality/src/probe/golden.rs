@@ -95,7 +95,10 @@ impl GoldenSet {
         GoldenSet::parse(&name, &text, path)
     }
 
-    /// Parses JSONL text; `origin` names the source in errors.
+    /// Parses JSONL text; `origin` names the source in errors. A leading UTF-8 byte order mark
+    /// (as some Windows editors write) is skipped. A line that is not valid JSON or not an item
+    /// gives serde's reason and the column in that line (`line 2: unknown variant ... (column
+    /// 68)`).
     ///
     /// ```
     /// use tokenmeter_quality::probe::{GoldenSet, Scoring};
@@ -119,6 +122,7 @@ impl GoldenSet {
         origin: impl AsRef<Path>,
     ) -> Result<GoldenSet, GoldenError> {
         let path = origin.as_ref();
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let items = text
             .lines()
             .enumerate()
@@ -129,7 +133,7 @@ impl GoldenSet {
                     .map_err(|e| GoldenError::Line {
                         path: path.to_owned(),
                         line: i + 1,
-                        reason: e.to_string(),
+                        reason: json_reason(&e),
                     })
             });
         GoldenSet::build(name, items, path)
@@ -232,6 +236,17 @@ impl GoldenItem {
     }
 }
 
+/// serde's message with the column in the line instead of its own location: each line is
+/// parsed alone, so serde's "at line 1" would contradict the file's line number.
+fn json_reason(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let location = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&location) {
+        Some(message) => format!("{message} (column {})", e.column()),
+        None => full,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +271,24 @@ mod tests {
         assert_eq!(set.items()[1].references, ["4", "four"]);
         assert_eq!(set.items()[1].max_tokens, Some(4));
         assert_eq!(set.items()[0].max_tokens, None);
+    }
+
+    #[test]
+    fn a_bad_line_gives_its_column_not_serdes_line_and_a_bom_is_skipped() {
+        let text = format!(
+            "{}\n{}",
+            r#"{"id": "a", "prompt": "x", "references": ["y"], "scoring": "f1"}"#,
+            r#"{"id": "b", "prompt": "x", "references": ["y"], "scoring": "contans"}"#
+        );
+        let e = err(&text);
+        assert!(
+            e.starts_with("golden set set.jsonl line 2: unknown variant `contans`, expected"),
+            "{e}"
+        );
+        assert!(e.ends_with(" (column 68)"), "{e}");
+        assert!(!e.contains("at line"), "{e}");
+        let set = GoldenSet::parse("s", &format!("\u{feff}{GOOD}"), "set.jsonl").expect("valid");
+        assert_eq!(set.len(), 2);
     }
 
     #[test]

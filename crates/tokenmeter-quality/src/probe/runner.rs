@@ -2,6 +2,7 @@
 //! exports, and the thread that drives it in production.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -177,6 +178,8 @@ pub struct Probe {
     run: Mutex<RunState>,
     latest: Mutex<Option<Arc<PassReport>>>,
     baseline: Mutex<Option<GoldenBaseline>>,
+    /// Whether a [`ProbeRunner`] of this probe is running (one thread per probe).
+    running: AtomicBool,
 }
 
 impl std::fmt::Debug for Probe {
@@ -251,6 +254,7 @@ impl Probe {
             }),
             latest: Mutex::new(None),
             baseline: Mutex::new(None),
+            running: AtomicBool::new(false),
             set,
             config,
         };
@@ -369,13 +373,24 @@ impl Probe {
     /// most two timeouts longer than its answered prompts take, since once a call hangs the
     /// pass skips the rest.
     ///
+    /// One runner per probe: while one runs, `start` returns an error rather than a second
+    /// thread (the runner is owned, so there is no handle to share); once it is stopped,
+    /// `start` may be called again.
+    ///
     /// # Errors
     ///
-    /// The OS error when the thread cannot be spawned.
+    /// [`std::io::ErrorKind::AlreadyExists`] when a runner of this probe is running; the OS
+    /// error when the thread cannot be spawned.
     pub fn start(self: &Arc<Self>) -> std::io::Result<ProbeRunner> {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "this golden-set probe's runner is already started (stop it first)",
+            ));
+        }
         let (stop, stopped) = mpsc::channel::<()>();
         let probe = Arc::clone(self);
-        let thread = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("tokenmeter-probe".into())
             .spawn(move || {
                 loop {
@@ -388,11 +403,18 @@ impl Probe {
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
-            })?;
-        Ok(ProbeRunner {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+            });
+        match spawned {
+            Ok(thread) => Ok(ProbeRunner {
+                probe: Arc::clone(self),
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                self.running.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
     }
 
     /// Whether the server is too busy for a probe prompt now. The in-flight count comes from
@@ -566,6 +588,7 @@ impl Probe {
 /// Stops the probe's thread when dropped (see [`Probe::start`]).
 #[derive(Debug)]
 pub struct ProbeRunner {
+    probe: Arc<Probe>,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -581,6 +604,7 @@ impl ProbeRunner {
         if let Some(t) = self.thread.take() {
             // The loop catches every panic of user code; a join error cannot carry one.
             let _ = t.join();
+            self.probe.running.store(false, Ordering::Release);
         }
     }
 }
