@@ -4,7 +4,7 @@
 //! (`--drift-baseline FILE`).
 //!
 //! Prompt length, output length and output token ids are tokenmeter's
-//! [`DriftMonitor`](tokenmeter::quality::drift::DriftMonitor) (fed by the quality monitor when a
+//! [`DriftMonitor`] (fed by the quality monitor when a
 //! request finishes; it exports the `tokenmeter_quality_drift_*` gauges). The library has no
 //! feature for the prompt's token ids, the perplexity or the refusal rate, so this module keeps
 //! those next to it, in the same window length, and compares them with the library's
