@@ -15,9 +15,8 @@ use tokenmeter::quality::ab::{AbConfig, AbMonitor, VARIANT_LABEL};
 use tokenmeter::quality::{LogprobSummary, QualityReport};
 use tokenmeter_core::clock::Clock;
 use tokenmeter_core::{ErrorKind, Finish, Meter, Slo};
-use tokenmeter_export::{Exporters, Prometheus};
-use tokenmeter_tests::bins;
 use tokenmeter_tests::prom::PromServer;
+use tokenmeter_tests::{bins, exporter};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -70,15 +69,7 @@ fn the_ab_rules_compare_live_variants() {
     let Some(prom_bin) = bins::require("prometheus") else {
         return;
     };
-    let guard = Exporters::new()
-        .prometheus(Prometheus::new().listen("127.0.0.1:0".parse().expect("addr")))
-        .install_tracing(false)
-        .install()
-        .expect("install exporters");
-    let target = guard
-        .prometheus()
-        .and_then(|p| p.local_addr())
-        .expect("listener");
+    let target = exporter::installed().addr;
     let (clock, mock) = Clock::mock();
     let meter = Meter::builder()
         .model("ab-live")
@@ -190,5 +181,4 @@ fn the_ab_rules_compare_live_variants() {
         |v| v > 0.0,
     );
     assert!(ttft > 0.0);
-    drop(guard);
 }

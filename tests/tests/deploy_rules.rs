@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokenmeter_core::clock::Clock;
 use tokenmeter_core::{ErrorKind, Finish, Meter, NonFinite, Slo};
-use tokenmeter_export::{Exporters, Prometheus};
-use tokenmeter_tests::bins;
+use tokenmeter_export::Prometheus;
 use tokenmeter_tests::prom::PromServer;
+use tokenmeter_tests::{bins, exporter};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -86,15 +86,7 @@ fn every_recorded_series_is_right_for_series_as_a_real_scrape_first_sees_them() 
     let Some(prom_bin) = bins::require("prometheus") else {
         return;
     };
-    let guard = Exporters::new()
-        .prometheus(Prometheus::new().listen("127.0.0.1:0".parse().expect("addr")))
-        .install_tracing(false)
-        .install()
-        .expect("install exporters");
-    let target = guard
-        .prometheus()
-        .and_then(|p| p.local_addr())
-        .expect("listener");
+    let target = exporter::installed().addr;
 
     // Before the first scrape: both models load; `faulty` fails 2 of 10 requests (timeouts),
     // sees 3 NaN, and 4 of its 8 successful requests miss the TPOT SLO.
@@ -298,12 +290,12 @@ fn golden_rules_pass_promtool_and_fire_on_a_live_probes_series() {
     assert!(ok, "{text}");
 
     // A live probe: v2 answers half the set right; the v1 baseline was 0.95.
-    let mut exporter = Prometheus::new()
+    let mut local = Prometheus::new()
         .without_listener()
         .build()
         .expect("exporter");
-    let recorder = exporter.take_recorder().expect("recorder");
-    let render = exporter.renderer();
+    let recorder = local.take_recorder().expect("recorder");
+    let render = local.renderer();
     metrics::with_local_recorder(&recorder, || {
         let (meter, _mock) = meter("golden");
         let set = GoldenSet::parse(

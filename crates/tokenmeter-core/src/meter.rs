@@ -769,8 +769,9 @@ impl Meter {
         f(scoped.get_or_make(|| EngineHandles::resolve(names)), names)
     }
 
-    /// Unix time (seconds) of an instant of the meter's clock.
-    pub(crate) fn unix_seconds(&self, at: Instant) -> f64 {
+    /// Unix time, in seconds, of an instant of the meter's clock: the wall time the meter was
+    /// built plus the clock's time since then (so a mock clock gives exact timestamps).
+    pub fn unix_seconds(&self, at: Instant) -> f64 {
         let since_built = at.saturating_duration_since(self.inner.built_at);
         self.inner.statics.start_unix + since_built.as_secs_f64()
     }

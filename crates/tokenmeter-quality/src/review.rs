@@ -67,7 +67,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryIter, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics::Counter;
 use serde::{Deserialize, Serialize};
@@ -840,7 +839,7 @@ impl ReviewSink {
         };
         let record = ReviewRecord {
             request_id: req.request_id().to_owned(),
-            time_ms: unix_ms(),
+            time_ms: unix_ms(&s.meter),
             model: req.meter().model().to_owned(),
             model_version: c.model_version.clone().or_else(|| {
                 let v = req.meter().model_version();
@@ -892,7 +891,7 @@ impl ReviewSink {
         }
         let entry = ReviewEntry::Feedback(Feedback {
             request_id: request_id.to_owned(),
-            time_ms: unix_ms(),
+            time_ms: unix_ms(&s.meter),
             value,
         });
         self.send(entry, &h)?;
@@ -977,10 +976,10 @@ fn cut(s: &str, max: usize) -> (&str, bool) {
     (s.get(..end).unwrap_or_default(), true)
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// Now, as Unix milliseconds on the meter's clock.
+fn unix_ms(meter: &Meter) -> u64 {
+    // A float to integer `as` saturates (NaN gives 0).
+    (meter.unix_seconds(meter.now()) * 1e3) as u64
 }
 
 const FILE_PREFIX: &str = "review-";
